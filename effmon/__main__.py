@@ -1,0 +1,3 @@
+from effmon.cli import main
+
+raise SystemExit(main())

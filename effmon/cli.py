@@ -1,0 +1,315 @@
+"""The ``effmon`` command line. Imports nothing heavy: each command imports what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+EPILOG = """\
+examples:
+  effmon demo                              replay a recorded H100 session (no GPU needed)
+  effmon record -- python train.py --lr 1e-4
+                                           record while a command runs; exits with its status
+  effmon record --pid 1234                 record while a running process lives
+  effmon record --replay trace.jsonl --speed 10
+  effmon sessions                          list recorded sessions
+  effmon sessions show last                one-screen summary of the newest session
+  effmon report last --format efficientllm -o run.json
+                                           EfficientLLM metrics (AMU, PCU, AL, TT/ST/IT, AEC, MCR)
+
+Sessions are stored in $EFFMON_HOME (default ~/.local/share/effmon).
+"""
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}
+    t = text.strip().upper()
+    num = t.rstrip("KMGB")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 500MB or 2GB") from None
+    if unit not in units or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 500MB or 2GB")
+    return int(value * units[unit])
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_rate_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--rate", type=_positive, default=10.0, metavar="HZ",
+                   help="how often cheap GPU gauges are read (default: 10 Hz)")
+    g.add_argument("--slow-interval", type=_positive, default=1.0, metavar="S",
+                   help="interval of expensive reads: energy counter, process utilisation, GPM (default: 1 s)")
+    g.add_argument("--host-interval", type=_positive, default=1.0, metavar="S",
+                   help="interval of host and process-tree readings (default: 1 s)")
+    g.add_argument("--source", action="append", dest="sources", metavar="NAME",
+                   help="use only these sources (repeatable; default: every live source, see `effmon sources`)")
+    p.add_argument("--name", help="session name (default: date, time and command)")
+    p.add_argument("--max-size", type=_size, metavar="SIZE", help="stop recording when the session file reaches SIZE (e.g. 500MB)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from effmon import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="effmon",
+        description="Live profiler for LLM training and inference efficiency: GPU memory, compute, "
+                    "power and energy, latency and throughput; records sessions and exports EfficientLLM metrics.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"effmon {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    rec = sub.add_parser(
+        "record", help="record a session while a command or process runs, or from a trace",
+        description="Record GPU, host and process metrics into a session.",
+        epilog="examples:\n  effmon record -- python train.py --lr 1e-4\n  effmon record --pid 1234\n"
+               "  effmon record --replay trace.jsonl --as-fast-as-possible\n\n"
+               "With a command, effmon exits with the command's exit status. Ctrl-C stops the command and\n"
+               "keeps the session; a second Ctrl-C kills the command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = rec.add_mutually_exclusive_group()
+    what.add_argument("--pid", type=int, help="watch this running process (and its children) until it exits")
+    what.add_argument("--replay", metavar="TRACE", help="record from a trace file (.jsonl) as if it were live")
+    rep = rec.add_argument_group("replay")
+    rep.add_argument("--speed", type=_positive, default=1.0, help="replay N times faster than real time (default: 1)")
+    rep.add_argument("--as-fast-as-possible", action="store_true", help="replay without waiting")
+    _add_rate_options(rec)
+    rec.add_argument("command", nargs="*", help="the command to run, after --")
+
+    demo = sub.add_parser(
+        "demo", help="replay a recorded H100 session (LoRA fine-tune, matmul, generation): no GPU needed",
+        description="Replays the H100 session bundled with effmon into a new session and shows it live.",
+    )
+    demo.add_argument("--speed", type=_positive, default=10.0, help="replay speed (default: 10x, about 10 s)")
+    demo.add_argument("--as-fast-as-possible", action="store_true", help="replay without waiting")
+    demo.add_argument("--trace", help="replay this trace instead of the bundled one")
+    demo.add_argument("--no-live", action="store_true", help="do not draw the live view")
+    demo.add_argument("--name", help="session name")
+
+    ses = sub.add_parser("sessions", help="list recorded sessions, or show one",
+                         description="List recorded sessions (newest last), or summarise one.")
+    ses_sub = ses.add_subparsers(dest="sessions_cmd", metavar="ACTION")
+    show = ses_sub.add_parser("show", help="one-screen summary of a session")
+    show.add_argument("session", help="name, unique prefix, path, or 'last'")
+    path = ses_sub.add_parser("path", help="print the path of a session file")
+    path.add_argument("session")
+
+    src = sub.add_parser("sources", help="list data sources and the metrics they declare")
+    src.add_argument("--metrics", action="store_true", help="also list every metric with unit and meaning")
+
+    rpt = sub.add_parser(
+        "report", help="summarise a session: terminal table, EfficientLLM JSON, JSON, CSV",
+        description="Compute EfficientLLM metrics (AMU, PCU, AL, TT/ST/IT, AEC, MCR) for a session.",
+        epilog="examples:\n  effmon report last\n  effmon report last --format efficientllm -o run.json\n"
+               "  effmon report last --phase lora_finetune --format json\n"
+               "  effmon report int4-run --format efficientllm --precision int4 --perf 0.4361 \\\n"
+               "      --baseline-precision bf16 --baseline-perf 0.4719\n\n"
+               "--window takes seconds from the session start: 10:60, 30: (from 30 s on), :-5 (all but the last 5 s).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rpt.add_argument("session", help="name, unique prefix, path, or 'last'")
+    rpt.add_argument("--format", "-f", default="table",
+                     choices=["table", "efficientllm", "efficientllm-pretrain", "json", "csv"])
+    rpt.add_argument("-o", "--output", help="write to this file (default: standard output)")
+    win = rpt.add_mutually_exclusive_group()
+    win.add_argument("--window", metavar="START:END", help="only this part of the session, in seconds from its start")
+    win.add_argument("--phase", metavar="NAME", help="only this phase of the session")
+    mcr = rpt.add_argument_group("compression rate (MCR)")
+    mcr.add_argument("--precision", help="precision of this run (bf16, fp16, fp8, int8, int4, awq, gptq, ...)")
+    mcr.add_argument("--perf", type=float, help="task performance score of this run")
+    mcr.add_argument("--baseline", metavar="SESSION", help="a baseline session (its precision and --baseline-perf)")
+    mcr.add_argument("--baseline-precision", help="precision of the baseline (default: bf16)")
+    mcr.add_argument("--baseline-perf", type=float, help="task performance score of the baseline")
+    rpt.add_argument("--params", type=int, help="model parameter count, when the session does not know it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help()
+        print("\nNo GPU here? Try: effmon demo", file=sys.stderr)
+        return 0
+    try:
+        return int(_dispatch(args, command, parser) or 0)
+    except BrokenPipeError:
+        return 0
+
+
+def _err(message: str, code: int) -> int:
+    print(f"effmon: error: {message}", file=sys.stderr)
+    return code
+
+
+def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.ArgumentParser) -> int:
+    from effmon.paths import HomeError
+    from effmon.recorder import RecordError
+    from effmon.sessions import SessionNotFound
+    from effmon.store import StoreError
+
+    try:
+        if args.cmd == "record":
+            return _cmd_record(args, command + list(args.command))
+        if args.cmd == "demo":
+            return _cmd_demo(args)
+        if args.cmd == "sessions":
+            return _cmd_sessions(args)
+        if args.cmd == "sources":
+            return _cmd_sources(args)
+        if args.cmd == "report":
+            from effmon.report.cli import cmd_report
+
+            return cmd_report(args)
+    except (RecordError,) as exc:
+        return _err(str(exc), exc.code)
+    except (HomeError, SessionNotFound, StoreError) as exc:
+        return _err(str(exc), 2)
+    parser.error(f"unknown command {args.cmd}")
+    return 2
+
+
+def _record_options(args: argparse.Namespace, **kw: Any) -> Any:
+    from effmon.recorder import RecordOptions
+
+    return RecordOptions(name=args.name, tick_s=1.0 / args.rate, slow_s=args.slow_interval, host_s=args.host_interval,
+                         max_bytes=args.max_size, sources=args.sources, quiet=args.quiet, **kw)
+
+
+def _cmd_record(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.recorder import EXIT_USAGE, RecordError, record_command, record_pid, record_replay
+
+    options = _record_options(args)
+    chosen = sum(x is not None and x != [] for x in (args.pid, args.replay, command or None))
+    if chosen != 1:
+        raise RecordError("give one of: a command after --, --pid PID, or --replay TRACE "
+                          "(e.g. effmon record -- python train.py)", EXIT_USAGE)
+    if args.pid is not None:
+        return record_pid(args.pid, options)
+    if args.replay:
+        return record_replay(args.replay, options, speed=args.speed, as_fast_as_possible=args.as_fast_as_possible)
+    return record_command(command, options)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from effmon.recorder import RecordOptions, record_replay
+    from effmon.trace import bundled_trace_path
+
+    trace = args.trace or str(bundled_trace_path())
+    live = not args.no_live and sys.stdout.isatty()
+    view = None
+    if live:
+        from effmon.liveview import live_view
+
+        view = live_view
+    else:
+        from effmon.liveview import progress_lines
+
+        view = progress_lines
+    options = RecordOptions(name=args.name, quiet=False)
+    print(f"effmon demo: replaying a real H100 session ({os.path.basename(trace)}) at "
+          f"{'full speed' if args.as_fast_as_possible else f'{args.speed:g}x'}; Ctrl-C to stop", file=sys.stderr)
+    code = record_replay(trace, options, speed=args.speed, as_fast_as_possible=args.as_fast_as_possible,
+                         view=view, slug="demo-h100")
+    if code == 0:
+        from effmon.report.cli import print_summary
+        from effmon.sessions import resolve
+
+        print_summary(resolve("last"))
+    return code
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    from effmon.sessions import list_sessions, resolve
+
+    if args.sessions_cmd == "show":
+        from effmon.report.cli import print_summary
+
+        print_summary(resolve(args.session))
+        return 0
+    if args.sessions_cmd == "path":
+        print(resolve(args.session))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from effmon.fmt import human_bytes, human_duration, timestamp
+    from effmon.paths import sessions_dir
+
+    entries = list_sessions()
+    console = Console()
+    if not entries:
+        console.print(f"No sessions in {sessions_dir()} yet. Record one with: [bold]effmon demo[/] "
+                      "or [bold]effmon record -- python train.py[/]")
+        return 0
+    table = Table(title=f"Sessions in {sessions_dir()}", title_justify="left")
+    for col in ("name", "start", "duration", "command", "GPUs", "status", "size"):
+        table.add_column(col, overflow="fold", justify="right" if col in ("duration", "size") else "left")
+    for e in entries:
+        if e.error:
+            table.add_row(e.name, "", "", f"[red]{e.error}[/]", "", "unreadable", human_bytes(e.size))
+            continue
+        gpus = e.meta.get("gpus") or []
+        gpu_text = f"{len(gpus)}× {gpus[0].get('name')}" if gpus else "none"
+        status = e.state
+        if e.meta.get("exit_code") not in (None, 0):
+            status += f" (exit {e.meta['exit_code']})"
+        elif e.meta.get("exit_code") == 0:
+            status += " (exit 0)"
+        cmd = " ".join(e.meta.get("command") or [])
+        table.add_row(e.name, timestamp(e.meta.get("wall_started_at")), human_duration(e.duration),
+                      cmd[:60], gpu_text, status, human_bytes(e.size))
+    console.print(table)
+    return 0
+
+
+def _cmd_sources(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from effmon.plugins import load_registry
+
+    registry = load_registry()
+    console = Console()
+    table = Table(title="Data sources (plugins)", title_justify="left")
+    for col in ("source", "live", "entities", "description"):
+        table.add_column(col)
+    for spec in registry.sources.values():
+        table.add_row(spec.name, "yes" if spec.live else "no", ", ".join(e.name for e in spec.entities), spec.description)
+    console.print(table)
+    for err in registry.load_errors:
+        console.print(f"[red]{err}[/]")
+    if args.metrics:
+        mt = Table(title="Metrics", title_justify="left")
+        for col in ("entity", "metric", "unit", "kind", "meaning"):
+            mt.add_column(col)
+        for entity in registry.entities().values():
+            for m in entity.metrics:
+                mt.add_row(entity.name, m.name, m.unit, m.kind, m.description)
+        console.print(mt)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""Declarations every downstream consumer reads: entities and their metrics.
+
+A source declares what it measures once (name, unit, kind, description); the store
+builds its tables from these declarations, and tables, plots, exports and
+``effmon sources`` read them back. A reading a device does not support is stored as
+NULL and shown as N/A, never as zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+MetricKind = Literal["gauge", "counter", "info", "duration", "count"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    kind: MetricKind
+    description: str
+    sql_type: Literal["REAL", "INTEGER", "TEXT"] = "REAL"
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A kind of row: one wide row per entity per reading.
+
+    ``keys`` identify the instance (``gpu`` for a GPU, ``gpu, pid`` for a GPU process).
+    A *span* entity has ``t_start``/``t_end`` (a training step, a request, a phase);
+    any other has one time stamp ``t``.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    metrics: tuple[Metric, ...]
+    description: str
+    span: bool = False
+    key_types: tuple[str, ...] = field(default=())
+
+    @property
+    def time_columns(self) -> tuple[str, ...]:
+        return ("t_start", "t_end") if self.span else ("t",)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.time_columns + self.keys + tuple(m.name for m in self.metrics)
+
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(f"{self.name} has no metric {name!r}")
+
+
+@dataclass
+class Row:
+    """One reading of one entity instance: ``values`` holds keys, times and metrics."""
+
+    entity: str
+    values: dict[str, object]
+
+
+def M(name: str, unit: str, kind: MetricKind, description: str, sql_type: str = "REAL") -> Metric:
+    return Metric(name, unit, kind, description, sql_type)  # type: ignore[arg-type]
+
+
+# Entities the core itself defines: every source that reads a GPU fills these, so
+# metrics and views never depend on which source (NVML, a replay) produced a row.
+GPU = Entity(
+    "gpu",
+    keys=("gpu",),
+    key_types=("INTEGER",),
+    description="Cheap per-GPU gauges, read every tick",
+    metrics=(
+        M("mem_used_bytes", "B", "gauge", "Device memory in use (all processes)", "INTEGER"),
+        M("mem_total_bytes", "B", "gauge", "Device memory total", "INTEGER"),
+        M("util_gpu_pct", "%", "gauge", "NVML utilisation: share of time any kernel ran (not SM activity)"),
+        M("util_mem_pct", "%", "gauge", "NVML utilisation: share of time memory was read or written"),
+        M("power_w", "W", "gauge", "Board power draw (nvmlDeviceGetPowerUsage)"),
+        M("power_limit_w", "W", "gauge", "Enforced power limit"),
+        M("sm_clock_mhz", "MHz", "gauge", "SM clock"),
+        M("mem_clock_mhz", "MHz", "gauge", "Memory clock"),
+        M("temp_c", "°C", "gauge", "GPU temperature"),
+        M("clock_event_reasons", "bitmask", "info", "NVML clock-event (throttle) reasons", "INTEGER"),
+    ),
+)
+
+GPU_GPM = Entity(
+    "gpu_gpm",
+    keys=("gpu",),
+    key_types=("INTEGER",),
+    description="NVML GPM (Hopper and newer): activity over the interval between two GPM samples",
+    metrics=(
+        M("sm_active_pct", "%", "gauge", "GPM SM activity: share of SMs busy, time-averaged"),
+        M("sm_occupancy_pct", "%", "gauge", "GPM SM occupancy: resident warps vs the maximum"),
+        M("tensor_active_pct", "%", "gauge", "GPM tensor-core activity (any tensor op)"),
+        M("dram_bw_pct", "%", "gauge", "GPM DRAM bandwidth used vs the peak"),
+        M("pcie_tx_bytes_s", "B/s", "gauge", "GPM PCIe traffic from the GPU"),
+        M("pcie_rx_bytes_s", "B/s", "gauge", "GPM PCIe traffic to the GPU"),
+    ),
+)
+
+GPU_ENERGY = Entity(
+    "gpu_energy",
+    keys=("gpu",),
+    key_types=("INTEGER",),
+    description="Energy, read rarely: the hardware counter and power integrated since the session began",
+    metrics=(
+        M("energy_counter_j", "J", "counter", "NVML total-energy counter (since driver load)"),
+        M("energy_integrated_j", "J", "counter", "Power integrated (trapezoid) since the session began"),
+        M("energy_counter_delta_j", "J", "counter", "Counter minus its first reading in this session"),
+    ),
+)
+
+GPU_PROCESS = Entity(
+    "gpu_process",
+    keys=("gpu", "pid"),
+    key_types=("INTEGER", "INTEGER"),
+    description="Processes on each GPU, read at most once a second",
+    metrics=(
+        M("used_mem_bytes", "B", "gauge", "GPU memory used by the process", "INTEGER"),
+        M("sm_util_pct", "%", "gauge", "Process SM utilisation (NVML process-utilisation samples)"),
+        M("mem_util_pct", "%", "gauge", "Process memory-bandwidth utilisation"),
+    ),
+)
+
+HOST = Entity(
+    "host",
+    keys=(),
+    description="This machine",
+    metrics=(
+        M("cpu_pct", "%", "gauge", "All CPUs, 100% = every core busy"),
+        M("mem_used_bytes", "B", "gauge", "Memory in use", "INTEGER"),
+        M("mem_total_bytes", "B", "gauge", "Memory total", "INTEGER"),
+    ),
+)
+
+WATCHED = Entity(
+    "watched",
+    keys=("pid",),
+    key_types=("INTEGER",),
+    description="A watched process with its children, summed",
+    metrics=(
+        M("cpu_pct", "%", "gauge", "CPU of the process tree, 100% = one core"),
+        M("rss_bytes", "B", "gauge", "Resident memory of the process tree", "INTEGER"),
+        M("threads", "", "gauge", "Threads in the process tree", "INTEGER"),
+        M("nprocs", "", "gauge", "Processes in the tree", "INTEGER"),
+        M("io_read_bytes", "B", "counter", "Bytes read by the tree (live processes)", "INTEGER"),
+        M("io_write_bytes", "B", "counter", "Bytes written by the tree (live processes)", "INTEGER"),
+    ),
+)
+
+TRAIN_STEP = Entity(
+    "train_step",
+    keys=("rank",),
+    key_types=("INTEGER",),
+    span=True,
+    description="One optimiser step of a training run",
+    metrics=(
+        M("step", "", "count", "Global step number", "INTEGER"),
+        M("tokens", "tokens", "count", "Input tokens in the step", "INTEGER"),
+        M("samples", "samples", "count", "Samples in the step", "INTEGER"),
+        M("loss", "", "gauge", "Training loss"),
+        M("comm_s", "s", "duration", "Time in communication (e.g. DDP all-reduce), when measured"),
+        M("phase", "", "info", "Phase label", "TEXT"),
+    ),
+)
+
+REQUEST = Entity(
+    "request",
+    keys=(),
+    span=True,
+    description="Inference requests, one row per request or per batch of identical requests",
+    metrics=(
+        M("requests", "requests", "count", "Requests this row stands for", "INTEGER"),
+        M("prompt_tokens", "tokens", "count", "Prompt tokens per request", "INTEGER"),
+        M("generated_tokens", "tokens", "count", "Generated tokens per request", "INTEGER"),
+        M("ttft_s", "s", "duration", "Time to first generated token"),
+        M("phase", "", "info", "Phase label", "TEXT"),
+    ),
+)
+
+PHASE = Entity(
+    "phase",
+    keys=(),
+    span=True,
+    description="A named stretch of the session (warm-up, a workload, ...)",
+    metrics=(M("name", "", "info", "Phase name", "TEXT"),),
+)
+
+CORE_ENTITIES: tuple[Entity, ...] = (
+    GPU, GPU_GPM, GPU_ENERGY, GPU_PROCESS, HOST, WATCHED, TRAIN_STEP, REQUEST, PHASE,
+)

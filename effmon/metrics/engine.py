@@ -1,0 +1,451 @@
+"""The EfficientLLM metrics of a session (or a window of it), with their units and sources.
+
+Definitions (see docs/metrics.md):
+  AMU  (1/T)∫ memory_used dt, summed over GPUs, in GiB (2^30 bytes; the reference code's "GB")
+  PCU  (1/T)∫ SM activity dt (NVML GPM) where available, else NVML utilisation; mean over GPUs
+  AL   mean step wall time (training) or mean end-to-end request latency (inference)
+  TT   Σ tokens / params / Σ step time;  ST  Σ samples / params / Σ step time
+  IT   Σ generated tokens / time with at least one request in flight
+  AEC  (1/T)∫ P dt summed over GPUs, in W; energy beside it from the counter and from integration
+  MCR  (bits_original / bits_compressed) × (perf_compressed / perf_original)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from effmon import __version__
+from effmon.metrics.series import integrate, percentile, time_average, time_where, value_at
+from effmon.store import SessionReader
+
+GIB = float(1 << 30)
+
+# Clock-event reason bits that slow the GPU down (nvml.h); GpuIdle (0x1) and app-clock settings are not throttling.
+THROTTLE_BITS = {
+    0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake",
+}
+THROTTLE_MASK = sum(THROTTLE_BITS)
+
+# Dense bf16 tensor peak (FLOP/s) by GPU name, for the MFU estimate.
+PEAK_BF16_FLOPS = (
+    ("H200", 989.4e12), ("H100 80GB HBM3", 989.4e12), ("H100 SXM", 989.4e12), ("H100 NVL", 835.5e12),
+    ("H100 PCIe", 756.0e12), ("H100", 756.0e12), ("GH200", 989.4e12), ("B200", 2250e12), ("A100", 312e12),
+    ("L40S", 362.05e12), ("A10G", 70e12), ("L4", 121e12),
+)
+
+PRECISION_BITS = {
+    "fp32": 32, "float32": 32, "tf32": 32, "bf16": 16, "bfloat16": 16, "fp16": 16, "float16": 16, "half": 16,
+    "fp8": 8, "fp8_e4m3": 8, "fp8_e5m2": 8, "int8": 8, "w8a8": 8, "bnb-8bit": 8, "llm.int8": 8,
+    "int4": 4, "awq": 4, "gptq": 4, "nf4": 4, "fp4": 4, "nvfp4": 4, "mxfp4": 4, "bnb-4bit": 4, "bitsandbytes": 4,
+    "w4a16": 4, "int3": 3, "int2": 2,
+}
+
+
+class MetricsError(Exception):
+    pass
+
+
+@dataclass
+class Window:
+    start: float
+    end: float
+    label: str
+    session_start: float
+    session_end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def relative(self) -> list[float]:
+        return [round(self.start - self.session_start, 6), round(self.end - self.session_start, 6)]
+
+
+def precision_bits(name: str) -> int:
+    key = name.strip().lower().replace(" ", "")
+    if key not in PRECISION_BITS:
+        raise MetricsError(f"unknown precision {name!r}; known: {', '.join(sorted(PRECISION_BITS))}")
+    return PRECISION_BITS[key]
+
+
+def mcr(bits_original: int, bits_compressed: int, perf_original: float, perf_compressed: float) -> float:
+    for label, value in (("baseline performance", perf_original), ("performance", perf_compressed)):
+        if not math.isfinite(value) or value < 0:
+            raise MetricsError(f"{label} must be a non-negative score, got {value}")
+    if perf_original == 0:
+        raise MetricsError("baseline performance is 0; MCR would divide by zero")
+    return (bits_original / bits_compressed) * (perf_compressed / perf_original)
+
+
+def resolve_window(reader: SessionReader, window: str | None = None, phase: str | None = None) -> Window:
+    lo, hi = reader.time_range()
+    name = reader.meta().get("name", reader.path.name)
+    if lo is None or hi is None or hi <= lo:
+        raise MetricsError(f"session {name} holds no samples to compute metrics from (is it empty, or just started?)")
+    if phase:
+        phases = reader.dicts("phase")
+        match = [p for p in phases if p["name"] == phase]
+        if not match:
+            known = ", ".join(p["name"] for p in phases) or "none recorded"
+            raise MetricsError(f"no phase {phase!r} in session {name}; phases: {known}")
+        return Window(match[0]["t_start"], match[0]["t_end"], f"phase {phase}", lo, hi)
+    if window:
+        try:
+            a_text, b_text = window.split(":")
+            a = float(a_text) if a_text.strip() else 0.0
+            b = float(b_text) if b_text.strip() else hi - lo
+        except ValueError:
+            raise MetricsError(f"--window {window!r}: use START:END in seconds from the session start, e.g. 10:60") from None
+        a = a if a >= 0 else (hi - lo) + a
+        b = b if b >= 0 else (hi - lo) + b
+        if b <= a:
+            raise MetricsError(f"--window {window!r}: the end must come after the start")
+        if a >= hi - lo or b <= 0:
+            raise MetricsError(f"--window {window!r} is outside the session, which lasts {hi - lo:.1f} s")
+        return Window(lo + max(a, 0.0), lo + min(b, hi - lo), f"window {window}", lo, hi)
+    return Window(lo, hi, "whole session", lo, hi)
+
+
+def _columns(reader: SessionReader, entity: str, cols: list[str]) -> list[str]:
+    have = {m.name for m in reader.entities().get(entity).metrics} if entity in reader.entities() else set()
+    return [c for c in cols if c in have]
+
+
+def _by_gpu(reader: SessionReader, entity: str, cols: list[str]) -> dict[int, dict[str, list[Any]]]:
+    cols = _columns(reader, entity, cols)
+    out: dict[int, dict[str, list[Any]]] = {}
+    for row in reader.rows(entity, ["gpu", "t", *cols], order="gpu, t"):
+        series = out.setdefault(int(row[0]), {c: [] for c in ["t", *cols]})
+        for name, value in zip(["t", *cols], row[1:]):
+            series[name].append(value)
+    return out
+
+
+def _in_window(t_start: float, t_end: float, w: Window) -> bool:
+    mid = (t_start + t_end) / 2.0
+    return w.start <= mid <= w.end
+
+
+def _busy_time(intervals: list[tuple[float, float]]) -> float:
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in sorted(intervals):
+        if cur_b is None or a > cur_b:
+            if cur_b is not None:
+                total += cur_b - cur_a  # type: ignore[operator]
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_b is not None:
+        total += cur_b - cur_a  # type: ignore[operator]
+    return total
+
+
+def _peak_flops(gpu_name: str | None) -> float | None:
+    if not gpu_name:
+        return None
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in gpu_name:
+            return flops
+    return None
+
+
+def _avg(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def compute(reader: SessionReader, window: Window | None = None, *, params: int | None = None,
+            precision: str | None = None, perf: float | None = None, baseline_precision: str | None = None,
+            baseline_perf: float | None = None, with_series: bool = True) -> dict[str, Any]:
+    """Everything effmon knows about a session window, as one JSON-ready dict."""
+    meta = reader.meta()
+    w = window or resolve_window(reader)
+    notes: list[str] = []
+    gpu_meta = {g.get("index"): g for g in meta.get("gpus") or []}
+
+    gpu_cols = ["mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w", "power_limit_w",
+                "sm_clock_mhz", "mem_clock_mhz", "temp_c", "clock_event_reasons"]
+    gpm_cols = ["sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct"]
+    gpu_series = _by_gpu(reader, "gpu", gpu_cols)
+    gpm_series = _by_gpu(reader, "gpu_gpm", gpm_cols)
+    energy_series = _by_gpu(reader, "gpu_energy", ["energy_counter_j"])
+
+    per_gpu: list[dict[str, Any]] = []
+    for idx in sorted(gpu_series):
+        s = gpu_series[idx]
+        ts = s["t"]
+        inside = [i for i, t in enumerate(ts) if w.start <= t <= w.end]
+        if not inside:
+            continue
+
+        def avg(col: str, series: dict[str, list[Any]] = s) -> float | None:
+            return time_average(series["t"], series[col], w.start, w.end) if col in series else None
+
+        def mx(col: str) -> float | None:
+            vals = [s[col][i] for i in inside if col in s and s[col][i] is not None]
+            return max(vals) if vals else None
+
+        def last(col: str) -> Any:
+            vals = [s[col][i] for i in inside if col in s and s[col][i] is not None]
+            return vals[-1] if vals else None
+
+        g: dict[str, Any] = {"index": idx, "name": gpu_meta.get(idx, {}).get("name"), "samples": len(inside)}
+        mem_avg = avg("mem_used_bytes")
+        mem_total = last("mem_total_bytes") or gpu_meta.get(idx, {}).get("mem_total_bytes")
+        g.update(mem_used_avg_bytes=mem_avg, mem_used_avg_gib=mem_avg / GIB if mem_avg is not None else None,
+                 mem_used_max_bytes=mx("mem_used_bytes"), mem_total_bytes=mem_total,
+                 mem_used_fraction=(mem_avg / mem_total) if mem_avg is not None and mem_total else None,
+                 util_gpu_avg_pct=avg("util_gpu_pct"), util_mem_avg_pct=avg("util_mem_pct"))
+        gpm = gpm_series.get(idx)
+        for col in gpm_cols:
+            g[f"{col.removesuffix('_pct')}_avg_pct"] = avg(col, gpm) if gpm else None
+        if g["sm_active_avg_pct"] is not None:
+            g["pcu"], g["pcu_source"] = g["sm_active_avg_pct"] / 100.0, "nvml_gpm_sm_active"
+        elif g["util_gpu_avg_pct"] is not None:
+            g["pcu"], g["pcu_source"] = g["util_gpu_avg_pct"] / 100.0, "nvml_utilization_gpu"
+        else:
+            g["pcu"], g["pcu_source"] = None, None
+        area, covered = integrate(ts, s["power_w"], w.start, w.end)
+        g.update(power_avg_w=(area / covered) if covered else avg("power_w"), power_max_w=mx("power_w"),
+                 power_limit_w=last("power_limit_w") or gpu_meta.get(idx, {}).get("power_limit_w"),
+                 energy_integrated_j=area, energy_covered_s=covered)
+        g.update(_counter_energy(energy_series.get(idx), w))
+        if g["energy_counter_j"] and g["energy_integrated_j"]:
+            # compare over the same interval the counter covers
+            ia, _ = integrate(ts, s["power_w"], g["energy_counter_window"][0], g["energy_counter_window"][1])
+            g["energy_integral_vs_counter"] = (ia - g["energy_counter_j"]) / g["energy_counter_j"]
+        g.update(sm_clock_avg_mhz=avg("sm_clock_mhz"), sm_clock_max_mhz=mx("sm_clock_mhz"),
+                 mem_clock_avg_mhz=avg("mem_clock_mhz"), temp_max_c=mx("temp_c"),
+                 max_sm_clock_mhz=gpu_meta.get(idx, {}).get("max_sm_clock_mhz"))
+        reasons = s.get("clock_event_reasons", [])
+        if any(r is not None for r in reasons):
+            flags = [bool(r & THROTTLE_MASK) if r is not None else None for r in reasons]
+            g["throttle_s"] = time_where(ts, flags, w.start, w.end)
+            seen = 0
+            for i in inside:
+                seen |= reasons[i] or 0
+            g["throttle_reasons_seen"] = [name for bit, name in THROTTLE_BITS.items() if seen & bit]
+        else:
+            g["throttle_s"], g["throttle_reasons_seen"] = None, None
+        per_gpu.append(g)
+
+    if not per_gpu:
+        if not gpu_series:
+            raise MetricsError(
+                f"session {meta.get('name')} has no GPU readings (recorded without a GPU?); "
+                "EfficientLLM metrics need GPU memory, utilisation and power"
+            )
+        raise MetricsError(f"no GPU readings fall inside {w.label}")
+    if any(g["throttle_s"] is None for g in per_gpu):
+        notes.append("throttle time: clock-event reasons were not recorded (replayed trace or unsupported GPU)")
+
+    # ---- steps and requests ------------------------------------------------------------
+    steps = [r for r in reader.dicts("train_step") if _in_window(r["t_start"], r["t_end"], w)]
+    steps.sort(key=lambda r: (r["t_start"], r.get("rank") or 0))
+    requests = [r for r in reader.dicts("request") if _in_window(r["t_start"], r["t_end"], w)]
+    requests.sort(key=lambda r: r["t_start"])
+    model = dict(meta.get("model") or {})
+    if params:
+        model["params"], model["source"] = params, "--params"
+    n_params = model.get("params")
+
+    step_times = [r["t_end"] - r["t_start"] for r in steps]
+    comm = [r.get("comm_s") for r in steps]
+    comm_measured = bool(steps) and all(c is not None for c in comm)
+    tokens = [r.get("tokens") or 0 for r in steps]
+    samples = [r.get("samples") or 0 for r in steps]
+    sum_step_time = sum(step_times)
+    training: dict[str, Any] | None = None
+    if steps:
+        training = {
+            "steps": len(steps), "step_time_sum_s": sum_step_time,
+            "step_time_mean_s": sum_step_time / len(steps),
+            "step_time_p50_s": percentile(step_times, 50), "step_time_p95_s": percentile(step_times, 95),
+            "tokens": sum(tokens), "samples": sum(samples),
+            "tokens_per_s": sum(tokens) / sum_step_time if sum_step_time else None,
+            "samples_per_s": sum(samples) / sum_step_time if sum_step_time else None,
+            "communication_measured": comm_measured,
+            "communication_s_sum": sum(c for c in comm if c is not None) if comm_measured else None,
+            "loss_first": steps[0].get("loss"), "loss_last": steps[-1].get("loss"),
+        }
+        if not comm_measured:
+            notes.append("AL (training): communication time was not measured apart; step wall time includes it")
+
+    latencies: list[float] = []
+    gen_tokens_each: list[int] = []
+    prompt_tokens_each: list[int] = []
+    ttfts: list[float] = []
+    for r in requests:
+        n = int(r.get("requests") or 1)
+        latencies += [r["t_end"] - r["t_start"]] * n
+        gen_tokens_each += [int(r.get("generated_tokens") or 0)] * n
+        prompt_tokens_each += [int(r.get("prompt_tokens") or 0)] * n
+        if r.get("ttft_s") is not None:
+            ttfts += [r["ttft_s"]] * n
+    inference: dict[str, Any] | None = None
+    if requests:
+        busy = _busy_time([(r["t_start"], r["t_end"]) for r in requests])
+        inference = {
+            "requests": len(latencies), "generated_tokens": sum(gen_tokens_each),
+            "prompt_tokens": sum(prompt_tokens_each), "busy_time_s": busy,
+            "generated_tokens_per_s": sum(gen_tokens_each) / busy if busy else None,
+            "requests_per_s": len(latencies) / busy if busy else None,
+            "latency_mean_s": _avg(latencies), "latency_p50_s": percentile(latencies, 50),
+            "latency_p95_s": percentile(latencies, 95), "latency_p99_s": percentile(latencies, 99),
+            "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95),
+        }
+
+    run_kind = meta.get("run_kind") or ("training" if steps and (not requests or sum_step_time >= (inference or {}).get("busy_time_s", 0))
+                                        else "inference" if requests else "monitoring")
+
+    # ---- the EfficientLLM figures --------------------------------------------------------
+    amu_bytes = sum(g["mem_used_avg_bytes"] or 0 for g in per_gpu)
+    total_bytes = sum(g["mem_total_bytes"] or 0 for g in per_gpu)
+    pcus = [g["pcu"] for g in per_gpu if g["pcu"] is not None]
+    pcu_sources = sorted({g["pcu_source"] for g in per_gpu if g["pcu_source"]})
+    aec = sum(g["power_avg_w"] or 0 for g in per_gpu)
+    energy_int = sum(g["energy_integrated_j"] for g in per_gpu)
+    counters = [g["energy_counter_j"] for g in per_gpu]
+    energy_counter = sum(counters) if counters and all(c is not None for c in counters) else None  # type: ignore[arg-type]
+    energy_best = energy_counter if energy_counter is not None else energy_int
+
+    al_train = (sum_step_time + 0.0) / len(steps) if steps else None
+    al_infer = _avg(latencies)
+    al = al_train if run_kind == "training" else al_infer if run_kind == "inference" else None
+
+    def per_param(total: float, time_s: float) -> float | None:
+        return total / n_params / time_s if n_params and time_s else None
+
+    tt = per_param(sum(tokens), sum_step_time) if steps else None
+    st = per_param(sum(samples), sum_step_time) if steps else None
+    it = inference["generated_tokens_per_s"] if inference else None
+    if steps and not n_params:
+        notes.append("TT and ST are null: the model's parameter count is unknown (give --params N)")
+
+    mcr_value: float | None = None
+    mcr_info: dict[str, Any] = {"value": None, "reason": "no performance scores given (--perf and --baseline-perf)"}
+    precision = precision or meta.get("precision")
+    if perf is not None or baseline_perf is not None:
+        if perf is None or baseline_perf is None:
+            raise MetricsError("MCR needs both --perf (this run) and --baseline-perf (the baseline)")
+        if not precision:
+            raise MetricsError("MCR needs this run's precision: give --precision (e.g. int4)")
+        base_prec = baseline_precision or "bf16"
+        mcr_value = mcr(precision_bits(base_prec), precision_bits(precision), baseline_perf, perf)
+        mcr_info = {"value": mcr_value, "precision": precision, "bits": precision_bits(precision),
+                    "baseline_precision": base_prec, "baseline_bits": precision_bits(base_prec),
+                    "perf": perf, "baseline_perf": baseline_perf,
+                    "formula": "(bits_original / bits_compressed) * (perf_compressed / perf_original)"}
+
+    peak = _peak_flops(per_gpu[0].get("name"))
+    mfu: dict[str, Any] = {"value": None}
+    if run_kind == "training" and training and n_params and training["tokens_per_s"]:
+        if peak:
+            mfu = {"value": 6 * n_params * training["tokens_per_s"] / (peak * len(per_gpu)),
+                   "formula": "6 * params * tokens_per_s / (peak_bf16_dense_flops * gpus)", "peak_flops_per_gpu": peak}
+        else:
+            mfu["reason"] = f"peak FLOP/s of {per_gpu[0].get('name')!r} unknown"
+    elif run_kind == "inference" and inference and n_params and it:
+        if peak:
+            mfu = {"value": 2 * n_params * it / (peak * len(per_gpu)),
+                   "formula": "2 * params * generated_tokens_per_s / (peak_bf16_dense_flops * gpus)",
+                   "peak_flops_per_gpu": peak}
+        else:
+            mfu["reason"] = f"peak FLOP/s of {per_gpu[0].get('name')!r} unknown"
+    else:
+        mfu["reason"] = "needs the parameter count and token throughput"
+
+    tensor = [g["tensor_active_avg_pct"] for g in per_gpu if g["tensor_active_avg_pct"] is not None]
+    n_tokens = training["tokens"] if run_kind == "training" and training else (inference or {}).get("generated_tokens")
+    result: dict[str, Any] = {
+        "effmon_version": __version__,
+        "session": {k: meta.get(k) for k in ("name", "mode", "status", "command", "started_at", "ended_at",
+                                              "exit_code", "precision")}
+        | {"host": (meta.get("host") or {}).get("hostname"), "driver": next((g.get("driver") for g in meta.get("gpus") or []), None)},
+        "run_kind": run_kind,
+        "window": {"label": w.label, "start": w.start, "end": w.end, "duration_s": w.duration,
+                   "relative_s": w.relative()},
+        "model": model or None,
+        "AMU": {"gib": amu_bytes / GIB, "fraction": amu_bytes / total_bytes if total_bytes else None,
+                "bytes": amu_bytes},
+        "PCU": {"value": _avg(pcus), "source": pcu_sources[0] if len(pcu_sources) == 1 else pcu_sources or None,
+                "tensor_active": (_avg(tensor) / 100.0) if tensor else None,
+                "nvml_utilization": _avg([g["util_gpu_avg_pct"] / 100.0 for g in per_gpu if g["util_gpu_avg_pct"] is not None])},
+        "AL": {"value": al, "training_s_per_step": al_train, "inference_s_per_request": al_infer},
+        "TT": tt, "ST": st, "IT": it,
+        "AEC": {"watts": aec, "energy_j": energy_best, "energy_counter_j": energy_counter,
+                "energy_integrated_j": energy_int,
+                "energy_source": "nvml_energy_counter" if energy_counter is not None else "integrated_power"},
+        "MCR": mcr_info,
+        "MFU": mfu,
+        "energy_per": {
+            "token_j": energy_best / n_tokens if n_tokens else None,
+            "sample_j": energy_best / training["samples"] if training and training["samples"] else None,
+            "request_j": energy_best / inference["requests"] if inference and inference["requests"] else None,
+            "step_j": energy_best / training["steps"] if training else None,
+        },
+        "training": training, "inference": inference,
+        "gpus": per_gpu,
+        "throttle_s": (sum(g["throttle_s"] for g in per_gpu) if all(g["throttle_s"] is not None for g in per_gpu) else None),
+        "notes": notes,
+        "_series": _series(gpu_series, gpm_series, w, per_gpu) if with_series else None,
+        "_steps": steps, "_latencies": latencies, "_gen_tokens": gen_tokens_each,
+        "_comm": comm if comm_measured else [],
+    }
+    return result
+
+
+def _counter_energy(series: dict[str, list[Any]] | None, w: Window) -> dict[str, Any]:
+    """Counter delta over the window, interpolating between the (rare) counter reads."""
+    none = {"energy_counter_j": None, "energy_counter_window": None}
+    if not series:
+        return none
+    ts, xs = series["t"], series["energy_counter_j"]
+    pts = [(t, x) for t, x in zip(ts, xs) if x is not None]
+    if len(pts) < 2:
+        return none
+    a = max(w.start, pts[0][0])
+    b = min(w.end, pts[-1][0])
+    if b <= a:
+        return none
+    ta, xa = zip(*pts)
+    va, vb = value_at(ta, xa, a), value_at(ta, xa, b)
+    if va is None or vb is None:
+        return none
+    return {"energy_counter_j": vb - va, "energy_counter_window": [a, b]}
+
+
+def _series(gpu_series: dict[int, dict[str, list[Any]]], gpm_series: dict[int, dict[str, list[Any]]],
+            w: Window, per_gpu: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Machine-wide series at each tick: memory (GiB, summed), compute (ratio, mean), power (W, summed)."""
+    use_gpm = all(g["pcu_source"] == "nvml_gpm_sm_active" for g in per_gpu)
+    ticks: dict[float, list[tuple[float, float | None, float]]] = {}
+    for idx, s in gpu_series.items():
+        gpm = gpm_series.get(idx)
+        gj = 0
+        held: float | None = None
+        for i, t in enumerate(s["t"]):
+            if use_gpm and gpm:
+                while gj < len(gpm["t"]) and gpm["t"][gj] <= t:
+                    if gpm["sm_active_pct"][gj] is not None:
+                        held = gpm["sm_active_pct"][gj]
+                    gj += 1
+                comp = held / 100.0 if held is not None else None
+            else:
+                u = s["util_gpu_pct"][i] if "util_gpu_pct" in s else None
+                comp = u / 100.0 if u is not None else None
+            if not (w.start <= t <= w.end):
+                continue
+            ticks.setdefault(round(t, 4), []).append(((s["mem_used_bytes"][i] or 0) / GIB, comp, s["power_w"][i] or 0.0))
+    times = sorted(ticks)
+    comp_vals = []
+    for t in times:
+        c = [v[1] for v in ticks[t] if v[1] is not None]
+        comp_vals.append(sum(c) / len(c) if c else None)
+    return {
+        "timestamps": times,
+        "memory_utilization": [sum(v[0] for v in ticks[t]) for t in times],
+        "compute_utilization": comp_vals,
+        "power_consumption": [sum(v[2] for v in ticks[t]) for t in times],
+    }

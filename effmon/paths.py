@@ -1,0 +1,35 @@
+"""Where sessions live: ``$EFFMON_HOME``, else ``$XDG_DATA_HOME/effmon``, else ``~/.local/share/effmon``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class HomeError(Exception):
+    pass
+
+
+def effmon_home() -> Path:
+    env = os.environ.get("EFFMON_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "effmon"
+
+
+def sessions_dir(create: bool = False) -> Path:
+    path = effmon_home() / "sessions"
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise HomeError(
+                f"cannot write sessions to {path} ({exc.strerror or exc}); "
+                "set EFFMON_HOME to a writable directory, e.g. EFFMON_HOME=/tmp/effmon"
+            ) from None
+    return path

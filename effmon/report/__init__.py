@@ -1,0 +1,1 @@
+"""Exports of a session: EfficientLLM JSON, effmon JSON, CSV, terminal summaries."""

@@ -1,0 +1,97 @@
+"""Finding and describing recorded sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from effmon.paths import sessions_dir
+from effmon.store import SUFFIX, SessionReader, StoreError
+
+
+class SessionNotFound(Exception):
+    pass
+
+
+@dataclass
+class SessionEntry:
+    path: Path
+    name: str
+    meta: dict[str, Any]
+    start: float | None
+    end: float | None
+    size: int
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        """'complete', 'interrupted', 'failed', 'live' (being recorded) or 'crashed' (recorder died)."""
+        status = self.meta.get("status")
+        if status == "recording":
+            return "live" if _recorder_alive(self.meta) else "crashed"
+        return str(status or "unknown")
+
+    @property
+    def duration(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return self.end - self.start
+
+
+def _recorder_alive(meta: dict[str, Any]) -> bool:
+    import socket
+
+    import psutil
+
+    pid = meta.get("recorder_pid")
+    if not pid or meta.get("host", {}).get("hostname") != socket.gethostname():
+        return False
+    try:
+        return "effmon" in " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).pid == pid
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def entry(path: Path) -> SessionEntry:
+    try:
+        with SessionReader(path) as reader:
+            meta = reader.meta()
+            start, end = reader.time_range()
+            if meta.get("ended_at") and meta.get("status") != "recording":
+                start = meta.get("started_at", start)
+                end = meta["ended_at"]
+            return SessionEntry(path, meta.get("name", path.stem), meta, start, end, reader.size_bytes())
+    except StoreError as exc:
+        return SessionEntry(path, path.name.removesuffix(SUFFIX), {}, None, None, path.stat().st_size, str(exc))
+
+
+def list_sessions(directory: Path | None = None) -> list[SessionEntry]:
+    directory = directory or sessions_dir()
+    if not directory.is_dir():
+        return []
+    entries = [entry(p) for p in directory.glob(f"*{SUFFIX}")]
+    return sorted(entries, key=lambda e: (e.meta.get("wall_started_at") or 0, e.name))
+
+
+def resolve(name: str, directory: Path | None = None) -> Path:
+    """A session by path, by name, by unique name prefix, or ``last`` for the newest."""
+    as_path = Path(name).expanduser()
+    if as_path.is_file():
+        return as_path
+    directory = directory or sessions_dir()
+    if name in ("last", "latest"):
+        entries = list_sessions(directory)
+        if not entries:
+            raise SessionNotFound(f"no sessions yet in {directory}; record one with: effmon demo")
+        return entries[-1].path
+    exact = directory / f"{name}{SUFFIX}"
+    if exact.is_file():
+        return exact
+    matches = sorted(directory.glob(f"{name}*{SUFFIX}")) if directory.is_dir() else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(m.name.removesuffix(SUFFIX) for m in matches[:5])
+        raise SessionNotFound(f"{name!r} matches {len(matches)} sessions ({names}...); give more of the name")
+    raise SessionNotFound(f"no session named {name!r} in {directory}; list them with: effmon sessions")

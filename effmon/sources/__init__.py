@@ -1,0 +1,1 @@
+"""Built-in data sources. Each registers through the public plugin hook (see ``builtin``)."""

@@ -1,0 +1,41 @@
+"""The built-in sources, registered through the same hook a third-party plugin uses."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from effmon.declare import GPU, GPU_ENERGY, GPU_GPM, GPU_PROCESS, HOST, PHASE, REQUEST, TRAIN_STEP, WATCHED
+from effmon.plugins import Source, SourceOptions, SourceSpec, hookimpl
+
+
+def _nvml(options: SourceOptions) -> Source:
+    from effmon.sources.nvml import NvmlSource
+
+    return NvmlSource(options)
+
+
+def _host(options: SourceOptions) -> Source:
+    from effmon.sources.host import HostSource
+
+    return HostSource(options)
+
+
+def _replay(options: SourceOptions) -> Source:
+    from effmon.sources.replay import ReplaySource
+
+    return ReplaySource(options)
+
+
+@hookimpl
+def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
+    register(SourceSpec("nvml", "NVIDIA GPUs through NVML (nvidia-ml-py)", (GPU, GPU_GPM, GPU_ENERGY, GPU_PROCESS), _nvml))
+    register(SourceSpec("host", "This machine and the watched process trees (psutil)", (HOST, WATCHED), _host))
+    register(
+        SourceSpec(
+            "replay",
+            "A recorded trace played back as the GPUs and steps of a fake machine",
+            (GPU, GPU_GPM, GPU_ENERGY, TRAIN_STEP, REQUEST, PHASE),
+            _replay,
+            live=False,
+        )
+    )

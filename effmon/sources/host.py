@@ -1,0 +1,71 @@
+"""This machine and the watched process trees, through psutil."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psutil
+
+from effmon.declare import Row
+from effmon.plugins import SourceInfo, SourceOptions
+
+
+class HostSource:
+    name = "host"
+
+    def __init__(self, options: SourceOptions):
+        self.options = options
+        self.channels = {"system": options.host_s, "watched": options.host_s}
+        self._procs: dict[int, psutil.Process] = {}
+
+    def open(self) -> SourceInfo:
+        psutil.cpu_percent(None)  # prime: the first call has no interval to measure
+        vm = psutil.virtual_memory()
+        return SourceInfo(meta={"host": {"cpus": psutil.cpu_count(), "mem_total_bytes": vm.total}})
+
+    def read(self, channel: str, now: float) -> list[Row]:
+        if channel == "system":
+            vm = psutil.virtual_memory()
+            return [Row("host", {"t": now, "cpu_pct": psutil.cpu_percent(None),
+                                 "mem_used_bytes": vm.total - vm.available, "mem_total_bytes": vm.total})]
+        return [row for pid in self.options.watched_pids() if (row := self._tree(pid, now)) is not None]
+
+    def _process(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None or not proc.is_running():
+            proc = psutil.Process(pid)
+            proc.cpu_percent(None)
+            self._procs[pid] = proc
+        return proc
+
+    def _tree(self, root_pid: int, now: float) -> Row | None:
+        try:
+            root = self._process(root_pid)
+            members = [root] + root.children(recursive=True)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        totals: dict[str, Any] = {"t": now, "pid": root_pid, "cpu_pct": 0.0, "rss_bytes": 0, "threads": 0,
+                                  "nprocs": 0, "io_read_bytes": None, "io_write_bytes": None}
+        for member in members:
+            try:
+                proc = self._process(member.pid)
+                with proc.oneshot():
+                    totals["cpu_pct"] += proc.cpu_percent(None)
+                    totals["rss_bytes"] += proc.memory_info().rss
+                    totals["threads"] += proc.num_threads()
+                    totals["nprocs"] += 1
+                    try:
+                        io = proc.io_counters()
+                        totals["io_read_bytes"] = (totals["io_read_bytes"] or 0) + io.read_bytes
+                        totals["io_write_bytes"] = (totals["io_write_bytes"] or 0) + io.write_bytes
+                    except (psutil.AccessDenied, AttributeError):
+                        pass
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+        live = {m.pid for m in members}
+        for pid in [p for p in self._procs if p not in live and p not in self.options.watched_pids()]:
+            del self._procs[pid]
+        return Row("watched", totals)
+
+    def close(self) -> None:
+        self._procs.clear()

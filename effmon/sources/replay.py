@@ -1,0 +1,140 @@
+"""Plays a trace file as the NVML readings and step data of a fake machine.
+
+It behaves like the NVML source: GPU gauges (and GPM activity, which the trace holds
+per reading) come on the every-tick channel, the energy counter only on the slow one,
+and steps, requests and phases when they end. Time stamps are the trace's own, so a
+replayed session computes to the same numbers as the machine that was recorded.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from effmon.declare import Row
+from effmon.plugins import SourceInfo, SourceOptions
+from effmon.trace import Trace, load_trace
+
+_GPM = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct")
+_GPU = ("mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w",
+        "sm_clock_mhz", "mem_clock_mhz", "temp_c")
+
+
+class ReplaySource:
+    name = "replay"
+
+    def __init__(self, options: SourceOptions, trace: Trace | None = None):
+        if trace is None:
+            if not options.replay_path:
+                raise ValueError("the replay source needs a trace path")
+            trace = load_trace(options.replay_path)
+        self.trace = trace
+        self.channels = {"fast": options.tick_s, "energy": options.slow_s, "events": options.tick_s}
+        self._times = [r["t"] for r in trace.gpu]
+        self._fast_pos = 0
+        self._events = sorted(
+            [("train_step", s["t_end"], s) for s in trace.steps]
+            + [("request", b["t_end"], b) for b in trace.batches]
+            + [("phase", end, {"name": name, "t_start": start, "t_end": end}) for name, start, end in trace.phases],
+            key=lambda e: e[1],
+        )
+        self._event_pos = 0
+        self._power_limit = trace.meta.get("power_limit_w")
+
+    @property
+    def start_time(self) -> float:
+        return self.trace.t0
+
+    @property
+    def end_time(self) -> float:
+        return self.trace.t1
+
+    def finished(self, now: float) -> bool:
+        return now >= self.end_time and self._fast_pos >= len(self._times) and self._event_pos >= len(self._events)
+
+    def open(self) -> SourceInfo:
+        meta = self.trace.meta
+        gpus = []
+        for idx in self.trace.gpu_indices:
+            gpus.append({
+                "index": idx, "name": meta.get("gpu_name", "replayed GPU"), "uuid": None,
+                "mem_total_bytes": meta.get("mem_total_bytes"), "power_limit_w": self._power_limit,
+                "max_sm_clock_mhz": meta.get("max_sm_clock_mhz"), "driver": meta.get("driver"),
+            })
+        unsupported = {}
+        if all(r.get("sm_active_pct") is None for r in self.trace.gpu):
+            unsupported["gpu_gpm.*"] = "the trace holds no NVML GPM readings"
+        if all(r.get("energy_j") is None for r in self.trace.gpu):
+            unsupported["gpu_energy.energy_counter_j"] = "the trace holds no energy counter"
+        model = _model_from_meta(meta)
+        return SourceInfo(gpus=gpus, unsupported=unsupported,
+                          meta={"replay": {"path": self.trace.path, "trace_meta": meta}, **({"model": model} if model else {})})
+
+    def read(self, channel: str, now: float) -> list[Row]:
+        if channel == "fast":
+            return self._read_fast(now)
+        if channel == "energy":
+            return self._read_energy(now)
+        return self._read_events(now)
+
+    def _read_fast(self, now: float) -> list[Row]:
+        end = bisect.bisect_right(self._times, now)
+        rows: list[Row] = []
+        for rec in self.trace.gpu[self._fast_pos:end]:
+            values: dict[str, Any] = {"t": rec["t"], "gpu": rec["gpu"]}
+            for key in _GPU:
+                values[key] = rec.get(key)
+            values["power_limit_w"] = rec.get("power_limit_w", self._power_limit)
+            values["clock_event_reasons"] = rec.get("clock_event_reasons")
+            rows.append(Row("gpu", values))
+            if any(rec.get(k) is not None for k in _GPM):
+                gpm = {"t": rec["t"], "gpu": rec["gpu"], **{k: rec.get(k) for k in _GPM}}
+                rows.append(Row("gpu_gpm", gpm))
+        self._fast_pos = max(self._fast_pos, end)
+        return rows
+
+    def _read_energy(self, now: float) -> list[Row]:
+        """The counter as the last reading at or before ``now`` saw it, one row per GPU."""
+        if self._fast_pos == 0:
+            return []
+        latest: dict[int, dict[str, Any]] = {}
+        for rec in reversed(self.trace.gpu[: self._fast_pos]):
+            if rec["gpu"] not in latest:
+                latest[rec["gpu"]] = rec
+            if len(latest) == len(self.trace.gpu_indices):
+                break
+        return [
+            Row("gpu_energy", {"t": rec["t"], "gpu": gpu, "energy_counter_j": rec.get("energy_j")})
+            for gpu, rec in sorted(latest.items())
+        ]
+
+    def _read_events(self, now: float) -> list[Row]:
+        rows: list[Row] = []
+        while self._event_pos < len(self._events) and self._events[self._event_pos][1] <= now:
+            kind, _, ev = self._events[self._event_pos]
+            self._event_pos += 1
+            if kind == "train_step":
+                rows.append(Row("train_step", {
+                    "t_start": ev["t_start"], "t_end": ev["t_end"], "rank": 0, "step": ev.get("step"),
+                    "tokens": ev.get("tokens"), "samples": ev.get("samples"), "loss": ev.get("loss"),
+                    "comm_s": None, "phase": ev.get("phase"),
+                }))
+            elif kind == "request":
+                rows.append(Row("request", {
+                    "t_start": ev["t_start"], "t_end": ev["t_end"], "requests": ev.get("requests", 1),
+                    "prompt_tokens": ev.get("prompt_tokens_each"), "generated_tokens": ev.get("new_tokens_each"),
+                    "ttft_s": None, "phase": ev.get("phase"),
+                }))
+            else:
+                rows.append(Row("phase", dict(ev)))
+        return rows
+
+    def close(self) -> None:
+        pass
+
+
+def _model_from_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
+    for workload in (meta.get("workloads") or {}).values():
+        if isinstance(workload, dict) and workload.get("params"):
+            return {"params": int(workload["params"]), "source": "trace meta", "phase": workload.get("phase")}
+    return None
