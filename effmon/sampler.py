@@ -33,7 +33,8 @@ class ChannelState:
     source: str
     channel: str
     interval: float
-    next_due: float = 0.0
+    origin: float = 0.0
+    n: int = 0
     reads: int = 0
     failures: int = 0
     consecutive_failures: int = 0
@@ -44,6 +45,11 @@ class ChannelState:
     total_cost_s: float = 0.0
     slow_lane: bool = False
     in_flight: concurrent.futures.Future[Any] | None = field(default=None, repr=False)
+
+    @property
+    def next_due(self) -> float:
+        """Due times sit on an exact grid, origin + n * interval: no float drift accumulates."""
+        return self.origin + self.n * self.interval
 
     @property
     def state(self) -> str:
@@ -73,7 +79,7 @@ class Sampler:
         start = self.clock.now()
         for source in sources:
             for name, interval in source.channels.items():
-                self.channels.append((source, ChannelState(source.name, name, interval, next_due=start)))
+                self.channels.append((source, ChannelState(source.name, name, interval, origin=start)))
         self._thread: threading.Thread | None = None
         self._slow_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.ticks = 0
@@ -144,11 +150,11 @@ class Sampler:
                 self.sink(rows)
 
     def _schedule_next(self, state: ChannelState, now: float) -> None:
-        state.next_due += state.interval
+        state.n += 1
         if state.next_due <= now:
-            missed = int((now - state.next_due) / state.interval) + 1
+            missed = int((now - state.next_due) / state.interval + 1e-9) + 1
             state.missed_ticks += missed
-            state.next_due += missed * state.interval
+            state.n += missed
 
     def _succeeded(self, state: ChannelState, now: float, cost: float) -> None:
         state.reads += 1
@@ -162,7 +168,7 @@ class Sampler:
         state.consecutive_failures += 1
         state.last_error = f"{type(exc).__name__}: {exc}"
         backoff = min(MAX_BACKOFF_S, max(1.0, state.interval) * 2 ** (state.consecutive_failures - 1))
-        state.next_due = now + backoff
+        state.origin, state.n = now + backoff, 0
 
     def _submit_slow(self, source: Source, state: ChannelState, now: float) -> None:
         if state.in_flight is not None:

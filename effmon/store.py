@@ -50,9 +50,6 @@ class SessionWriter:
         self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.max_bytes = max_bytes
-        if max_bytes:
-            page = self.db.execute("PRAGMA page_size").fetchone()[0]
-            self.db.execute(f"PRAGMA max_page_count={max(16, max_bytes // page)}")
         self.entities: dict[str, Entity] = {}
         self._inserts: dict[str, tuple[str, tuple[str, ...]]] = {}
         with self._tx():
@@ -70,6 +67,10 @@ class SessionWriter:
             for entity in entities:
                 self._add_entity(entity)
             self._set_meta(meta)
+        if max_bytes:
+            page = self.db.execute("PRAGMA page_size").fetchone()[0]
+            used = self.db.execute("PRAGMA page_count").fetchone()[0]
+            self.db.execute(f"PRAGMA max_page_count={max(used + 1, max_bytes // page)}")
 
     def _add_entity(self, entity: Entity) -> None:
         if entity.name in self.entities:
