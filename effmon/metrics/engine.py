@@ -115,11 +115,14 @@ def _columns(reader: SessionReader, entity: str, cols: list[str]) -> list[str]:
 
 def _by_gpu(reader: SessionReader, entity: str, cols: list[str]) -> dict[int, dict[str, list[Any]]]:
     cols = _columns(reader, entity, cols)
+    if not reader.has(entity):
+        return {}
     out: dict[int, dict[str, list[Any]]] = {}
-    for row in reader.rows(entity, ["gpu", "t", *cols], order="gpu, t"):
-        series = out.setdefault(int(row[0]), {c: [] for c in ["t", *cols]})
-        for name, value in zip(["t", *cols], row[1:]):
-            series[name].append(value)
+    gpus = [g for (g,) in reader.db.execute(f"SELECT DISTINCT gpu FROM s_{entity}")]
+    for gpu in sorted(int(g) for g in gpus):
+        rows = list(reader.rows(entity, ["t", *cols], "gpu = ?", (gpu,), order="t"))
+        columns = list(zip(*rows)) if rows else [() for _ in range(len(cols) + 1)]
+        out[gpu] = {name: list(values) for name, values in zip(["t", *cols], columns)}
     return out
 
 

@@ -11,19 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def _clean(ts: Sequence[float], xs: Sequence[float | None]) -> tuple[list[float], list[float]]:
-    out_t: list[float] = []
-    out_x: list[float] = []
-    for t, x in zip(ts, xs):
-        if x is None:
-            continue
-        if out_t and t <= out_t[-1]:
-            if t == out_t[-1]:
-                out_x[-1] = float(x)
-            continue
-        out_t.append(float(t))
-        out_x.append(float(x))
-    return out_t, out_x
+def _clean(ts: Sequence[float], xs: Sequence[float | None]) -> tuple[Sequence[float], Sequence[float]]:
+    """Drop missing readings; samples must come in time order (the store returns them so)."""
+    if None not in xs:
+        return ts, xs  # type: ignore[return-value]
+    pairs = [(t, x) for t, x in zip(ts, xs) if x is not None]
+    if not pairs:
+        return [], []
+    t_out, x_out = zip(*pairs)
+    return t_out, x_out
 
 
 def _interp(t: float, t0: float, x0: float, t1: float, x1: float) -> float:
@@ -33,6 +29,8 @@ def _interp(t: float, t0: float, x0: float, t1: float, x1: float) -> float:
 def integrate(ts: Sequence[float], xs: Sequence[float | None], start: float | None = None,
               end: float | None = None) -> tuple[float, float]:
     """∫ x dt over [start, end] ∩ [first sample, last sample]; returns (integral, covered seconds)."""
+    import bisect
+
     t, x = _clean(ts, xs)
     if len(t) < 2:
         return 0.0, 0.0
@@ -40,16 +38,22 @@ def integrate(ts: Sequence[float], xs: Sequence[float | None], start: float | No
     hi = t[-1] if end is None else min(end, t[-1])
     if hi <= lo:
         return 0.0, 0.0
+    i0 = bisect.bisect_left(t, lo)   # first sample at or after lo
+    i1 = bisect.bisect_right(t, hi) - 1  # last sample at or before hi
     total = 0.0
-    for i in range(len(t) - 1):
-        a, b = t[i], t[i + 1]
-        if b <= lo or a >= hi:
-            continue
-        xa, xb = x[i], x[i + 1]
-        ca, cb = max(a, lo), min(b, hi)
-        ya = xa if ca == a else _interp(ca, a, xa, b, xb)
-        yb = xb if cb == b else _interp(cb, a, xa, b, xb)
-        total += (ya + yb) / 2.0 * (cb - ca)
+    if i0 <= i1:
+        tt, xx = t[i0:i1 + 1], x[i0:i1 + 1]
+        total = sum((xa + xb) * (tb - ta) for ta, tb, xa, xb in zip(tt, tt[1:], xx, xx[1:])) / 2.0
+        if t[i0] > lo:  # the piece from lo to the first sample inside
+            y = _interp(lo, t[i0 - 1], x[i0 - 1], t[i0], x[i0])
+            total += (y + x[i0]) / 2.0 * (t[i0] - lo)
+        if t[i1] < hi:
+            y = _interp(hi, t[i1], x[i1], t[i1 + 1], x[i1 + 1])
+            total += (x[i1] + y) / 2.0 * (hi - t[i1])
+    else:  # lo and hi fall between the same two samples
+        k = i1
+        ya, yb = _interp(lo, t[k], x[k], t[k + 1], x[k + 1]), _interp(hi, t[k], x[k], t[k + 1], x[k + 1])
+        total = (ya + yb) / 2.0 * (hi - lo)
     return total, hi - lo
 
 

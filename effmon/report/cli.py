@@ -17,6 +17,9 @@ def _load(args: Any) -> tuple[Any, dict[str, Any]]:
 
     reader = SessionReader(resolve(args.session))
     window = resolve_window(reader, args.window, args.phase)
+    if args.format == "csv":  # a time series export: no metrics to compute
+        return reader, {"window": {"start": window.start, "end": window.end, "label": window.label,
+                                   "relative_s": window.relative()}, "session": reader.meta()}
     baseline_precision = args.baseline_precision
     if args.baseline:
         with SessionReader(resolve(args.baseline)) as base:
@@ -54,7 +57,9 @@ def cmd_report(args: Any) -> int:
         else:
             obj = {"efficientllm": formats.efficientllm, "efficientllm-pretrain": formats.efficientllm_pretrain,
                    "json": formats.effmon_json}[args.format](summary)
-            text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+            # The C encoder runs only without indent: compact for files, indented on a terminal.
+            pretty = not args.output and sys.stdout.isatty()
+            text = json.dumps(obj, indent=2 if pretty else None, allow_nan=False) + "\n"
     if args.output:
         tmp = Path(f"{args.output}.tmp")
         tmp.write_text(text, encoding="utf-8")

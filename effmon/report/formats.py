@@ -26,6 +26,9 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
     if isinstance(obj, (list, tuple)):
+        if obj and isinstance(obj[0], (int, float)) and not any(isinstance(v, float) and not math.isfinite(v)
+                                                                for v in obj if v is not None):
+            return list(obj)  # a series of numbers: nothing inside to clean
         return [_clean(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -135,13 +138,17 @@ def csv_text(reader: SessionReader, summary: dict[str, Any]) -> str:
     writer.writerow(CSV_COLUMNS)
     gpu_cols = CSV_COLUMNS[3:13]
     pos: dict[int, int] = {}
-    for row in reader.rows("gpu", ["t", "gpu", *gpu_cols], "t >= ? AND t <= ?", (w0, w1), order="t, gpu"):
-        t, g = row[0], int(row[1])
-        series = gpm.get(g, [])
-        i = pos.get(g, 0)
-        while i < len(series) and series[i][0] <= t:
-            i += 1
-        pos[g] = i
-        latest = series[i - 1][1:] if i else (None, None, None, None)
-        writer.writerow([t, round(t - s0, 4), g, *row[2:], *latest])
+    none4 = (None, None, None, None)
+
+    def rows() -> Any:
+        for row in reader.rows("gpu", ["t", "gpu", *gpu_cols], "t >= ? AND t <= ?", (w0, w1), order="t, gpu"):
+            t, g = row[0], row[1]
+            series = gpm.get(g, ())
+            i = pos.get(g, 0)
+            while i < len(series) and series[i][0] <= t:
+                i += 1
+            pos[g] = i
+            yield (t, round(t - s0, 4), *row[1:], *(series[i - 1][1:] if i else none4))
+
+    writer.writerows(rows())
     return buf.getvalue()

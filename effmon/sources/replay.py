@@ -40,6 +40,7 @@ class ReplaySource:
         )
         self._event_pos = 0
         self._power_limit = trace.meta.get("power_limit_w")
+        self._latest: dict[int, dict[str, Any]] = {}
 
     @property
     def start_time(self) -> float:
@@ -81,6 +82,7 @@ class ReplaySource:
         end = bisect.bisect_right(self._times, now)
         rows: list[Row] = []
         for rec in self.trace.gpu[self._fast_pos:end]:
+            self._latest[rec["gpu"]] = rec
             values: dict[str, Any] = {"t": rec["t"], "gpu": rec["gpu"]}
             for key in _GPU:
                 values[key] = rec.get(key)
@@ -95,17 +97,9 @@ class ReplaySource:
 
     def _read_energy(self, now: float) -> list[Row]:
         """The counter as the last reading at or before ``now`` saw it, one row per GPU."""
-        if self._fast_pos == 0:
-            return []
-        latest: dict[int, dict[str, Any]] = {}
-        for rec in reversed(self.trace.gpu[: self._fast_pos]):
-            if rec["gpu"] not in latest:
-                latest[rec["gpu"]] = rec
-            if len(latest) == len(self.trace.gpu_indices):
-                break
         return [
             Row("gpu_energy", {"t": rec["t"], "gpu": gpu, "energy_counter_j": rec.get("energy_j")})
-            for gpu, rec in sorted(latest.items())
+            for gpu, rec in sorted(self._latest.items())
         ]
 
     def _read_events(self, now: float) -> list[Row]:

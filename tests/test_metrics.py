@@ -1,0 +1,253 @@
+"""EfficientLLM metrics against figures computed by hand from the real H100 trace."""
+
+import json
+from importlib import resources
+
+import jsonschema
+import pytest
+
+from effmon.metrics import compute, resolve_window
+from effmon.metrics.engine import MetricsError, mcr, precision_bits
+from effmon.report.formats import efficientllm
+from effmon.store import SessionReader
+from tests.conftest import PHASES_TRACE, run_effmon, trace_lines
+
+GIB = 2**30
+
+
+def gpu_lines():
+    return [x for x in trace_lines() if x["kind"] == "gpu"]
+
+
+def phase_bounds(name):
+    """A phase runs from the first to the last time stamp of anything labelled with it."""
+    times = []
+    for x in trace_lines():
+        if x.get("phase") != name:
+            continue
+        times += [x["t"]] if x["kind"] == "gpu" else [x["t_start"], x["t_end"]]
+    return min(times), max(times)
+
+
+def hand_average(field, a, b, rows=None):
+    """Trapezoid over the samples in [a, b], with the value at a window edge that falls between two
+    samples taken on the straight line between them."""
+    rows = [x for x in (rows or gpu_lines()) if x.get(field) is not None]
+    pts = [(x["t"], x[field]) for x in rows]
+
+    def at(t):
+        for (t0, v0), (t1, v1) in zip(pts, pts[1:]):
+            if t0 <= t <= t1:
+                return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+        raise AssertionError("edge outside the samples")
+
+    inner = [(t, v) for t, v in pts if a < t < b]
+    seq = [(a, at(a))] + inner + [(b, at(b))]
+    area = sum((seq[i][1] + seq[i + 1][1]) / 2 * (seq[i + 1][0] - seq[i][0]) for i in range(len(seq) - 1))
+    return area / (b - a)
+
+
+def summary(session, phase=None, window=None, **kw):
+    with SessionReader(session) as r:
+        return compute(r, resolve_window(r, window, phase), **kw)
+
+
+def test_aec_of_the_matmul_phase(phases_session):
+    a, b = phase_bounds("matmul_bf16")
+    s = summary(phases_session, "matmul_bf16")
+    expected = hand_average("power_w", a, b)
+    assert s["AEC"]["watts"] == pytest.approx(expected, rel=1e-9)
+    assert 600 < expected < 730  # a bf16 burn near the 700 W limit
+    assert s["AEC"]["energy_integrated_j"] == pytest.approx(expected * (b - a), rel=1e-9)
+
+
+def test_amu_of_the_finetune_phase(phases_session):
+    a, b = phase_bounds("lora_finetune")
+    s = summary(phases_session, "lora_finetune")
+    expected = hand_average("mem_used_bytes", a, b)
+    assert s["AMU"]["gib"] == pytest.approx(expected / GIB, rel=1e-9)
+    assert s["AMU"]["fraction"] == pytest.approx(expected / 85520809984, rel=1e-9)
+    assert s["run_kind"] == "training"
+
+
+def test_pcu_from_sm_activity_and_from_nvml_utilisation_in_the_generate_phase(phases_session):
+    a, b = phase_bounds("generate")
+    s = summary(phases_session, "generate")
+    sm = hand_average("sm_active_pct", a, b) / 100
+    util = hand_average("util_gpu_pct", a, b) / 100
+    assert s["PCU"]["source"] == "nvml_gpm_sm_active"
+    assert s["PCU"]["value"] == pytest.approx(sm, rel=1e-9)
+    assert s["PCU"]["nvml_utilization"] == pytest.approx(util, rel=1e-9)
+    assert util / sm > 2.5  # the two readings differ several-fold: both must be right
+    assert s["PCU"]["tensor_active"] == pytest.approx(hand_average("tensor_active_pct", a, b) / 100, rel=1e-9)
+
+
+def test_integrated_energy_against_the_counter_over_the_whole_trace(phases_session):
+    s = summary(phases_session)
+    lines = gpu_lines()
+    counter = lines[-1]["energy_j"] - lines[0]["energy_j"]
+    assert s["AEC"]["energy_counter_j"] == pytest.approx(counter, rel=1e-9)
+    assert abs(s["AEC"]["energy_integrated_j"] - counter) / counter < 2.5e-4
+    assert s["AEC"]["energy_source"] == "nvml_energy_counter"
+
+
+def test_throughput_and_latency_of_the_finetune_and_generate_phases(phases_session):
+    steps = [x for x in trace_lines() if x["kind"] == "train_step"]
+    params = 852559872
+    total_time = sum(x["t_end"] - x["t_start"] for x in steps)
+    s = summary(phases_session, "lora_finetune")
+    assert s["training"]["steps"] == len(steps)
+    assert s["AL"]["value"] == pytest.approx(total_time / len(steps), rel=1e-9)
+    assert s["TT"] == pytest.approx(sum(x["tokens"] for x in steps) / params / total_time, rel=1e-9)
+    assert s["ST"] == pytest.approx(sum(x["samples"] for x in steps) / params / total_time, rel=1e-9)
+    batches = [x for x in trace_lines() if x["kind"] == "generate_batch"]
+    g = summary(phases_session, "generate")
+    busy = sum(x["t_end"] - x["t_start"] for x in batches)  # batches run one after another
+    assert g["run_kind"] == "inference"
+    assert g["IT"] == pytest.approx(sum(x["requests"] * x["new_tokens_each"] for x in batches) / busy, rel=1e-6)
+    assert g["inference"]["requests"] == 80
+    assert g["AL"]["value"] == pytest.approx(sum((x["t_end"] - x["t_start"]) * 16 for x in batches) / 80, rel=1e-9)
+
+
+def test_irregular_sampling_moves_time_weighted_results_only_by_sampling_error(tmp_path, phases_session, monkeypatch):
+    monkeypatch.setenv("EFFMON_HOME", str(tmp_path))
+    lines = PHASES_TRACE.read_text().splitlines()
+    kept, n = [], 0
+    for line in lines:
+        if '"kind": "gpu"' in line:
+            n += 1
+            if n % 3 == 0:
+                continue
+        kept.append(line)
+    sparse = tmp_path / "sparse.jsonl"
+    sparse.write_text("\n".join(kept) + "\n")
+    from effmon.recorder import RecordOptions, record_replay
+    from effmon.sessions import resolve
+
+    assert record_replay(str(sparse), RecordOptions(name="sparse", quiet=True), as_fast_as_possible=True) == 0
+    thin = resolve("sparse")
+    for phase, pick, tol in (("matmul_bf16", lambda s: s["AEC"]["watts"], 0.02),
+                             ("lora_finetune", lambda s: s["AMU"]["gib"], 0.02),
+                             ("generate", lambda s: s["PCU"]["value"], 0.05),
+                             (None, lambda s: s["AEC"]["energy_integrated_j"], 0.005)):
+        full_v, thin_v = pick(summary(phases_session, phase)), pick(summary(thin, phase))
+        assert thin_v == pytest.approx(full_v, rel=tol), phase
+
+
+def test_efficientllm_export_validates_against_the_schema(phases_session, tmp_path):
+    out = tmp_path / "run.json"
+    res = run_effmon("report", str(phases_session), "--format", "efficientllm", "-o", str(out), "--phase", "generate")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    schema = json.loads((resources.files("effmon") / "schemas" / "efficientllm.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["IT"] > 0 and doc["num_requests"] == 80 and len(doc["request_level"]["latencies"]) == 80
+    assert doc["effmon"]["PCU"]["source"] == "nvml_gpm_sm_active"
+    assert len(doc["time_series"]["timestamps"]) == len(doc["time_series"]["power_consumption"]) > 100
+    train = tmp_path / "train.json"
+    assert run_effmon("report", str(phases_session), "-f", "efficientllm", "-o", str(train),
+                      "--phase", "lora_finetune").returncode == 0
+    tdoc = json.loads(train.read_text())
+    jsonschema.validate(tdoc, schema)
+    assert tdoc["ST"] > 0 and tdoc["num_requests"] == 159 and tdoc["effmon"]["run_kind"] == "training"
+
+
+def test_schema_rejects_a_broken_record(phases_session):
+    schema = json.loads((resources.files("effmon") / "schemas" / "efficientllm.schema.json").read_text())
+    doc = efficientllm(summary(phases_session, "generate"))
+    del doc["time_series"]["power_consumption"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)
+
+
+def test_mcr_reproduces_the_published_row():
+    assert round(mcr(precision_bits("bf16"), precision_bits("int4"), 0.4719, 0.4361), 4) == 3.6965
+    assert precision_bits("AWQ") == 4 and precision_bits("fp8") == 8
+
+
+def test_mcr_through_the_command_line(phases_session):
+    res = run_effmon("report", str(phases_session), "-f", "json", "--precision", "int4", "--perf", "0.4361",
+                     "--baseline-precision", "bf16", "--baseline-perf", "0.4719")
+    assert res.returncode == 0, res.stderr
+    assert round(json.loads(res.stdout)["MCR"]["value"], 4) == 3.6965
+
+
+def test_csv_has_one_row_per_sample_and_gpu(phases_session):
+    res = run_effmon("report", str(phases_session), "-f", "csv")
+    assert res.returncode == 0
+    rows = res.stdout.strip().splitlines()
+    assert len(rows) == 1 + len(gpu_lines())
+    header = rows[0].split(",")
+    assert header[:3] == ["t", "t_rel_s", "gpu"] and "sm_active_pct" in header
+
+
+def test_pretrain_shape(phases_session):
+    res = run_effmon("report", str(phases_session), "-f", "efficientllm-pretrain", "--phase", "lora_finetune")
+    doc = json.loads(res.stdout)
+    assert set(doc) >= {"model_type", "model_size", "parameters", "context_length", "metrics"}
+    assert set(doc["metrics"]) == {"ppl", "amu_gb", "al_seconds", "tt_tokens_per_param_per_sec", "aec_watts"}
+    assert doc["parameters"] == 852559872
+
+
+def test_per_param_throughput_is_null_with_a_reason_when_params_are_unknown(tmp_path):
+    from tests.conftest import SHARED_TRACES
+
+    home = tmp_path / "h"
+    assert run_effmon("record", "-q", "--replay", str(SHARED_TRACES / "h100_lora_trainer.jsonl"),
+                      "--as-fast-as-possible", env_home=home).returncode == 0
+    doc = json.loads(run_effmon("report", "last", "-f", "efficientllm", env_home=home).stdout)
+    assert doc["ST"] is None and doc["effmon"]["per_param_null_reason"]
+    assert doc["effmon"]["throughput"]["samples_per_s"] > 0
+    doc = json.loads(run_effmon("report", "last", "-f", "efficientllm", "--params", "1000000", env_home=home).stdout)
+    assert doc["ST"] == pytest.approx(doc["effmon"]["throughput"]["samples_per_s"] / 1e6)
+    assert doc["effmon"]["PCU"]["source"] == "nvml_utilization_gpu"  # no GPM in that trace
+
+
+def test_table_report_prints_the_metrics(phases_session):
+    res = run_effmon("report", str(phases_session))
+    assert res.returncode == 0
+    for word in ("AMU", "PCU", "AEC", "GiB", "nvml_gpm_sm_active", "Per GPU"):
+        assert word in res.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--window", "500:600"], "outside the session"),
+    (["--window", "abc"], "use START:END"),
+    (["--phase", "warmup"], "no phase 'warmup'"),
+    (["--precision", "int4", "--perf", "-0.2", "--baseline-perf", "0.47"], "non-negative"),
+    (["--perf", "0.4"], "needs both"),
+    (["--precision", "int5", "--perf", "0.4", "--baseline-perf", "0.47"], "unknown precision"),
+    (["-o", "/nonexistent-dir/x.json", "-f", "json"], "does not exist"),
+])
+def test_bad_report_input(phases_session, args, words):
+    res = run_effmon("report", str(phases_session), *args)
+    assert res.returncode == 2, res.stdout
+    assert words in res.stderr and "Traceback" not in res.stderr
+
+
+def test_empty_session_and_session_without_gpu(tmp_path):
+    from effmon.declare import CORE_ENTITIES
+    from effmon.store import SessionWriter
+
+    (tmp_path / "h" / "sessions").mkdir(parents=True)
+    w = SessionWriter(tmp_path / "h" / "sessions" / "empty.effmon", CORE_ENTITIES, {"name": "empty"})
+    w.close()
+    res = run_effmon("report", "empty", env_home=tmp_path / "h")
+    assert res.returncode == 2 and "holds no samples" in res.stderr
+    assert run_effmon("record", "-q", "--source", "host", "--host-interval", "0.1", "--name", "nogpu", "--",
+                      "sleep", "0.5", env_home=tmp_path / "h").returncode == 0
+    res = run_effmon("report", "nogpu", env_home=tmp_path / "h")
+    assert res.returncode == 2 and "no GPU readings" in res.stderr
+    show = run_effmon("sessions", "show", "nogpu", env_home=tmp_path / "h")
+    assert show.returncode == 0 and "no GPU readings" in show.stdout
+
+
+def test_window_is_relative_to_the_session_start(phases_session):
+    with SessionReader(phases_session) as r:
+        lo, hi = r.time_range()
+        w = resolve_window(r, "10:20")
+        assert (w.start, w.end) == (lo + 10, lo + 20)
+        w = resolve_window(r, ":-5")
+        assert w.end == pytest.approx(hi - 5)
+        with pytest.raises(MetricsError):
+            resolve_window(r, "30:10")
