@@ -27,6 +27,9 @@ class ScaledClock:
         self.start, self.speed = start, speed
         self._origin = time.monotonic()
 
+    def restart(self) -> None:
+        self._origin = time.monotonic()
+
     def now(self) -> float:
         return self.start + (time.monotonic() - self._origin) * self.speed
 

@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import Any
 
-from effmon.fmt import human_bytes, human_energy, num
+from effmon.fmt import human_energy, num
 
 
 def _table(recorder: Any) -> Any:
@@ -19,21 +19,22 @@ def _table(recorder: Any) -> Any:
     steps = live.counts.get("train_step", 0)
     reqs = live.counts.get("request", 0)
     phases = live.of("phase")
-    title = f"effmon — {recorder.path.name}  steps {steps}  request batches {reqs}"
+    title = f"{recorder.path.name.removesuffix('.effmon')}  steps {steps}  request batches {reqs}"
     if phases:
         title += f"  last phase: {phases[-1].get('name')}"
     t = Table(title=title, title_justify="left")
-    for col in ("GPU", "memory", "NVML util", "SM active", "tensor", "power", "energy", "SM clock", "temp"):
+    for col in ("GPU", "mem GB", "NVML util", "SM act.", "tensor", "power W", "energy", "SM MHz", "°C"):
         t.add_column(col, justify="right")
     for g in gpus:
         idx = g["gpu"]
         a = gpm.get(idx, {})
         e = energy.get(idx, {})
-        t.add_row(str(idx), f"{human_bytes(g.get('mem_used_bytes'))}/{human_bytes(g.get('mem_total_bytes'))}",
-                  num(g.get("util_gpu_pct"), ".0f", "%"), num(a.get("sm_active_pct"), ".1f", "%"),
-                  num(a.get("tensor_active_pct"), ".1f", "%"), num(g.get("power_w"), ".0f", "W"),
-                  human_energy(e.get("energy_integrated_j")), num(g.get("sm_clock_mhz"), ".0f", "MHz"),
-                  num(g.get("temp_c"), ".0f", "°C"))
+        used, total = g.get("mem_used_bytes"), g.get("mem_total_bytes")
+        mem = f"{used / 1e9:.1f}/{total / 1e9:.0f}" if used is not None and total else "N/A"
+        t.add_row(str(idx), mem, num(g.get("util_gpu_pct"), ".0f", "%"), num(a.get("sm_active_pct"), ".1f", "%"),
+                  num(a.get("tensor_active_pct"), ".1f", "%"), num(g.get("power_w"), ".0f"),
+                  human_energy(e.get("energy_integrated_j")), num(g.get("sm_clock_mhz"), ".0f"),
+                  num(g.get("temp_c"), ".0f"))
     return t
 
 

@@ -118,6 +118,12 @@ class Sampler:
     # -- the loop --------------------------------------------------------------------
     def run(self, until: Callable[[float], bool] | None = None) -> None:
         """Sample until stopped (or until ``until(now)`` is true: used for replays)."""
+        restart = getattr(self.clock, "restart", None)
+        if restart is not None:
+            restart()  # a replay's clock starts with the sampling, not when it was built
+        origin = self.clock.now()
+        for _, state in self.channels:
+            state.origin, state.n = origin, 0
         while not self.stop_event.is_set():
             now = self.clock.now()
             self.tick(now)

@@ -176,7 +176,7 @@ def print_summary(path: Path) -> None:
         phases = reader.dicts("phase")
         if phases:
             s0 = e.start or 0
-            console.print("phases: " + ", ".join(f"{p['name']} ({p['t_start'] - s0:.0f}–{p['t_end'] - s0:.0f} s)" for p in phases))
+            console.print("phases: " + ", ".join(f"{p['name']} ({max(0.0, p['t_start'] - s0):.0f}–{p['t_end'] - s0:.0f} s)" for p in phases))
         for t, level, text in reader.notices():
             console.print(f"[yellow]{level}: {text}[/]")
         failed = [st for st in reader.source_status() if st.get("failures")]
