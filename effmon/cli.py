@@ -9,7 +9,9 @@ from typing import Any
 
 EPILOG = """\
 examples:
+  effmon                                   live dashboard of this machine (same as: effmon top)
   effmon demo                              replay a recorded H100 session (no GPU needed)
+  effmon replay last                       open the newest session in the dashboard
   effmon record -- python train.py --lr 1e-4
                                            record while a command runs; exits with its status
   effmon record --pid 1234                 record while a running process lives
@@ -92,10 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rate_options(rec)
     rec.add_argument("command", nargs="*", help="the command to run, after --")
 
+    top = sub.add_parser("top", help="live dashboard of this machine (the default command); records a session",
+                         description="Live dashboard of this machine's GPUs, processes and host. The readings are "
+                                     "recorded into a session you can replay or report on later.")
+    top.add_argument("--refresh", type=_positive, default=1.0, metavar="S", help="screen refresh (default: 1 s)")
+    _add_rate_options(top)
+
+    rp = sub.add_parser("replay", help="open a recorded session in the dashboard (follows it if still recording)",
+                        description="Open a session in the dashboard with a time cursor: space pause/play, "
+                                    "arrows step, home/end jump, s speed x1/x10.")
+    rp.add_argument("session", help="name, unique prefix, path, or 'last'")
+    rp.add_argument("--speed", type=_positive, default=1.0, help="play speed (default: 1)")
+    rp.add_argument("--at", type=float, metavar="S", help="start the cursor S seconds into the session")
+    rp.add_argument("--paused", action="store_true", help="start paused")
+    rp.add_argument("--refresh", type=_positive, default=1.0, metavar="S", help="screen refresh (default: 1 s)")
+
     demo = sub.add_parser(
         "demo", help="replay a recorded H100 session (LoRA fine-tune, matmul, generation): no GPU needed",
-        description="Replays the H100 session bundled with effmon into a new session and shows it live.",
+        description="Replays the H100 session bundled with effmon into a new session and shows it in the dashboard.",
     )
+    demo.add_argument("--headless", action="store_true", help="no dashboard: a plain live table, then a summary")
     demo.add_argument("--speed", type=_positive, default=10.0, help="replay speed (default: 10x, about 10 s)")
     demo.add_argument("--as-fast-as-possible", action="store_true", help="replay without waiting")
     demo.add_argument("--trace", help="replay this trace instead of the bundled one")
@@ -149,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:
-        parser.print_help()
-        print("\nNo GPU here? Try: effmon demo", file=sys.stderr)
-        return 0
+        if not sys.stdout.isatty():
+            parser.print_help()
+            print("\nNo GPU here? Try: effmon demo", file=sys.stderr)
+            return 0
+        args = parser.parse_args(["top"])
     try:
         return int(_dispatch(args, command, parser) or 0)
     except BrokenPipeError:
@@ -174,6 +194,10 @@ def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.Arg
             return _cmd_record(args, command + list(args.command))
         if args.cmd == "demo":
             return _cmd_demo(args)
+        if args.cmd == "top":
+            return _cmd_top(args)
+        if args.cmd == "replay":
+            return _cmd_replay(args)
         if args.cmd == "sessions":
             return _cmd_sessions(args)
         if args.cmd == "sources":
@@ -212,32 +236,117 @@ def _cmd_record(args: argparse.Namespace, command: list[str]) -> int:
     return record_command(command, options)
 
 
+def _need_terminal(what: str) -> int | None:
+    if sys.stdout.isatty() and sys.stdin.isatty():
+        return None
+    return _err(f"{what} draws a dashboard and needs a terminal; use `effmon demo --headless`, "
+                "`effmon record` or `effmon report` in scripts", 2)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import threading
+
     from effmon.recorder import RecordOptions, record_replay
-    from effmon.trace import bundled_trace_path
+    from effmon.trace import TraceError, bundled_trace_path, load_trace
 
     trace = args.trace or str(bundled_trace_path())
-    live = not args.no_live and sys.stdout.isatty()
-    view = None
-    if live:
-        from effmon.liveview import live_view
+    pace = "full speed" if args.as_fast_as_possible else f"{args.speed:g}x"
+    if args.headless or args.no_live or not (sys.stdout.isatty() and sys.stdin.isatty()):
+        from effmon.liveview import live_view, progress_lines
 
-        view = live_view
+        view = live_view if (sys.stdout.isatty() and not args.no_live) else progress_lines
+        print(f"effmon demo: replaying a real H100 session ({os.path.basename(trace)}) at {pace}; Ctrl-C to stop",
+              file=sys.stderr)
+        code = record_replay(trace, RecordOptions(name=args.name), speed=args.speed,
+                             as_fast_as_possible=args.as_fast_as_possible, view=view, slug="demo-h100")
+        if code == 0:
+            from effmon.report.cli import print_summary
+            from effmon.sessions import resolve
+
+            print_summary(resolve("last"))
+        return code
+    try:
+        load_trace(trace)
+    except TraceError as exc:
+        return _err(str(exc), 2)
+    opened = threading.Event()
+    stop = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def on_open(recorder: Any) -> None:
+        holder["path"] = recorder.path
+        opened.set()
+
+    def run() -> None:
+        try:
+            holder["code"] = record_replay(trace, RecordOptions(name=args.name, quiet=True, on_open=on_open),
+                                           speed=args.speed, as_fast_as_possible=args.as_fast_as_possible,
+                                           slug="demo-h100", stop=stop)
+        except Exception as exc:  # shown after the dashboard closes
+            holder["error"] = exc
+        finally:
+            opened.set()
+
+    thread = threading.Thread(target=run, name="effmon-demo", daemon=True)
+    thread.start()
+    opened.wait(30)
+    if "path" not in holder:
+        return _err(f"the demo could not start: {holder.get('error')}", 1)
+    from effmon.tui.app import make_app
+
+    app = make_app(holder["path"], mode="live", on_quit=stop.set)
+    app.run()
+    stop.set()
+    thread.join(10)
+    name = holder["path"].name.removesuffix(".effmon")
+    print(f"effmon demo: session {name} saved; replay it with `effmon replay {name}`, "
+          f"or report it with `effmon report {name}`", file=sys.stderr)
+    return 0
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    bad = _need_terminal("effmon top")
+    if bad is not None:
+        return bad
+    from effmon.recorder import BackgroundRecording
+
+    options = _record_options(args)
+    options.quiet = True
+    rec = BackgroundRecording(options)
+    path = rec.start()
+    for _, level, text in rec.recorder.notices:
+        print(f"effmon: {text}", file=sys.stderr)
+    from effmon.tui.app import make_app
+
+    app = make_app(path, mode="live", refresh_s=args.refresh)
+    try:
+        app.run()
+    finally:
+        rec.stop()
+    print(f"effmon: session {path.name.removesuffix('.effmon')} saved", file=sys.stderr)
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    bad = _need_terminal("effmon replay")
+    if bad is not None:
+        return bad
+    from effmon.sessions import entry, resolve
+    from effmon.tui.app import make_app
+
+    path = resolve(args.session)
+    e = entry(path)
+    if e.error:
+        return _err(e.error, 2)
+    if e.state == "live":
+        app = make_app(path, mode="live", refresh_s=args.refresh)
     else:
-        from effmon.liveview import progress_lines
-
-        view = progress_lines
-    options = RecordOptions(name=args.name, quiet=False)
-    print(f"effmon demo: replaying a real H100 session ({os.path.basename(trace)}) at "
-          f"{'full speed' if args.as_fast_as_possible else f'{args.speed:g}x'}; Ctrl-C to stop", file=sys.stderr)
-    code = record_replay(trace, options, speed=args.speed, as_fast_as_possible=args.as_fast_as_possible,
-                         view=view, slug="demo-h100")
-    if code == 0:
-        from effmon.report.cli import print_summary
-        from effmon.sessions import resolve
-
-        print_summary(resolve("last"))
-    return code
+        app = make_app(path, mode="replay", refresh_s=args.refresh, speed=args.speed, paused=args.paused)
+        lo, _ = app.view.time_range()
+        if args.at is not None and lo is not None:
+            app.cursor = lo + args.at
+    app.run()
+    return 0
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:

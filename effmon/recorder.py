@@ -392,7 +392,8 @@ def _alive(proc: Any) -> bool:
 
 
 def record_replay(trace_path: str, options: RecordOptions, *, speed: float = 1.0, as_fast_as_possible: bool = False,
-                  view: Callable[[Recorder, threading.Event], None] | None = None, slug: str | None = None) -> int:
+                  view: Callable[[Recorder, threading.Event], None] | None = None, slug: str | None = None,
+                  stop: threading.Event | None = None) -> int:
     from effmon.sources.replay import ReplaySource
     from effmon.trace import TraceError, load_trace
 
@@ -427,7 +428,7 @@ def record_replay(trace_path: str, options: RecordOptions, *, speed: float = 1.0
     with _Interrupts() as intr:
         while not done.is_set():
             recorder.flush()
-            if intr.count:
+            if intr.count or (stop is not None and stop.is_set()):
                 status, reason, code = "interrupted", "stopped by the user", EXIT_INTERRUPTED
                 break
             done.wait(FLUSH_EVERY_S)
@@ -439,6 +440,33 @@ def record_replay(trace_path: str, options: RecordOptions, *, speed: float = 1.0
     recorder.finish(status, None, reason)
     _report_end(recorder, reason, options)
     return EXIT_IOERR if recorder.write_error else code
+
+
+class BackgroundRecording:
+    """Record this machine on background threads while something else (the dashboard) runs."""
+
+    def __init__(self, options: RecordOptions, slug: str = "top"):
+        self.recorder = Recorder("top", options, slug=slug, extra_meta={"command": ["effmon", "top"]})
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def start(self) -> Path:
+        path = self.recorder.open()
+        assert self.recorder.sampler is not None
+        self.recorder.sampler.start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="effmon-flush", daemon=True)
+        self._flusher.start()
+        return path
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(FLUSH_EVERY_S):
+            self.recorder.flush()
+
+    def stop(self, status: str = "complete", reason: str = "the dashboard was closed") -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(5)
+        self.recorder.finish(status, None, reason)
 
 
 def _report_end(recorder: Recorder, what: str, options: RecordOptions) -> None:

@@ -1,0 +1,124 @@
+"""Dashboard widgets, grouped by what they show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Sparkline, Static
+
+from effmon.fmt import human_energy
+from effmon.view import GpuCard, Snapshot
+
+
+def _na(x: float | None, spec: str, unit: str = "") -> str:
+    return "N/A" if x is None else f"{x:{spec}}{unit}"
+
+
+def bar(frac: float | None, width: int) -> Text:
+    if frac is None:
+        return Text("N/A".ljust(width), style="dim")
+    filled = max(0, min(width, round(frac * width)))
+    style = "red" if frac > 0.9 else "yellow" if frac > 0.7 else "green"
+    return Text("█" * filled, style=style) + Text("░" * (width - filled), style="dim")
+
+
+class GpuCardWidget(Vertical):
+    """One GPU: memory, compute (GPM SM/tensor activity beside NVML utilisation), power/energy, clocks."""
+
+    def __init__(self, index: int, **kw: Any):
+        super().__init__(id=f"gpu-{index}", classes="gpu-card", **kw)
+        self.index = index
+
+    def compose(self) -> ComposeResult:
+        yield Static(id=f"gpu-{self.index}-text", classes="gpu-text")
+        with Horizontal(classes="spark-row"):
+            yield Static("mem", classes="spark-label")
+            yield Sparkline([], id=f"gpu-{self.index}-mem", classes="gpu-spark mem-spark")
+        with Horizontal(classes="spark-row"):
+            yield Static("power", classes="spark-label")
+            yield Sparkline([], id=f"gpu-{self.index}-power", classes="gpu-spark power-spark")
+
+    def update_card(self, card: GpuCard, compact: bool) -> None:
+        self.set_class(compact, "compact")
+        self.set_class(card.stale, "stale")
+        short = card.name.replace("NVIDIA ", "")
+        self.border_title = f"GPU {card.index} · {short}" + (" · stale" if card.stale else "")
+        mem_frac = (card.mem_used / card.mem_total) if card.mem_used is not None and card.mem_total else None
+        mem_text = (f"{card.mem_used / 1e9:5.1f}/{card.mem_total / 1e9:.0f} GB" if mem_frac is not None else "N/A")
+        sm = _na(card.sm_active, ".0f", "%") if card.gpm_supported else "N/A (no GPM)"
+        tensor = _na(card.tensor_active, ".0f", "%") if card.gpm_supported else "N/A"
+        power = f"{_na(card.power, '.0f')}/{_na(card.power_limit, '.0f')} W"
+        throttle = ",".join(card.throttle) if card.throttle else "none"
+        text = self.query_one(f"#gpu-{self.index}-text", Static)
+        if compact:
+            line = Text.assemble((f"{card.index} ", "bold"), bar(mem_frac, 6), f" {mem_text} ",
+                                 ("SM ", "dim"), sm, ("·TC ", "dim"), tensor, ("·util ", "dim"),
+                                 _na(card.util_gpu, ".0f", "%"), " ", power, " ",
+                                 human_energy(card.energy_j), " ", _na(card.temp, ".0f", "°C"))
+            line.truncate(max(20, (self.size.width or 80) - 2), overflow="ellipsis")
+            text.update(line)
+            return
+        grid = Table.grid(padding=(0, 1), expand=True)
+        grid.add_column(width=7, style="bold")
+        grid.add_column(ratio=1)
+        grid.add_row("memory", Text.assemble(bar(mem_frac, 16), f" {mem_text}"))
+        grid.add_row("compute", Text.assemble(("SM active ", "dim"), sm, ("  tensor ", "dim"), tensor,
+                                              ("  NVML util ", "dim"), _na(card.util_gpu, ".0f", "%")))
+        grid.add_row("power", Text.assemble(power, ("  energy ", "dim"), human_energy(card.energy_j)))
+        grid.add_row("clocks", Text.assemble(f"SM {_na(card.sm_clock, '.0f')} MHz  ", _na(card.temp, ".0f", "°C"),
+                                             ("  throttle ", "dim"), throttle))
+        text.update(grid)
+        self.query_one(f"#gpu-{self.index}-mem", Sparkline).data = card.mem_series or [0.0]
+        self.query_one(f"#gpu-{self.index}-power", Sparkline).data = card.power_series or [0.0]
+
+
+def pairs_table(rows: list[tuple[str, str]], hint: str) -> Any:
+    if not rows:
+        return Text(hint, style="dim")
+    t = Table.grid(padding=(0, 1))
+    t.add_column(style="dim")
+    t.add_column(justify="right")
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def efficiency_text(snap: Snapshot) -> Text:
+    s = snap.efficiency
+    if s is None:
+        return Text(f"EfficientLLM: {snap.efficiency_error or 'waiting for data'}", style="dim")
+    parts: list[tuple[str, str]] = [
+        ("AMU", f"{s['AMU']['gib']:.1f} GiB"),
+        ("PCU", f"{s['PCU']['value']:.2f}" + (" SM" if s["PCU"]["source"] == "nvml_gpm_sm_active" else " util")
+         if s["PCU"]["value"] is not None else "N/A"),
+        ("AL", _na(s["AL"]["value"], ".3g", " s")),
+    ]
+    for key in ("TT", "ST", "IT"):
+        if s[key] is not None:
+            parts.append((key, f"{s[key]:.3g}"))
+    parts.append(("AEC", f"{s['AEC']['watts']:.0f} W"))
+    if s["energy_per"]["token_j"] is not None:
+        parts.append(("J/token", f"{s['energy_per']['token_j']:.3g}"))
+    text = Text()
+    for k, v in parts:
+        text.append(f"{k} ", style="bold")
+        text.append(f"{v}  ")
+    return text
+
+
+def chart_renderable(snap: Snapshot) -> Any:
+    c = snap.chart
+    unit = c["unit"]
+    scale = 1e9 if unit == "B" else 1.0
+    shown_unit = "GB" if unit == "B" else unit
+
+    def f(x: float | None) -> str:
+        return "N/A" if x is None else f"{x / scale:.1f} {shown_unit}"
+
+    return Group(Text.assemble((f"GPU {c['gpu']} · {c['label']}", "bold"), f"  over {snap.window_label}   ",
+                               ("now ", "dim"), f(c["last"]), ("  min ", "dim"), f(c["min"]), ("  max ", "dim"), f(c["max"])))
