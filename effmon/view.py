@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effmon.metrics.engine import THROTTLE_BITS, MetricsError, Window, compute
+from effmon.metrics.engine import THROTTLE_BITS, ComputeCache, MetricsError, Window, compute
 from effmon.metrics.series import percentile
 from effmon.store import SessionReader
 
@@ -83,6 +83,8 @@ class SessionView:
         self.reader = SessionReader(self.path)
         self.efficiency_every_s = efficiency_every_s
         self._eff_cache: tuple[float, float, dict[str, Any] | None, str | None] | None = None
+        self._compute_cache = ComputeCache()
+        self._cache_end = 0.0
 
     def close(self) -> None:
         self.reader.close()
@@ -91,14 +93,22 @@ class SessionView:
         return self.reader.time_range()
 
     def _latest(self, entity: str, t: float, key: str = "gpu") -> dict[int, dict[str, Any]]:
+        """The newest row per instance at or before ``t`` (a short look-back first: it is the common case)."""
         if not self.reader.has(entity):
             return {}
-        rows = self.reader.dicts(entity, f"t <= ? AND t > ? ORDER BY t", (t, t - 30.0))
-        return {r[key]: r for r in rows}
+        out: dict[int, dict[str, Any]] = {}
+        for lookback in (2.0, 30.0):
+            rows = self.reader.dicts(entity, "t <= ? AND t > ? ORDER BY t", (t, t - lookback))
+            out = {r[key]: r for r in rows}
+            if out:
+                break
+        return out
 
     def snapshot(self, t: float | None = None, window_s: float | None = 600.0, window_label: str = "10 min",
                  chart_metric: int = 0, chart_gpu: int = 0, proc_filter: str = "", live: bool = False,
-                 efficiency: bool = True, chart_width: int = 120) -> Snapshot:
+                 efficiency: bool = True, chart_width: int = 120, throttle: bool = False,
+                 sparklines: bool = True) -> Snapshot:
+        """``throttle``: recompute the running metrics at most every few seconds (live or playing)."""
         r = self.reader
         meta = r.meta()
         lo, hi = r.time_range()
@@ -112,6 +122,7 @@ class SessionView:
         gpm = self._latest("gpu_gpm", t)
         energy = self._latest("gpu_energy", t)
         cards = []
+        card_series = self._bucketed_all("gpu", ("mem_used_bytes", "power_w"), w0, t, 240) if sparklines else {}
         for idx in sorted(set(latest) | set(gpu_meta)):
             g = latest.get(idx, {})
             a = gpm.get(idx, {})
@@ -134,10 +145,9 @@ class SessionView:
             card.energy_j = e.get("energy_counter_delta_j")
             if card.energy_j is None:
                 card.energy_j = e.get("energy_integrated_j")
-            series = list(r.rows("gpu", ["mem_used_bytes", "power_w"], "gpu = ? AND t >= ? AND t <= ?", (idx, w0, t)))
-            step = max(1, len(series) // 240)
-            card.mem_series = [float(x[0] or 0) for x in series[::step]]
-            card.power_series = [float(x[1] or 0) for x in series[::step]]
+            series = card_series.get(idx, [])
+            card.mem_series = [float(x[0] or 0) for x in series]
+            card.power_series = [float(x[1] or 0) for x in series]
             cards.append(card)
 
         steps = r.dicts("train_step", "t_end <= ? AND t_end >= ?", (t, w0)) if r.has("train_step") else []
@@ -173,7 +183,7 @@ class SessionView:
                 latency.append((label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s"
                                 if vals else "N/A"))
 
-        eff, eff_err = (self._efficiency(lo, t, live) if efficiency else (None, None))
+        eff, eff_err = (self._efficiency(lo, t, live or throttle) if efficiency else (None, None))
         sources = r.source_status()
         notices = [text for _, level, text in r.notices()]
         procs = self._processes(t, proc_filter, live, meta)
@@ -205,7 +215,10 @@ class SessionView:
         try:
             if t - lo <= 0:
                 raise MetricsError("not enough data yet")
-            s = compute(self.reader, Window(lo, t, "so far", lo, t), with_series=False)
+            if t < self._cache_end:  # the cursor went back: integrals cached past it do not apply
+                self._compute_cache = ComputeCache()
+            self._cache_end = t
+            s = compute(self.reader, Window(lo, t, "so far", lo, t), with_series=False, cache=self._compute_cache)
             result: tuple[dict[str, Any] | None, str | None] = (s, None)
         except MetricsError as exc:
             result = (None, str(exc))
@@ -236,14 +249,34 @@ class SessionView:
             rows = [r for r in rows if needle in f"{r['pid']} {r['user']} {r['command']}".lower()]
         return sorted(rows, key=lambda r: (-(r["gpu_mem"] or 0), r["pid"]))
 
+    def _bucketed_all(self, entity: str, columns: tuple[str, ...], w0: float, t: float,
+                      buckets: int) -> dict[int, list[tuple[Any, ...]]]:
+        """Per GPU, at most ``buckets`` points over [w0, t] (each bucket's maximum), in one query."""
+        out: dict[int, list[tuple[Any, ...]]] = {}
+        if not self.reader.has(entity) or t <= w0:
+            return out
+        width = (t - w0) / buckets
+        cols = ", ".join(f"MAX({c})" for c in columns)
+        for row in self.reader.db.execute(
+                f"SELECT gpu, {cols} FROM s_{entity} WHERE t >= ? AND t <= ? "
+                f"GROUP BY gpu, CAST((t - ?) / ? AS INTEGER) ORDER BY gpu, MIN(t)", (w0, t, w0, width)):
+            out.setdefault(int(row[0]), []).append(row[1:])
+        return out
+
+    def _bucketed(self, entity: str, columns: tuple[str, ...], gpu: int, w0: float, t: float,
+                  buckets: int) -> list[tuple[Any, ...]]:
+        """At most ``buckets`` points over [w0, t]: each bucket's maximum, computed by SQLite."""
+        if not self.reader.has(entity) or t <= w0:
+            return []
+        width = (t - w0) / buckets
+        cols = ", ".join(f"MAX({c})" for c in columns)
+        return list(self.reader.db.execute(
+            f"SELECT {cols} FROM s_{entity} WHERE gpu = ? AND t >= ? AND t <= ? "
+            f"GROUP BY CAST((t - ?) / ? AS INTEGER) ORDER BY MIN(t)", (gpu, w0, t, w0, width)))
+
     def _chart(self, metric: int, gpu: int, w0: float, t: float, width: int) -> dict[str, Any]:
         entity, column, label, unit = CHART_METRICS[metric % len(CHART_METRICS)]
-        values: list[float] = []
-        if self.reader.has(entity):
-            rows = [v for (v,) in self.reader.rows(entity, [column], "gpu = ? AND t >= ? AND t <= ?", (gpu, w0, t))
-                    if v is not None]
-            step = max(1, len(rows) // max(1, width))
-            values = [float(v) for v in rows[::step]]
+        values = [float(v) for (v,) in self._bucketed(entity, (column,), gpu, w0, t, max(1, width)) if v is not None]
         return {"label": label, "unit": unit, "values": values, "gpu": gpu,
                 "min": min(values) if values else None, "max": max(values) if values else None,
                 "last": values[-1] if values else None}

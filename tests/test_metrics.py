@@ -251,3 +251,46 @@ def test_window_is_relative_to_the_session_start(phases_session):
         assert w.end == pytest.approx(hi - 5)
         with pytest.raises(MetricsError):
             resolve_window(r, "30:10")
+
+
+def test_incremental_cache_gives_the_same_numbers_as_a_full_computation(phases_session):
+    """The dashboard's running metrics (cached, extended each refresh) equal a from-scratch compute."""
+    from effmon.metrics.engine import ComputeCache, Window
+
+    cache = ComputeCache()
+    with SessionReader(phases_session) as r:
+        lo, hi = r.time_range()
+        for end in (lo + 5, lo + 20.05, lo + 47.3, lo + 47.3, lo + 80, hi):
+            w = Window(lo, end, "so far", lo, end)
+            fast = compute(r, w, with_series=False, cache=cache)
+            full = compute(r, w, with_series=False)
+            for pick in (lambda s: s["AMU"]["gib"], lambda s: s["PCU"]["value"], lambda s: s["AEC"]["watts"],
+                         lambda s: s["AEC"]["energy_integrated_j"], lambda s: s["gpus"][0]["power_max_w"],
+                         lambda s: s["PCU"]["tensor_active"], lambda s: s["AL"]["value"]):
+                a, b = pick(fast), pick(full)
+                assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_incremental_cache_trims_consumed_rows_and_stays_exact(tmp_path):
+    """Over a long session the cache drops rows it has integrated: same numbers, bounded memory."""
+    import sys
+    from pathlib import Path
+
+    from effmon.metrics.engine import ComputeCache, Window
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.synth import make_session
+
+    session = make_session(tmp_path / "long.effmon", gpus=2, seconds=3000)
+    cache = ComputeCache()
+    with SessionReader(session) as r:
+        lo, hi = r.time_range()
+        for end in [lo + 30 * k for k in range(1, 100)] + [hi]:
+            fast = compute(r, Window(lo, end, "so far", lo, end), with_series=False, cache=cache)
+        full = compute(r, Window(lo, hi, "so far", lo, hi), with_series=False)
+    assert sum(cache.dropped.values()) > 0
+    assert len(cache.series["gpu"][1][0]["t"]) < 5000  # most of the 30,000 rows are gone
+    for pick in (lambda s: s["AMU"]["gib"], lambda s: s["PCU"]["value"], lambda s: s["AEC"]["watts"],
+                 lambda s: s["gpus"][0]["power_max_w"], lambda s: s["gpus"][1]["samples"],
+                 lambda s: s["gpus"][0]["throttle_s"], lambda s: s["PCU"]["tensor_active"]):
+        assert pick(fast) == pytest.approx(pick(full), rel=1e-9)

@@ -13,7 +13,7 @@ from effmon.store import SessionReader  # noqa: E402
 from effmon.tui.app import make_app  # noqa: E402
 
 LORA_AT = 60.0  # seconds into h100_phases.jsonl: the LoRA fine-tune
-GENERATE_AT = 90.0  # batched greedy generation
+GENERATE_AT = 99.0  # batched greedy generation (four batches done)
 
 
 def app_at(session, offset):

@@ -12,6 +12,7 @@ Definitions (see docs/metrics.md):
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,126 @@ def _by_gpu(reader: SessionReader, entity: str, cols: list[str]) -> dict[int, di
     return out
 
 
+class ComputeCache:
+    """Lets ``compute`` of a growing session (the dashboard's "so far") do only the new work.
+
+    Rows are read once and extended with what was appended since (rowids grow with time), and each
+    time-weighted integral from the session start is extended from its cached prefix: a trapezoid
+    integral splits exactly at a sample, so the result is the same as integrating from scratch.
+    """
+
+    def __init__(self) -> None:
+        self.series: dict[str, tuple[int, dict[int, dict[str, list[Any]]]]] = {}
+        self.spans: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self.prefix: dict[tuple[Any, ...], Any] = {}
+        self.first: dict[tuple[Any, ...], tuple[int, int | None]] = {}
+        self.first_t: dict[tuple[Any, ...], float] = {}
+        self.dropped: dict[tuple[str, int], int] = {}
+
+    @staticmethod
+    def _owner(key: tuple[Any, ...]) -> tuple[str, int]:
+        return ("gpu_gpm" if key[0] == "gpm" else "gpu", key[1])
+
+    def trim(self, keep_at_least: int = 2000) -> None:
+        """Drop rows every cached integral and fold has already consumed: memory stays flat as a
+        session grows. Indices are shifted; sample counts keep the dropped rows in ``dropped``."""
+        positions: dict[tuple[str, int], list[int]] = {}
+        for key, (scanned, first_i) in self.first.items():
+            pos = self.prefix[key][0] if key in self.prefix else (first_i if first_i is not None else scanned)
+            positions.setdefault(self._owner(key), []).append(pos)
+        for key, value in self.prefix.items():
+            if key not in self.first:  # folds: (next index, accumulator)
+                positions.setdefault(self._owner(key), []).append(value[0])
+        for owner, pos in positions.items():
+            offset = min(pos) - 1
+            if offset < keep_at_least:
+                continue
+            entity, idx = owner
+            series = self.series.get(entity, (0, {}))[1].get(idx)
+            if not series:
+                continue
+            for col in series.values():
+                del col[:offset]
+            self.dropped[owner] = self.dropped.get(owner, 0) + offset
+            for key in list(self.prefix):
+                if self._owner(key) == owner:
+                    i, acc = self.prefix[key]
+                    self.prefix[key] = (i - offset, acc)
+            for key in list(self.first):
+                if self._owner(key) == owner:
+                    scanned, first_i = self.first[key]
+                    self.first[key] = (max(0, scanned - offset),
+                                       None if first_i is None else max(0, first_i - offset))
+
+    def by_gpu(self, reader: SessionReader, entity: str, cols: list[str],
+               end: float = math.inf) -> dict[int, dict[str, list[Any]]]:
+        """Rows up to ``end`` (a replay's cursor: rows beyond it are read when the cursor gets there)."""
+        cols = _columns(reader, entity, cols)
+        if not reader.has(entity):
+            return {}
+        last_rowid, data = self.series.get(entity, (0, {}))
+        cur = reader.db.execute(f"SELECT rowid, gpu, t, {', '.join(cols)} FROM s_{entity} "
+                                f"WHERE rowid > ? AND t <= ? ORDER BY rowid", (last_rowid, end + 1.0))
+        for row in cur:
+            last_rowid = row[0]
+            series = data.setdefault(int(row[1]), {c: [] for c in ["t", *cols]})
+            for name, value in zip(["t", *cols], row[2:]):
+                series[name].append(value)
+        self.series[entity] = (last_rowid, data)
+        return data
+
+    def dicts(self, reader: SessionReader, entity: str, end: float = math.inf) -> list[dict[str, Any]]:
+        if not reader.has(entity):
+            return []
+        last_rowid, rows = self.spans.get(entity, (0, []))
+        new = reader.dicts(entity, "rowid > ? AND t_end <= ? ORDER BY rowid", (last_rowid, end + 1.0))
+        if new:
+            last_rowid = reader.db.execute(f"SELECT MAX(rowid) FROM s_{entity} WHERE rowid > ? AND t_end <= ?",
+                                           (last_rowid, end + 1.0)).fetchone()[0]
+            rows = rows + new
+        self.spans[entity] = (last_rowid, rows)
+        return rows
+
+    def fold(self, key: tuple[Any, ...], end_index: int, step: Any, init: Any) -> Any:
+        """``step(acc, i)`` over indices 0..end_index-1, continuing from the cached position."""
+        i, acc = self.prefix.get(key, (0, init))
+        if i > end_index:
+            i, acc = 0, init
+        for k in range(i, end_index):
+            acc = step(acc, k)
+        self.prefix[key] = (end_index, acc)
+        return acc
+
+    def average(self, key: tuple[Any, ...], ts: list[float], xs: list[Any], start: float, end: float) -> tuple[float, float]:
+        """(integral, covered) over [start, end], reusing the integral up to the last cached sample."""
+        if not ts or start > ts[0]:
+            return integrate(ts, xs, start, end)
+        hi = bisect.bisect_right(ts, end)  # samples after ``end`` matter only for the edge value
+        scanned, first_i = self.first.get(key, (0, None))
+        if first_i is None:
+            first_i = next((k for k in range(scanned, len(ts)) if xs[k] is not None), None)
+            self.first[key] = (len(ts), first_i)
+            if first_i is None:
+                return 0.0, 0.0
+            self.first_t[key] = ts[first_i]
+        i_prev, area_prev = self.prefix.get(key, (first_i, 0.0))
+        if i_prev >= len(ts) or ts[i_prev] > end:
+            i_prev, area_prev = first_i, 0.0
+        area_new, _ = integrate(ts[i_prev:hi + 1], xs[i_prev:hi + 1], ts[i_prev], end)
+        # remember the integral up to the last non-missing sample at or before ``end``
+        j = hi - 1
+        while j > i_prev and xs[j] is None:
+            j -= 1
+        if j > i_prev:
+            area_j, _ = integrate(ts[i_prev:j + 1], xs[i_prev:j + 1], ts[i_prev], ts[j])
+            self.prefix[key] = (j, area_prev + area_j)
+        k = min(hi, len(ts) - 1)
+        while k > 0 and xs[k] is None:
+            k -= 1
+        covered = max(0.0, min(end, ts[k]) - max(start, self.first_t.get(key, ts[first_i])))
+        return area_prev + area_new, covered
+
+
 def _in_window(t_start: float, t_end: float, w: Window) -> bool:
     mid = (t_start + t_end) / 2.0
     return w.start <= mid <= w.end
@@ -160,7 +281,8 @@ def _avg(values: list[float]) -> float | None:
 
 def compute(reader: SessionReader, window: Window | None = None, *, params: int | None = None,
             precision: str | None = None, perf: float | None = None, baseline_precision: str | None = None,
-            baseline_perf: float | None = None, with_series: bool = True) -> dict[str, Any]:
+            baseline_perf: float | None = None, with_series: bool = True,
+            cache: ComputeCache | None = None) -> dict[str, Any]:
     """Everything effmon knows about a session window, as one JSON-ready dict."""
     meta = reader.meta()
     w = window or resolve_window(reader)
@@ -170,30 +292,57 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
     gpu_cols = ["mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w", "power_limit_w",
                 "sm_clock_mhz", "mem_clock_mhz", "temp_c", "clock_event_reasons"]
     gpm_cols = ["sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct"]
-    gpu_series = _by_gpu(reader, "gpu", gpu_cols)
-    gpm_series = _by_gpu(reader, "gpu_gpm", gpm_cols)
-    energy_series = _by_gpu(reader, "gpu_energy", ["energy_counter_j"])
+    if cache is not None:
+        gpu_series = cache.by_gpu(reader, "gpu", gpu_cols, w.end)
+        gpm_series = cache.by_gpu(reader, "gpu_gpm", gpm_cols, w.end)
+        energy_series = cache.by_gpu(reader, "gpu_energy", ["energy_counter_j"], w.end)
+    else:
+        gpu_series = _by_gpu(reader, "gpu", gpu_cols)
+        gpm_series = _by_gpu(reader, "gpu_gpm", gpm_cols)
+        energy_series = _by_gpu(reader, "gpu_energy", ["energy_counter_j"])
 
     per_gpu: list[dict[str, Any]] = []
     for idx in sorted(gpu_series):
         s = gpu_series[idx]
         ts = s["t"]
-        inside = [i for i, t in enumerate(ts) if w.start <= t <= w.end]
+        lo_i, hi_i = bisect.bisect_left(ts, w.start), bisect.bisect_right(ts, w.end)
+        inside = range(lo_i, hi_i)
         if not inside:
             continue
 
-        def avg(col: str, series: dict[str, list[Any]] = s) -> float | None:
-            return time_average(series["t"], series[col], w.start, w.end) if col in series else None
+        def avg(col: str, series: dict[str, list[Any]] = s, name: str = "gpu") -> float | None:
+            if col not in series:
+                return None
+            if cache is None:
+                return time_average(series["t"], series[col], w.start, w.end)
+            key = (name, idx, col)
+            area, covered = cache.average(key, series["t"], series[col], w.start, w.end)
+            if covered > 0:
+                return area / covered
+            if cache.first.get(key, (0, None))[1] is None:
+                return None  # no reading at all: N/A, without rescanning the column
+            return time_average(series["t"], series[col], w.start, w.end)
 
         def mx(col: str) -> float | None:
-            vals = [s[col][i] for i in inside if col in s and s[col][i] is not None]
+            if col not in s:
+                return None
+            xs = s[col]
+            if cache is not None and lo_i == 0:
+                return cache.fold(("max", idx, col), hi_i,
+                                  lambda acc, k: acc if xs[k] is None or (acc is not None and acc >= xs[k]) else xs[k], None)
+            vals = [xs[i] for i in inside if xs[i] is not None]
             return max(vals) if vals else None
 
         def last(col: str) -> Any:
-            vals = [s[col][i] for i in inside if col in s and s[col][i] is not None]
-            return vals[-1] if vals else None
+            if col not in s:
+                return None
+            for i in reversed(inside):
+                if s[col][i] is not None:
+                    return s[col][i]
+            return None
 
-        g: dict[str, Any] = {"index": idx, "name": gpu_meta.get(idx, {}).get("name"), "samples": len(inside)}
+        g: dict[str, Any] = {"index": idx, "name": gpu_meta.get(idx, {}).get("name"),
+                             "samples": len(inside) + (cache.dropped.get(("gpu", idx), 0) if cache else 0)}
         mem_avg = avg("mem_used_bytes")
         mem_total = last("mem_total_bytes") or gpu_meta.get(idx, {}).get("mem_total_bytes")
         g.update(mem_used_avg_bytes=mem_avg, mem_used_avg_gib=mem_avg / GIB if mem_avg is not None else None,
@@ -202,19 +351,20 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
                  util_gpu_avg_pct=avg("util_gpu_pct"), util_mem_avg_pct=avg("util_mem_pct"))
         gpm = gpm_series.get(idx)
         for col in gpm_cols:
-            g[f"{col.removesuffix('_pct')}_avg_pct"] = avg(col, gpm) if gpm else None
+            g[f"{col.removesuffix('_pct')}_avg_pct"] = avg(col, gpm, "gpm") if gpm else None
         if g["sm_active_avg_pct"] is not None:
             g["pcu"], g["pcu_source"] = g["sm_active_avg_pct"] / 100.0, "nvml_gpm_sm_active"
         elif g["util_gpu_avg_pct"] is not None:
             g["pcu"], g["pcu_source"] = g["util_gpu_avg_pct"] / 100.0, "nvml_utilization_gpu"
         else:
             g["pcu"], g["pcu_source"] = None, None
-        area, covered = integrate(ts, s["power_w"], w.start, w.end)
+        area, covered = (cache.average(("gpu", idx, "power_w#area"), ts, s["power_w"], w.start, w.end) if cache
+                         else integrate(ts, s["power_w"], w.start, w.end))
         g.update(power_avg_w=(area / covered) if covered else avg("power_w"), power_max_w=mx("power_w"),
                  power_limit_w=last("power_limit_w") or gpu_meta.get(idx, {}).get("power_limit_w"),
                  energy_integrated_j=area, energy_covered_s=covered)
         g.update(_counter_energy(energy_series.get(idx), w))
-        if g["energy_counter_j"] and g["energy_integrated_j"]:
+        if g["energy_counter_j"] and g["energy_integrated_j"] and cache is None:
             # compare over the same interval the counter covers
             ia, _ = integrate(ts, s["power_w"], g["energy_counter_window"][0], g["energy_counter_window"][1])
             g["energy_integral_vs_counter"] = (ia - g["energy_counter_j"]) / g["energy_counter_j"]
@@ -222,12 +372,20 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
                  mem_clock_avg_mhz=avg("mem_clock_mhz"), temp_max_c=mx("temp_c"),
                  max_sm_clock_mhz=gpu_meta.get(idx, {}).get("max_sm_clock_mhz"))
         reasons = s.get("clock_event_reasons", [])
-        if any(r is not None for r in reasons):
-            flags = [bool(r & THROTTLE_MASK) if r is not None else None for r in reasons]
-            g["throttle_s"] = time_where(ts, flags, w.start, w.end)
-            seen = 0
-            for i in inside:
-                seen |= reasons[i] or 0
+        if last("clock_event_reasons") is not None:
+            if cache is not None and lo_i == 0:
+                def step(acc: tuple[float, int], k: int) -> tuple[float, int]:
+                    held = ts[k + 1] - ts[k] if k + 1 < len(ts) and (reasons[k] or 0) & THROTTLE_MASK else 0.0
+                    return acc[0] + held, acc[1] | (reasons[k] or 0)
+                throttle_s, seen = cache.fold(("throttle", idx), max(0, hi_i - 1), step, (0.0, 0))
+                seen |= reasons[hi_i - 1] or 0
+                g["throttle_s"] = throttle_s
+            else:
+                flags = [bool(r & THROTTLE_MASK) if r is not None else None for r in reasons]
+                g["throttle_s"] = time_where(ts, flags, w.start, w.end)
+                seen = 0
+                for i in inside:
+                    seen |= reasons[i] or 0
             g["throttle_reasons_seen"] = [name for bit, name in THROTTLE_BITS.items() if seen & bit]
         else:
             g["throttle_s"], g["throttle_reasons_seen"] = None, None
@@ -243,10 +401,14 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
     if any(g["throttle_s"] is None for g in per_gpu):
         notes.append("throttle time: clock-event reasons were not recorded (replayed trace or unsupported GPU)")
 
+    if cache is not None:
+        cache.trim()
+
     # ---- steps and requests ------------------------------------------------------------
-    steps = [r for r in reader.dicts("train_step") if _in_window(r["t_start"], r["t_end"], w)]
+    span_rows = (lambda e: cache.dicts(reader, e, w.end)) if cache else reader.dicts
+    steps = [r for r in span_rows("train_step") if _in_window(r["t_start"], r["t_end"], w)]
     steps.sort(key=lambda r: (r["t_start"], r.get("rank") or 0))
-    requests = [r for r in reader.dicts("request") if _in_window(r["t_start"], r["t_end"], w)]
+    requests = [r for r in span_rows("request") if _in_window(r["t_start"], r["t_end"], w)]
     requests.sort(key=lambda r: r["t_start"])
     model = dict(meta.get("model") or {})
     if params:
@@ -404,15 +566,18 @@ def _counter_energy(series: dict[str, list[Any]] | None, w: Window) -> dict[str,
     none = {"energy_counter_j": None, "energy_counter_window": None}
     if not series:
         return none
-    ts, xs = series["t"], series["energy_counter_j"]
-    pts = [(t, x) for t, x in zip(ts, xs) if x is not None]
-    if len(pts) < 2:
+    ta, xa = series["t"], series["energy_counter_j"]
+    if None in xa:
+        pts = [(t, x) for t, x in zip(ta, xa) if x is not None]
+        if len(pts) < 2:
+            return none
+        ta, xa = map(list, zip(*pts))
+    if len(ta) < 2:
         return none
-    a = max(w.start, pts[0][0])
-    b = min(w.end, pts[-1][0])
+    a = max(w.start, ta[0])
+    b = min(w.end, ta[-1])
     if b <= a:
         return none
-    ta, xa = zip(*pts)
     va, vb = value_at(ta, xa, a), value_at(ta, xa, b)
     if va is None or vb is None:
         return none

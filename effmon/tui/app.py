@@ -104,6 +104,9 @@ class EffmonApp(App[None]):
         self.proc_filter = ""
         self.snap: Snapshot | None = None
         self._cards: dict[int, GpuCardWidget] = {}
+        self._building = False
+        self._again = False
+        self._compact = False
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -147,22 +150,34 @@ class EffmonApp(App[None]):
         seconds, label = WINDOWS[self.window_index]
         width = max(20, (self.size.width or 80) - 4)
         return self.view.snapshot(self.cursor, seconds, label, self.chart_metric, self.focus_gpu, self.proc_filter,
-                                  live=self.mode == "live", chart_width=width)
+                                  live=self.mode == "live", chart_width=width, throttle=not self.paused and not self.sync,
+                                  sparklines=not self._compact)
 
     def refresh_data(self) -> None:
         if self.sync:
             self.apply(self._build())
+        elif self._building:
+            self._again = True  # one build at a time; the latest request runs when it ends
         else:
+            self._building = True
             self._build_in_thread()
 
-    @work(thread=True, exclusive=True, group="refresh")
+    @work(thread=True, group="refresh")
     def _build_in_thread(self) -> None:
         try:
             snap = self._build()
-        except Exception as exc:  # never a traceback on screen: show it in the header
+        except Exception as exc:  # never a traceback on screen: a notice instead
             self.call_from_thread(self.notify, f"could not read the session: {exc}", severity="error")
-            return
-        self.call_from_thread(self.apply, snap)
+            snap = None
+        self.call_from_thread(self._built, snap)
+
+    def _built(self, snap: Snapshot | None) -> None:
+        self._building = False
+        if snap is not None:
+            self.apply(snap)
+        if self._again:
+            self._again = False
+            self.refresh_data()
 
     def apply(self, snap: Snapshot) -> None:
         self.snap = snap
@@ -211,6 +226,7 @@ class EffmonApp(App[None]):
         columns = 2 if (self.size.width or 80) >= 160 and len(snap.gpus) > 1 else 1
         compact = -(-len(snap.gpus) // columns) * per_card > available
         box.styles.grid_size_columns = 1 if compact else columns
+        self._compact = compact
         for card in snap.gpus:
             widget = self._cards[card.index]
             widget.set_class(height <= 32, "no-spark")

@@ -1,0 +1,72 @@
+"""Render the dashboard on the real H100 trace to screenshots/ (SVG, and PNG where Chromium is installed).
+
+    python scripts/screenshots.py
+
+Replays the bundled trace into a temporary session, then renders the dashboard at 120x36 during the
+LoRA fine-tune and during batched generation, exactly as the snapshot tests build it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHOTS = (("dashboard-lora", 60.0, (120, 36), []), ("dashboard-generate", 99.0, (120, 36), []),
+         ("dashboard-80x24", 60.0, (80, 24), []), ("dashboard-chart", 99.0, (120, 36), ["c"]))
+
+
+async def render(session: Path, offset: float, size: tuple[int, int], keys: list[str], out: Path) -> None:
+    from effmon.store import SessionReader
+    from effmon.tui.app import make_app
+
+    with SessionReader(session) as r:
+        lo, _ = r.time_range()
+    app = make_app(session, mode="replay", sync=True, paused=True, cursor=lo + offset)
+    async with app.run_test(size=size) as pilot:
+        for key in keys:
+            await pilot.press(key)
+        await pilot.pause()
+        app.save_screenshot(filename=out.name, path=str(out.parent))
+
+
+def to_png(svg: Path, size: tuple[int, int]) -> Path | None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        return None
+    png = svg.with_suffix(".png")
+    width, height = size[0] * 12 + 40, size[1] * 24 + 70
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size={width},{height}",
+                        f"--screenshot={png}", svg.as_uri()], check=True, capture_output=True, timeout=120)
+    return png
+
+
+def main() -> None:
+    from effmon.recorder import RecordOptions, record_replay
+    from effmon.trace import bundled_trace_path
+
+    out_dir = ROOT / "screenshots"
+    out_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["EFFMON_HOME"] = home
+        record_replay(str(bundled_trace_path()), RecordOptions(name="h100", quiet=True), as_fast_as_possible=True)
+        session = Path(home) / "sessions" / "h100.effmon"
+        for name, offset, size, keys in SHOTS:
+            svg = out_dir / f"{name}.svg"
+            asyncio.run(render(session, offset, size, keys, svg))
+            png = to_png(svg, size)
+            print(f"wrote {svg.relative_to(ROOT)}" + (f" and {png.relative_to(ROOT)}" if png else ""))
+
+
+if __name__ == "__main__":
+    main()
