@@ -58,16 +58,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30)
     args = ap.parse_args()
-    rows = [("python -c pass (interpreter start, for scale)", f"{python_startup() * 1000:.0f} ms", ""),
-            ("effmon --help", f"{help_time() * 1000:.0f} ms", "<= 150 ms")]
+    rows = [
+        ("python -c pass (interpreter start, for scale)", f"{python_startup() * 1000:.0f} ms", ""),
+        ("effmon --help", f"{help_time() * 1000:.0f} ms", "<= 150 ms"),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, EFFMON_HOME=tmp)
-        cpu, wall = cpu_of([sys.executable, "-m", "effmon", "record", "-q", "--rate", "10", "--",
-                            "sleep", str(args.seconds)], env)
-        rows.append((f"effmon record -- sleep {args.seconds:.0f} (this machine's sources, 10 Hz)",
-                     f"{cpu / wall * 100:.2f} % of a core", "<= 2 %"))
-        from benchmarks.bench_sampler import replay_bench  # noqa: F401  (same synthetic shape)
+        cpu, wall = cpu_of(
+            [sys.executable, "-m", "effmon", "record", "-q", "--rate", "10", "--", "sleep", str(args.seconds)], env
+        )
+        rows.append(
+            (
+                f"effmon record -- sleep {args.seconds:.0f} (this machine's sources, 10 Hz)",
+                f"{cpu / wall * 100:.2f} % of a core",
+                "<= 2 %",
+            )
+        )
         import effmon.trace as tr
+        from benchmarks.bench_sampler import replay_bench  # noqa: F401  (same synthetic shape)
 
         lines = [json.loads(x) for x in tr.bundled_trace_path().read_text().splitlines()]
         gpu = [x for x in lines if x["kind"] == "gpu"]
@@ -79,8 +87,9 @@ def main() -> None:
                 for g in range(8):
                     f.write(json.dumps({**rec, "t": 1e9 + k * 0.1, "gpu": g}) + "\n")
         cpu, wall = cpu_of([sys.executable, "-m", "effmon", "record", "-q", "--replay", str(synth)], env)
-        rows.append(("effmon record --replay (8 GPUs at 10 Hz, real time)", f"{cpu / wall * 100:.2f} % of a core",
-                     "<= 2 %"))
+        rows.append(
+            ("effmon record --replay (8 GPUs at 10 Hz, real time)", f"{cpu / wall * 100:.2f} % of a core", "<= 2 %")
+        )
     print("| measure | value | target |\n|---|---|---|")
     for r in rows:
         print(f"| {' | '.join(r)} |")

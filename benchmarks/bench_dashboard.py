@@ -29,11 +29,15 @@ def measure(cmd: str, seconds: float, size=(120, 40), env_extra: dict | None = N
     """Start ``cmd`` in a detached tmux pane; after a warm-up, measure its CPU and RSS for ``seconds``."""
     name = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     env = " ".join(f"{k}={v}" for k, v in (env_extra or {}).items())
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]),
-                    f"{env} {cmd}"], check=True)
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]), f"{env} {cmd}"], check=True
+    )
     try:
-        pane_pid = int(subprocess.run(["tmux", "list-panes", "-t", name, "-F", "#{pane_pid}"],
-                                      capture_output=True, text=True).stdout.split()[0])
+        pane_pid = int(
+            subprocess.run(
+                ["tmux", "list-panes", "-t", name, "-F", "#{pane_pid}"], capture_output=True, text=True
+            ).stdout.split()[0]
+        )
         time.sleep(10)  # start-up and the first frames are not steady state
         shell = psutil.Process(pane_pid)
         procs = [shell] + shell.children(recursive=True)
@@ -47,8 +51,12 @@ def measure(cmd: str, seconds: float, size=(120, 40), env_extra: dict | None = N
         c1 = target.cpu_times()
         wall = time.monotonic() - t0
         cpu = (c1.user - c0.user) + (c1.system - c0.system)
-        return {"cpu_pct": cpu / wall * 100, "rss_start_mb": rss[0] / 1e6, "rss_end_mb": rss[-1] / 1e6,
-                "rss_max_mb": max(rss) / 1e6}
+        return {
+            "cpu_pct": cpu / wall * 100,
+            "rss_start_mb": rss[0] / 1e6,
+            "rss_end_mb": rss[-1] / 1e6,
+            "rss_max_mb": max(rss) / 1e6,
+        }
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
 
@@ -73,13 +81,23 @@ def main() -> None:
         else:
             session = make_session(Path(tmp) / "gpu8.effmon", gpus=8, seconds=3600)
             env = {"EFFMON_HOME": tmp}
-            rows.append(("effmon replay, 8 GPUs x 10 Hz, x1, refresh 1 s",
-                         measure(f"{py} -m effmon replay {session} --speed 1", args.seconds, env_extra=env)))
-            rows.append(("effmon replay, 8 GPUs x 10 Hz, x60 (1 h in 60 s), refresh 1 s",
-                         measure(f"{py} -m effmon replay {session} --speed 60", 60.0, env_extra=env)))
+            rows.append(
+                (
+                    "effmon replay, 8 GPUs x 10 Hz, x1, refresh 1 s",
+                    measure(f"{py} -m effmon replay {session} --speed 1", args.seconds, env_extra=env),
+                )
+            )
+            rows.append(
+                (
+                    "effmon replay, 8 GPUs x 10 Hz, x60 (1 h in 60 s), refresh 1 s",
+                    measure(f"{py} -m effmon replay {session} --speed 60", 60.0, env_extra=env),
+                )
+            )
     print("| what | CPU (% of one core) | RSS start → end (max), MB |\n|---|---|---|")
     for name, m in rows:
-        print(f"| {name} | {m['cpu_pct']:.2f} | {m['rss_start_mb']:.0f} → {m['rss_end_mb']:.0f} ({m['rss_max_mb']:.0f}) |")
+        print(
+            f"| {name} | {m['cpu_pct']:.2f} | {m['rss_start_mb']:.0f} → {m['rss_end_mb']:.0f} ({m['rss_max_mb']:.0f}) |"
+        )
 
 
 if __name__ == "__main__":

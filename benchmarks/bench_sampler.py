@@ -66,8 +66,13 @@ def replay_bench(gpus: int, ticks: int) -> list[tuple[str, float, float]]:
     src = ReplaySource(SourceOptions(tick_s=0.1, slow_s=1.0), trace)
     src.open()
     costs = time_ticks(src, ticks, 0.1, 1e9, sink)
-    return [("replay source + recorder sink, every tick", statistics.median(costs) / gpus * 1e6,
-             statistics.quantiles(costs, n=100)[98] / gpus * 1e6)]
+    return [
+        (
+            "replay source + recorder sink, every tick",
+            statistics.median(costs) / gpus * 1e6,
+            statistics.quantiles(costs, n=100)[98] / gpus * 1e6,
+        )
+    ]
 
 
 def nvml_bench(ticks: int) -> list[tuple[str, float, float]]:
@@ -84,11 +89,21 @@ def nvml_bench(ticks: int) -> list[tuple[str, float, float]]:
         t0 = time.perf_counter()
         src.read("fast", time.time())
         fast[k] = time.perf_counter() - t0
-    out.append(("effmon every-tick set (NVML)", statistics.median(fast) / n * 1e6,
-                statistics.quantiles(fast, n=100)[98] / n * 1e6))
+    out.append(
+        (
+            "effmon every-tick set (NVML)",
+            statistics.median(fast) / n * 1e6,
+            statistics.quantiles(fast, n=100)[98] / n * 1e6,
+        )
+    )
     mixed = time_ticks(src, ticks, 0.1, time.time())
-    out.append(("effmon sampler tick, all channels amortised (NVML)", statistics.mean(mixed) / n * 1e6,
-                statistics.quantiles(mixed, n=100)[98] / n * 1e6))
+    out.append(
+        (
+            "effmon sampler tick, all channels amortised (NVML)",
+            statistics.mean(mixed) / n * 1e6,
+            statistics.quantiles(mixed, n=100)[98] / n * 1e6,
+        )
+    )
     naive = []
     handles = [g.handle for g in src.gpus]
     for _ in range(min(ticks, 300)):
@@ -105,8 +120,13 @@ def nvml_bench(ticks: int) -> list[tuple[str, float, float]]:
             except nv.NVMLError:
                 pass
         naive.append(time.perf_counter() - t0)
-    out.append(("naive loop: energy counter + process util every tick", statistics.median(naive) / n * 1e6,
-                statistics.quantiles(naive, n=100)[98] / n * 1e6))
+    out.append(
+        (
+            "naive loop: energy counter + process util every tick",
+            statistics.median(naive) / n * 1e6,
+            statistics.quantiles(naive, n=100)[98] / n * 1e6,
+        )
+    )
     src.close()
     return out
 

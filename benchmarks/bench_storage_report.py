@@ -8,8 +8,6 @@ Targets (issues 3 and 4): storage <= 20 MB per GPU-hour; report <= 3 s and <= 50
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,11 +39,15 @@ def main() -> None:
                 f"rc = main(['report', sys.argv[1], '-f', '{fmt}', '-o', sys.argv[2]])\n"
                 "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)\n"
             )
-            out = subprocess.run([sys.executable, "-c", code, str(path), str(Path(tmp) / f"out.{fmt}")],
-                                 capture_output=True, text=True, check=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(path), str(Path(tmp) / f"out.{fmt}")],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
             rows.append((fmt, float(out[0]), int(out[1]) / 1024, int(out[2])))
     print(f"session: {args.gpus} GPUs x {args.seconds:.0f} s at 10 Hz (built in {build_s:.1f} s)")
-    print(f"| measure | value | target |\n|---|---|---|")
+    print("| measure | value | target |\n|---|---|---|")
     print(f"| session file | {size / 1e6:.1f} MB | |")
     print(f"| storage per GPU-hour | {size / 1e6 / gpu_hours:.2f} MB | <= 20 MB |")
     for fmt, secs, rss_mb, rc in rows:

@@ -32,8 +32,25 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, EFFMON_HOME=tmp)
-        subprocess.run([sys.executable, "-m", "effmon", "record", "--name", "load", "--rate", "10", "--",
-                        sys.executable, "-c", LOAD, str(args.seconds)], env=env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "effmon",
+                "record",
+                "--name",
+                "load",
+                "--rate",
+                "10",
+                "--",
+                sys.executable,
+                "-c",
+                LOAD,
+                str(args.seconds),
+            ],
+            env=env,
+            check=True,
+        )
         from effmon.store import SessionReader
 
         with SessionReader(Path(tmp) / "sessions" / "load.effmon") as r:

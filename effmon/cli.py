@@ -29,7 +29,7 @@ def _size(text: str) -> int:
     units = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}
     t = text.strip().upper()
     num = t.rstrip("KMGB")
-    unit = t[len(num):]
+    unit = t[len(num) :]
     try:
         value = float(num)
     except ValueError:
@@ -51,16 +51,38 @@ def _positive(text: str) -> float:
 
 def _add_rate_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--rate", type=_positive, default=10.0, metavar="HZ",
-                   help="how often cheap GPU gauges are read (default: 10 Hz)")
-    g.add_argument("--slow-interval", type=_positive, default=1.0, metavar="S",
-                   help="interval of expensive reads: energy counter, process utilisation, GPM (default: 1 s)")
-    g.add_argument("--host-interval", type=_positive, default=1.0, metavar="S",
-                   help="interval of host and process-tree readings (default: 1 s)")
-    g.add_argument("--source", action="append", dest="sources", metavar="NAME",
-                   help="use only these sources (repeatable; default: every live source, see `effmon sources`)")
+    g.add_argument(
+        "--rate",
+        type=_positive,
+        default=10.0,
+        metavar="HZ",
+        help="how often cheap GPU gauges are read (default: 10 Hz)",
+    )
+    g.add_argument(
+        "--slow-interval",
+        type=_positive,
+        default=1.0,
+        metavar="S",
+        help="interval of expensive reads: energy counter, process utilisation, GPM (default: 1 s)",
+    )
+    g.add_argument(
+        "--host-interval",
+        type=_positive,
+        default=1.0,
+        metavar="S",
+        help="interval of host and process-tree readings (default: 1 s)",
+    )
+    g.add_argument(
+        "--source",
+        action="append",
+        dest="sources",
+        metavar="NAME",
+        help="use only these sources (repeatable; default: every live source, see `effmon sources`)",
+    )
     p.add_argument("--name", help="session name (default: date, time and command)")
-    p.add_argument("--max-size", type=_size, metavar="SIZE", help="stop recording when the session file reaches SIZE (e.g. 500MB)")
+    p.add_argument(
+        "--max-size", type=_size, metavar="SIZE", help="stop recording when the session file reaches SIZE (e.g. 500MB)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
@@ -70,19 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="effmon",
         description="Live profiler for LLM training and inference efficiency: GPU memory, compute, "
-                    "power and energy, latency and throughput; records sessions and exports EfficientLLM metrics.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "power and energy, latency and throughput; records sessions and exports EfficientLLM metrics.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"effmon {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
     rec = sub.add_parser(
-        "record", help="record a session while a command or process runs, or from a trace",
+        "record",
+        help="record a session while a command or process runs, or from a trace",
         description="Record GPU, host and process metrics into a session.",
         epilog="examples:\n  effmon record -- python train.py --lr 1e-4\n  effmon record --pid 1234\n"
-               "  effmon record --replay trace.jsonl --as-fast-as-possible\n\n"
-               "With a command, effmon exits with the command's exit status. Ctrl-C stops the command and\n"
-               "keeps the session; a second Ctrl-C kills the command.",
+        "  effmon record --replay trace.jsonl --as-fast-as-possible\n\n"
+        "With a command, effmon exits with the command's exit status. Ctrl-C stops the command and\n"
+        "keeps the session; a second Ctrl-C kills the command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = rec.add_mutually_exclusive_group()
@@ -94,15 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rate_options(rec)
     rec.add_argument("command", nargs="*", help="the command to run, after --")
 
-    top = sub.add_parser("top", help="live dashboard of this machine (the default command); records a session",
-                         description="Live dashboard of this machine's GPUs, processes and host. The readings are "
-                                     "recorded into a session you can replay or report on later.")
+    top = sub.add_parser(
+        "top",
+        help="live dashboard of this machine (the default command); records a session",
+        description="Live dashboard of this machine's GPUs, processes and host. The readings are "
+        "recorded into a session you can replay or report on later.",
+    )
     top.add_argument("--refresh", type=_positive, default=1.0, metavar="S", help="screen refresh (default: 1 s)")
     _add_rate_options(top)
 
-    rp = sub.add_parser("replay", help="open a recorded session in the dashboard (follows it if still recording)",
-                        description="Open a session in the dashboard with a time cursor: space pause/play, "
-                                    "arrows step, home/end jump, s speed x1/x10.")
+    rp = sub.add_parser(
+        "replay",
+        help="open a recorded session in the dashboard (follows it if still recording)",
+        description="Open a session in the dashboard with a time cursor: space pause/play, "
+        "arrows step, home/end jump, s speed x1/x10.",
+    )
     rp.add_argument("session", help="name, unique prefix, path, or 'last'")
     rp.add_argument("--speed", type=_positive, default=1.0, help="play speed (default: 1)")
     rp.add_argument("--at", type=float, metavar="S", help="start the cursor S seconds into the session")
@@ -110,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--refresh", type=_positive, default=1.0, metavar="S", help="screen refresh (default: 1 s)")
 
     demo = sub.add_parser(
-        "demo", help="replay a recorded H100 session (LoRA fine-tune, matmul, generation): no GPU needed",
+        "demo",
+        help="replay a recorded H100 session (LoRA fine-tune, matmul, generation): no GPU needed",
         description="Replays the H100 session bundled with effmon into a new session and shows it in the dashboard.",
     )
     demo.add_argument("--headless", action="store_true", help="no dashboard: a plain live table, then a summary")
@@ -120,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-live", action="store_true", help="do not draw the live view")
     demo.add_argument("--name", help="session name")
 
-    ses = sub.add_parser("sessions", help="list recorded sessions, or show one",
-                         description="List recorded sessions (newest last), or summarise one.")
+    ses = sub.add_parser(
+        "sessions",
+        help="list recorded sessions, or show one",
+        description="List recorded sessions (newest last), or summarise one.",
+    )
     ses_sub = ses.add_subparsers(dest="sessions_cmd", metavar="ACTION")
     show = ses_sub.add_parser("show", help="one-screen summary of a session")
     show.add_argument("session", help="name, unique prefix, path, or 'last'")
@@ -132,18 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--metrics", action="store_true", help="also list every metric with unit and meaning")
 
     rpt = sub.add_parser(
-        "report", help="summarise a session: terminal table, EfficientLLM JSON, JSON, CSV",
+        "report",
+        help="summarise a session: terminal table, EfficientLLM JSON, JSON, CSV",
         description="Compute EfficientLLM metrics (AMU, PCU, AL, TT/ST/IT, AEC, MCR) for a session.",
         epilog="examples:\n  effmon report last\n  effmon report last --format efficientllm -o run.json\n"
-               "  effmon report last --phase lora_finetune --format json\n"
-               "  effmon report int4-run --format efficientllm --precision int4 --perf 0.4361 \\\n"
-               "      --baseline-precision bf16 --baseline-perf 0.4719\n\n"
-               "--window takes seconds from the session start: 10:60, 30: (from 30 s on), :-5 (all but the last 5 s).",
+        "  effmon report last --phase lora_finetune --format json\n"
+        "  effmon report int4-run --format efficientllm --precision int4 --perf 0.4361 \\\n"
+        "      --baseline-precision bf16 --baseline-perf 0.4719\n\n"
+        "--window takes seconds from the session start: 10:60, 30: (from 30 s on), :-5 (all but the last 5 s).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rpt.add_argument("session", help="name, unique prefix, path, or 'last'")
-    rpt.add_argument("--format", "-f", default="table",
-                     choices=["table", "efficientllm", "efficientllm-pretrain", "json", "csv"])
+    rpt.add_argument(
+        "--format", "-f", default="table", choices=["table", "efficientllm", "efficientllm-pretrain", "json", "csv"]
+    )
     rpt.add_argument("-o", "--output", help="write to this file (default: standard output)")
     win = rpt.add_mutually_exclusive_group()
     win.add_argument("--window", metavar="START:END", help="only this part of the session, in seconds from its start")
@@ -163,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     command: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, command = argv[:i], argv[i + 1:]
+        argv, command = argv[:i], argv[i + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd is None:
@@ -206,7 +242,7 @@ def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.Arg
             from effmon.report.cli import cmd_report
 
             return cmd_report(args)
-    except (RecordError,) as exc:
+    except RecordError as exc:
         return _err(str(exc), exc.code)
     except (HomeError, SessionNotFound, StoreError) as exc:
         return _err(str(exc), 2)
@@ -217,8 +253,16 @@ def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.Arg
 def _record_options(args: argparse.Namespace, **kw: Any) -> Any:
     from effmon.recorder import RecordOptions
 
-    return RecordOptions(name=args.name, tick_s=1.0 / args.rate, slow_s=args.slow_interval, host_s=args.host_interval,
-                         max_bytes=args.max_size, sources=args.sources, quiet=args.quiet, **kw)
+    return RecordOptions(
+        name=args.name,
+        tick_s=1.0 / args.rate,
+        slow_s=args.slow_interval,
+        host_s=args.host_interval,
+        max_bytes=args.max_size,
+        sources=args.sources,
+        quiet=args.quiet,
+        **kw,
+    )
 
 
 def _cmd_record(args: argparse.Namespace, command: list[str]) -> int:
@@ -227,8 +271,10 @@ def _cmd_record(args: argparse.Namespace, command: list[str]) -> int:
     options = _record_options(args)
     chosen = sum(x is not None and x != [] for x in (args.pid, args.replay, command or None))
     if chosen != 1:
-        raise RecordError("give one of: a command after --, --pid PID, or --replay TRACE "
-                          "(e.g. effmon record -- python train.py)", EXIT_USAGE)
+        raise RecordError(
+            "give one of: a command after --, --pid PID, or --replay TRACE (e.g. effmon record -- python train.py)",
+            EXIT_USAGE,
+        )
     if args.pid is not None:
         return record_pid(args.pid, options)
     if args.replay:
@@ -239,8 +285,11 @@ def _cmd_record(args: argparse.Namespace, command: list[str]) -> int:
 def _need_terminal(what: str) -> int | None:
     if sys.stdout.isatty() and sys.stdin.isatty():
         return None
-    return _err(f"{what} draws a dashboard and needs a terminal; use `effmon demo --headless`, "
-                "`effmon record` or `effmon report` in scripts", 2)
+    return _err(
+        f"{what} draws a dashboard and needs a terminal; use `effmon demo --headless`, "
+        "`effmon record` or `effmon report` in scripts",
+        2,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -255,10 +304,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from effmon.liveview import live_view, progress_lines
 
         view = live_view if (sys.stdout.isatty() and not args.no_live) else progress_lines
-        print(f"effmon demo: replaying a real H100 session ({os.path.basename(trace)}) at {pace}; Ctrl-C to stop",
-              file=sys.stderr)
-        code = record_replay(trace, RecordOptions(name=args.name), speed=args.speed,
-                             as_fast_as_possible=args.as_fast_as_possible, view=view, slug="demo-h100")
+        print(
+            f"effmon demo: replaying a real H100 session ({os.path.basename(trace)}) at {pace}; Ctrl-C to stop",
+            file=sys.stderr,
+        )
+        code = record_replay(
+            trace,
+            RecordOptions(name=args.name),
+            speed=args.speed,
+            as_fast_as_possible=args.as_fast_as_possible,
+            view=view,
+            slug="demo-h100",
+        )
         if code == 0:
             from effmon.report.cli import print_summary
             from effmon.sessions import resolve
@@ -279,9 +336,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     def run() -> None:
         try:
-            holder["code"] = record_replay(trace, RecordOptions(name=args.name, quiet=True, on_open=on_open),
-                                           speed=args.speed, as_fast_as_possible=args.as_fast_as_possible,
-                                           slug="demo-h100", stop=stop)
+            holder["code"] = record_replay(
+                trace,
+                RecordOptions(name=args.name, quiet=True, on_open=on_open),
+                speed=args.speed,
+                as_fast_as_possible=args.as_fast_as_possible,
+                slug="demo-h100",
+                stop=stop,
+            )
         except Exception as exc:  # shown after the dashboard closes
             holder["error"] = exc
         finally:
@@ -299,8 +361,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     stop.set()
     thread.join(10)
     name = holder["path"].name.removesuffix(".effmon")
-    print(f"effmon demo: session {name} saved; replay it with `effmon replay {name}`, "
-          f"or report it with `effmon report {name}`", file=sys.stderr)
+    print(
+        f"effmon demo: session {name} saved; replay it with `effmon replay {name}`, "
+        f"or report it with `effmon report {name}`",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -314,7 +379,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
     options.quiet = True
     rec = BackgroundRecording(options)
     path = rec.start()
-    for _, level, text in rec.recorder.notices:
+    for _, _level, text in rec.recorder.notices:
         print(f"effmon: {text}", file=sys.stderr)
     from effmon.tui.app import make_app
 
@@ -369,8 +434,10 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
     entries = list_sessions()
     console = Console()
     if not entries:
-        console.print(f"No sessions in {sessions_dir()} yet. Record one with: [bold]effmon demo[/] "
-                      "or [bold]effmon record -- python train.py[/]")
+        console.print(
+            f"No sessions in {sessions_dir()} yet. Record one with: [bold]effmon demo[/] "
+            "or [bold]effmon record -- python train.py[/]"
+        )
         return 0
     table = Table(title=f"Sessions in {sessions_dir()}", title_justify="left")
     for col in ("name", "start", "duration", "command", "GPUs", "status", "size"):
@@ -387,8 +454,15 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         elif e.meta.get("exit_code") == 0:
             status += " (exit 0)"
         cmd = " ".join(e.meta.get("command") or [])
-        table.add_row(e.name, timestamp(e.meta.get("wall_started_at")), human_duration(e.duration),
-                      cmd[:60], gpu_text, status, human_bytes(e.size))
+        table.add_row(
+            e.name,
+            timestamp(e.meta.get("wall_started_at")),
+            human_duration(e.duration),
+            cmd[:60],
+            gpu_text,
+            status,
+            human_bytes(e.size),
+        )
     console.print(table)
     return 0
 
@@ -405,7 +479,9 @@ def _cmd_sources(args: argparse.Namespace) -> int:
     for col in ("source", "live", "entities", "description"):
         table.add_column(col)
     for spec in registry.sources.values():
-        table.add_row(spec.name, "yes" if spec.live else "no", ", ".join(e.name for e in spec.entities), spec.description)
+        table.add_row(
+            spec.name, "yes" if spec.live else "no", ", ".join(e.name for e in spec.entities), spec.description
+        )
     console.print(table)
     for err in registry.load_errors:
         console.print(f"[red]{err}[/]")

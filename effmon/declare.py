@@ -9,7 +9,7 @@ NULL and shown as N/A, never as zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 MetricKind = Literal["gauge", "counter", "info", "duration", "count"]
 
@@ -59,7 +59,7 @@ class Row:
     """One reading of one entity instance: ``values`` holds keys, times and metrics."""
 
     entity: str
-    values: dict[str, object]
+    values: dict[str, Any]
 
 
 def M(name: str, unit: str, kind: MetricKind, description: str, sql_type: str = "REAL") -> Metric:
@@ -191,5 +191,13 @@ PHASE = Entity(
 )
 
 CORE_ENTITIES: tuple[Entity, ...] = (
-    GPU, GPU_GPM, GPU_ENERGY, GPU_PROCESS, HOST, WATCHED, TRAIN_STEP, REQUEST, PHASE,
+    GPU,
+    GPU_GPM,
+    GPU_ENERGY,
+    GPU_PROCESS,
+    HOST,
+    WATCHED,
+    TRAIN_STEP,
+    REQUEST,
+    PHASE,
 )

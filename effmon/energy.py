@@ -39,23 +39,23 @@ class EnergyIntegrator:
         p, t = v.get("power_w"), v["t"]
         if p is None:
             return
-        state = self.gpus.setdefault(int(v["gpu"]), _GpuEnergy())  # type: ignore[arg-type]
+        state = self.gpus.setdefault(int(v["gpu"]), _GpuEnergy())
         if state.started and state.last_t is not None and state.last_p is not None and t > state.last_t:
-            state.integral_j += (p + state.last_p) / 2.0 * (t - state.last_t)  # type: ignore[operator]
-        state.last_t, state.last_p = t, p  # type: ignore[assignment]
+            state.integral_j += (p + state.last_p) / 2.0 * (t - state.last_t)
+        state.last_t, state.last_p = t, p
 
     def _counter(self, row: Row) -> None:
         v = row.values
-        state = self.gpus.setdefault(int(v["gpu"]), _GpuEnergy())  # type: ignore[arg-type]
+        state = self.gpus.setdefault(int(v["gpu"]), _GpuEnergy())
         if not state.started:
             state.started = True
             state.integral_j = 0.0
         counter = v.get("energy_counter_j")
         if counter is not None and state.first_counter_j is None:
-            state.first_counter_j = counter  # type: ignore[assignment]
+            state.first_counter_j = counter
         v["energy_integrated_j"] = state.integral_j
         v["energy_counter_delta_j"] = (
-            counter - state.first_counter_j if counter is not None and state.first_counter_j is not None else None  # type: ignore[operator]
+            counter - state.first_counter_j if counter is not None and state.first_counter_j is not None else None
         )
 
     def totals(self) -> dict[int, float]:

@@ -31,10 +31,17 @@ def _table(recorder: Any) -> Any:
         e = energy.get(idx, {})
         used, total = g.get("mem_used_bytes"), g.get("mem_total_bytes")
         mem = f"{used / 1e9:.1f}/{total / 1e9:.0f}" if used is not None and total else "N/A"
-        t.add_row(str(idx), mem, num(g.get("util_gpu_pct"), ".0f", "%"), num(a.get("sm_active_pct"), ".1f", "%"),
-                  num(a.get("tensor_active_pct"), ".1f", "%"), num(g.get("power_w"), ".0f"),
-                  human_energy(e.get("energy_integrated_j")), num(g.get("sm_clock_mhz"), ".0f"),
-                  num(g.get("temp_c"), ".0f"))
+        t.add_row(
+            str(idx),
+            mem,
+            num(g.get("util_gpu_pct"), ".0f", "%"),
+            num(a.get("sm_active_pct"), ".1f", "%"),
+            num(a.get("tensor_active_pct"), ".1f", "%"),
+            num(g.get("power_w"), ".0f"),
+            human_energy(e.get("energy_integrated_j")),
+            num(g.get("sm_clock_mhz"), ".0f"),
+            num(g.get("temp_c"), ".0f"),
+        )
     return t
 
 

@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from effmon import __version__
 from effmon.clock import RealClock, ScaledClock, VirtualClock
@@ -59,7 +60,7 @@ class RecordOptions:
     sources: list[str] | None = None
     """Source names to use; None: every live source registered."""
     quiet: bool = False
-    on_open: Callable[["Recorder"], None] | None = None
+    on_open: Callable[[Recorder], None] | None = None
     registry: Registry | None = None
 
 
@@ -84,15 +85,26 @@ class LiveState:
 
 
 class Recorder:
-    def __init__(self, mode: str, options: RecordOptions, *, watched: list[int] | None = None,
-                 replay_path: str | None = None, slug: str = "session", extra_meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        mode: str,
+        options: RecordOptions,
+        *,
+        watched: list[int] | None = None,
+        replay_path: str | None = None,
+        slug: str = "session",
+        extra_meta: dict[str, Any] | None = None,
+    ):
         self.mode = mode
         self.options = options
         self.watched: list[int] = list(watched or [])
         self.registry = options.registry or load_registry()
         self.source_options = SourceOptions(
-            tick_s=options.tick_s, slow_s=options.slow_s, host_s=options.host_s,
-            watched_pids=lambda: list(self.watched), replay_path=replay_path,
+            tick_s=options.tick_s,
+            slow_s=options.slow_s,
+            host_s=options.host_s,
+            watched_pids=lambda: list(self.watched),
+            replay_path=replay_path,
         )
         self.sources: list[Source] = []
         self.notices: list[tuple[float, str, str]] = []
@@ -141,19 +153,35 @@ class Recorder:
         name = self._unique_name(directory, self.options.name or _session_name(self.slug, time.time()))
         self.path = directory / f"{name}{SUFFIX}"
         meta = {
-            "name": name, "effmon_version": __version__, "mode": self.mode, "status": "recording",
-            "started_at": started, "wall_started_at": time.time(), "ended_at": None, "exit_code": None,
-            "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
-                     "python": platform.python_version(), **info_meta.pop("host", {})},
-            "recorder_pid": os.getpid(), "gpus": gpus, "unsupported": unsupported,
+            "name": name,
+            "effmon_version": __version__,
+            "mode": self.mode,
+            "status": "recording",
+            "started_at": started,
+            "wall_started_at": time.time(),
+            "ended_at": None,
+            "exit_code": None,
+            "host": {
+                "hostname": socket.gethostname(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                **info_meta.pop("host", {}),
+            },
+            "recorder_pid": os.getpid(),
+            "gpus": gpus,
+            "unsupported": unsupported,
             "sources": [s.name for s in self.sources],
             "rates": {"tick_s": self.options.tick_s, "slow_s": self.options.slow_s, "host_s": self.options.host_s},
-            "watched_pids": self.watched, **info_meta, **self.extra_meta,
+            "watched_pids": self.watched,
+            **info_meta,
+            **self.extra_meta,
         }
         try:
             self.writer = SessionWriter(self.path, entities.values(), meta, max_bytes=self.options.max_bytes)
         except (OSError, StoreError, Exception) as exc:
-            raise RecordError(f"cannot create session file {self.path}: {exc}; set EFFMON_HOME to a writable directory") from None
+            raise RecordError(
+                f"cannot create session file {self.path}: {exc}; set EFFMON_HOME to a writable directory"
+            ) from None
         self.sampler = Sampler(self.sources, self.sink, clock=self.clock)
         if self.options.on_open:
             self.options.on_open(self)
@@ -168,8 +196,9 @@ class Recorder:
             self.notice("error", err)
         unknown = [n for n in names if n not in specs]
         if unknown:
-            raise RecordError(f"unknown source(s): {', '.join(unknown)}; known: {', '.join(specs)} (see: effmon sources)",
-                              EXIT_USAGE)
+            raise RecordError(
+                f"unknown source(s): {', '.join(unknown)}; known: {', '.join(specs)} (see: effmon sources)", EXIT_USAGE
+            )
         return [specs[n].factory(self.source_options) for n in names]
 
     @staticmethod
@@ -208,8 +237,10 @@ class Recorder:
             self.rows_written += len(batch)
         except StoreFull as exc:
             limit = f" (the --max-size of {self.options.max_bytes} bytes)" if self.options.max_bytes else ""
-            self.write_error = (f"session {self.path.name} is full{limit}: {exc}. Recording stopped; "
-                                f"what was recorded so far is kept. Free disk space or raise --max-size.")
+            self.write_error = (
+                f"session {self.path.name} is full{limit}: {exc}. Recording stopped; "
+                f"what was recorded so far is kept. Free disk space or raise --max-size."
+            )
             self.notice("error", self.write_error)
             if self.sampler:
                 self.sampler.stop_event.set()
@@ -238,8 +269,15 @@ class Recorder:
             status = "failed"
             reason = self.write_error
         try:
-            self.writer.set_meta(status=status, ended_at=ended, wall_ended_at=time.time(), exit_code=exit_code,
-                                 end_reason=reason, energy_integrated_j=self.integrator.totals(), **meta)
+            self.writer.set_meta(
+                status=status,
+                ended_at=ended,
+                wall_ended_at=time.time(),
+                exit_code=exit_code,
+                end_reason=reason,
+                energy_integrated_j=self.integrator.totals(),
+                **meta,
+            )
         except StoreError as exc:
             print(f"effmon: could not write the session's end ({exc}); the samples are kept", file=sys.stderr)
         self.writer.close()
@@ -268,7 +306,7 @@ class _Interrupts:
         self.event = threading.Event()
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Interrupts":
+    def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -292,9 +330,16 @@ def record_command(argv: list[str], options: RecordOptions) -> int:
     if shutil.which(argv[0]) is None:
         hint = " (is it on PATH? give a path like ./train.sh, or prefix with python)" if "/" not in argv[0] else ""
         raise RecordError(f"command not found: {argv[0]}{hint}", EXIT_NOT_FOUND)
-    recorder = Recorder("command", options, slug=command_slug(argv), extra_meta={
-        "command": redact_argv(argv), "cwd": os.getcwd(), "env": redact_env(dict(os.environ)),
-    })
+    recorder = Recorder(
+        "command",
+        options,
+        slug=command_slug(argv),
+        extra_meta={
+            "command": redact_argv(argv),
+            "cwd": os.getcwd(),
+            "env": redact_env(dict(os.environ)),
+        },
+    )
     recorder.open()
     assert recorder.writer is not None and recorder.sampler is not None
     try:
@@ -318,7 +363,9 @@ def record_command(argv: list[str], options: RecordOptions) -> int:
                 if handled == 1:
                     status, reason = "interrupted", f"stopped by {signal.Signals(last).name}"
                     _forward(child, last)
-                    print("effmon: stopping; waiting for the command to exit (Ctrl-C again to kill it)", file=sys.stderr)
+                    print(
+                        "effmon: stopping; waiting for the command to exit (Ctrl-C again to kill it)", file=sys.stderr
+                    )
                 else:
                     child.kill()
             try:
@@ -358,9 +405,16 @@ def record_pid(pid: int, options: RecordOptions) -> int:
             f"permission denied reading process {pid}: it belongs to another user; run effmon as that user or root",
             EXIT_USAGE,
         ) from None
-    recorder = Recorder("pid", options, watched=[pid], slug=f"pid{pid}-{name}", extra_meta={
-        "command": redact_argv(cmdline), "pid": pid,
-    })
+    recorder = Recorder(
+        "pid",
+        options,
+        watched=[pid],
+        slug=f"pid{pid}-{name}",
+        extra_meta={
+            "command": redact_argv(cmdline),
+            "pid": pid,
+        },
+    )
     recorder.open()
     assert recorder.sampler is not None
     if not options.quiet:
@@ -377,7 +431,10 @@ def record_pid(pid: int, options: RecordOptions) -> int:
             intr.event.wait(FLUSH_EVERY_S)
     recorder.finish(status, None, reason)
     if status == "complete" and time.monotonic() - started < 1.0 and not options.quiet:
-        print(f"effmon: process {pid} exited after {time.monotonic() - started:.1f} s; little was recorded", file=sys.stderr)
+        print(
+            f"effmon: process {pid} exited after {time.monotonic() - started:.1f} s; little was recorded",
+            file=sys.stderr,
+        )
     _report_end(recorder, reason, options)
     return EXIT_IOERR if recorder.write_error else code
 
@@ -391,9 +448,16 @@ def _alive(proc: Any) -> bool:
         return False
 
 
-def record_replay(trace_path: str, options: RecordOptions, *, speed: float = 1.0, as_fast_as_possible: bool = False,
-                  view: Callable[[Recorder, threading.Event], None] | None = None, slug: str | None = None,
-                  stop: threading.Event | None = None) -> int:
+def record_replay(
+    trace_path: str,
+    options: RecordOptions,
+    *,
+    speed: float = 1.0,
+    as_fast_as_possible: bool = False,
+    view: Callable[[Recorder, threading.Event], None] | None = None,
+    slug: str | None = None,
+    stop: threading.Event | None = None,
+) -> int:
     from effmon.sources.replay import ReplaySource
     from effmon.trace import TraceError, load_trace
 
@@ -401,10 +465,16 @@ def record_replay(trace_path: str, options: RecordOptions, *, speed: float = 1.0
         trace = load_trace(trace_path)
     except TraceError as exc:
         raise RecordError(str(exc), EXIT_USAGE) from None
-    recorder = Recorder("replay", options, replay_path=str(trace_path),
-                        slug=slug or f"replay-{Path(trace_path).stem}", extra_meta={
-                            "command": ["effmon", "record", "--replay", str(trace_path)],
-                            "speed": None if as_fast_as_possible else speed})
+    recorder = Recorder(
+        "replay",
+        options,
+        replay_path=str(trace_path),
+        slug=slug or f"replay-{Path(trace_path).stem}",
+        extra_meta={
+            "command": ["effmon", "record", "--replay", str(trace_path)],
+            "speed": None if as_fast_as_possible else speed,
+        },
+    )
     source = ReplaySource(recorder.source_options, trace)
     clock = VirtualClock(source.start_time) if as_fast_as_possible else ScaledClock(source.start_time, speed)
     recorder.open(clock=clock, sources=[source])
@@ -472,5 +542,8 @@ class BackgroundRecording:
 def _report_end(recorder: Recorder, what: str, options: RecordOptions) -> None:
     if options.quiet:
         return
-    print(f"effmon: {what}; session {recorder.path.name} saved ({recorder.rows_written} rows). "
-          f"See it with: effmon sessions show {recorder.path.name.removesuffix(SUFFIX)}", file=sys.stderr)
+    print(
+        f"effmon: {what}; session {recorder.path.name} saved ({recorder.rows_written} rows). "
+        f"See it with: effmon sessions show {recorder.path.name.removesuffix(SUFFIX)}",
+        file=sys.stderr,
+    )

@@ -18,8 +18,21 @@ _SECRET_VALUE = re.compile(
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 
 # Environment variables worth keeping in a session (what shapes a GPU job's behaviour).
-ENV_PREFIXES = ("CUDA_", "NCCL_", "TORCH", "PYTORCH_", "HF_", "TRANSFORMERS_", "VLLM_", "OMP_", "MKL_",
-                "ACCELERATE_", "NVIDIA_", "WANDB_", "TOKENIZERS_")
+ENV_PREFIXES = (
+    "CUDA_",
+    "NCCL_",
+    "TORCH",
+    "PYTORCH_",
+    "HF_",
+    "TRANSFORMERS_",
+    "VLLM_",
+    "OMP_",
+    "MKL_",
+    "ACCELERATE_",
+    "NVIDIA_",
+    "WANDB_",
+    "TOKENIZERS_",
+)
 ENV_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -44,7 +57,9 @@ def redact_argv(argv: list[str]) -> list[str]:
             continue
         if arg.startswith("-") and "=" in arg:
             flag, _, _ = arg.partition("=")
-            out.append(f"{flag}={REDACTED}" if is_secret_name(flag) else f"{flag}={redact_value(arg.partition('=')[2])}")
+            out.append(
+                f"{flag}={REDACTED}" if is_secret_name(flag) else f"{flag}={redact_value(arg.partition('=')[2])}"
+            )
             continue
         if arg.startswith("-") and is_secret_name(arg):
             out.append(arg)

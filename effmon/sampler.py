@@ -16,8 +16,9 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from effmon.clock import RealClock
 from effmon.declare import Row
@@ -61,9 +62,15 @@ class ChannelState:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "source": self.source, "channel": self.channel, "state": self.state, "interval_s": self.interval,
-            "reads": self.reads, "failures": self.failures, "missed_ticks": self.missed_ticks,
-            "last_ok": self.last_ok, "last_error": self.last_error,
+            "source": self.source,
+            "channel": self.channel,
+            "state": self.state,
+            "interval_s": self.interval,
+            "reads": self.reads,
+            "failures": self.failures,
+            "missed_ticks": self.missed_ticks,
+            "last_ok": self.last_ok,
+            "last_error": self.last_error,
             "mean_cost_s": self.total_cost_s / self.reads if self.reads else None,
         }
 

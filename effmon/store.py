@@ -95,7 +95,7 @@ class SessionWriter:
         sql = f"INSERT INTO {_table(entity.name)} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         self._inserts[entity.name] = (sql, columns)
 
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         return _Transaction(self)
 
     def _set_meta(self, meta: dict[str, Any]) -> None:
@@ -108,8 +108,12 @@ class SessionWriter:
         with self._tx():
             self._set_meta(meta)
 
-    def write(self, rows: list[Row], status: list[dict[str, Any]] | None = None,
-              notices: list[tuple[float, str, str]] = ()) -> None:
+    def write(
+        self,
+        rows: list[Row],
+        status: list[dict[str, Any]] | None = None,
+        notices: Iterable[tuple[float, str, str]] = (),
+    ) -> None:
         """Write one batch in one transaction."""
         grouped: dict[str, list[tuple[Any, ...]]] = {}
         for row in rows:
@@ -198,7 +202,7 @@ class SessionReader:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "SessionReader":
+    def __enter__(self) -> SessionReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -227,15 +231,22 @@ class SessionReader:
             return 0
         return int(self.db.execute(f"SELECT COUNT(*) FROM {_table(entity)}").fetchone()[0])
 
-    def rows(self, entity: str, columns: Iterable[str] | None = None, where: str = "",
-             params: tuple[Any, ...] = (), order: str | None = None) -> Iterator[tuple[Any, ...]]:
+    def rows(
+        self,
+        entity: str,
+        columns: Iterable[str] | None = None,
+        where: str = "",
+        params: tuple[Any, ...] = (),
+        order: str | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
         """Rows of one entity as tuples, in time order unless ``order`` says otherwise."""
         if not self.has(entity):
             return iter(())
         cols = ", ".join(columns) if columns else "*"
         ent = self.entities().get(entity)
         default_order = ent.time_columns[0] if ent else "rowid"
-        sql = f"SELECT {cols} FROM {_table(entity)} {('WHERE ' + where) if where else ''} ORDER BY {order or default_order}"
+        where_sql = f"WHERE {where}" if where else ""
+        sql = f"SELECT {cols} FROM {_table(entity)} {where_sql} ORDER BY {order or default_order}"
         return iter(self.db.execute(sql, params))
 
     def dicts(self, entity: str, where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

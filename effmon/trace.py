@@ -67,7 +67,7 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(f"cannot read trace {path}: {exc}") from None
     lines = text.splitlines()
     if not lines:
-        raise TraceError(f"{path} is empty; a trace starts with a {{\"kind\": \"meta\"}} line")
+        raise TraceError(f'{path} is empty; a trace starts with a {{"kind": "meta"}} line')
     meta: dict[str, Any] | None = None
     gpu: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
@@ -97,7 +97,7 @@ def load_trace(path: str | Path) -> Trace:
             meta = obj
             continue
         if meta is None:
-            raise TraceError(f"{where}: the first line must be the {{\"kind\": \"meta\"}} line")
+            raise TraceError(f'{where}: the first line must be the {{"kind": "meta"}} line')
         if kind == "gpu":
             for key in GPU_FIELDS_REQUIRED:
                 _number(obj, key, where)

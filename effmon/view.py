@@ -104,10 +104,20 @@ class SessionView:
                 break
         return out
 
-    def snapshot(self, t: float | None = None, window_s: float | None = 600.0, window_label: str = "10 min",
-                 chart_metric: int = 0, chart_gpu: int = 0, proc_filter: str = "", live: bool = False,
-                 efficiency: bool = True, chart_width: int = 120, throttle: bool = False,
-                 sparklines: bool = True) -> Snapshot:
+    def snapshot(
+        self,
+        t: float | None = None,
+        window_s: float | None = 600.0,
+        window_label: str = "10 min",
+        chart_metric: int = 0,
+        chart_gpu: int = 0,
+        proc_filter: str = "",
+        live: bool = False,
+        efficiency: bool = True,
+        chart_width: int = 120,
+        throttle: bool = False,
+        sparklines: bool = True,
+    ) -> Snapshot:
         """``throttle``: recompute the running metrics at most every few seconds (live or playing)."""
         r = self.reader
         meta = r.meta()
@@ -129,11 +139,15 @@ class SessionView:
             e = energy.get(idx, {})
             info = gpu_meta.get(idx, {})
             card = GpuCard(index=int(idx), name=str(info.get("name") or f"GPU {idx}"))
-            card.gpm_supported = not any(k.startswith("gpu_gpm.*") and (k.endswith(f"@{idx}") or "@" not in k)
-                                         for k in unsupported)
+            card.gpm_supported = not any(
+                k.startswith("gpu_gpm.*") and (k.endswith(f"@{idx}") or "@" not in k) for k in unsupported
+            )
             if g:
                 card.stale = (t - g["t"]) > STALE_AFTER_S
-                card.mem_used, card.mem_total = g.get("mem_used_bytes"), g.get("mem_total_bytes") or info.get("mem_total_bytes")
+                card.mem_used, card.mem_total = (
+                    g.get("mem_used_bytes"),
+                    g.get("mem_total_bytes") or info.get("mem_total_bytes"),
+                )
                 card.util_gpu, card.power = g.get("util_gpu_pct"), g.get("power_w")
                 card.power_limit = g.get("power_limit_w") or info.get("power_limit_w")
                 card.sm_clock, card.temp = g.get("sm_clock_mhz"), g.get("temp_c")
@@ -164,14 +178,18 @@ class SessionView:
                 ("steps/s", _fmt(len(recent_steps) / span, ".2f")),
             ]
             times = [s["t_end"] - s["t_start"] for s in steps]
-            latency += [("step p50", _fmt(percentile(times, 50), ".3f", " s")),
-                        ("step p95", _fmt(percentile(times, 95), ".3f", " s")),
-                        ("last loss", _fmt(steps[-1].get("loss"), ".4g"))]
+            latency += [
+                ("step p50", _fmt(percentile(times, 50), ".3f", " s")),
+                ("step p95", _fmt(percentile(times, 95), ".3f", " s")),
+                ("last loss", _fmt(steps[-1].get("loss"), ".4g")),
+            ]
         if requests:
             span = RATE_SPAN_S * 3
             gen = sum((q["generated_tokens"] or 0) * (q["requests"] or 1) for q in recent_reqs)
-            throughput += [("gen tokens/s", _fmt(gen / span, ",.0f")),
-                           ("requests/s", _fmt(sum(q["requests"] or 1 for q in recent_reqs) / span, ".2f"))]
+            throughput += [
+                ("gen tokens/s", _fmt(gen / span, ",.0f")),
+                ("requests/s", _fmt(sum(q["requests"] or 1 for q in recent_reqs) / span, ".2f")),
+            ]
             e2e: list[float] = []
             ttft: list[float] = []
             for q in requests:
@@ -180,10 +198,11 @@ class SessionView:
                 if q.get("ttft_s") is not None:
                     ttft += [q["ttft_s"]] * n
             for label, vals in (("TTFT p50/95/99", ttft), ("E2E p50/95/99", e2e)):
-                latency.append((label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s"
-                                if vals else "N/A"))
+                latency.append(
+                    (label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s" if vals else "N/A")
+                )
 
-        eff, eff_err = (self._efficiency(lo, t, live or throttle) if efficiency else (None, None))
+        eff, eff_err = self._efficiency(lo, t, live or throttle) if efficiency else (None, None)
         sources = r.source_status()
         notices = [text for _, level, text in r.notices()]
         procs = self._processes(t, proc_filter, live, meta)
@@ -191,18 +210,37 @@ class SessionView:
         host_line = ""
         if host:
             h = host[max(host)]
-            host_line = (f"host CPU {_fmt(h.get('cpu_pct'), '.0f', '%')}  memory "
-                         f"{_fmt((h.get('mem_used_bytes') or 0) / 1e9, '.1f')}/{_fmt((h.get('mem_total_bytes') or 0) / 1e9, '.1f')} GB")
+            host_line = (
+                f"host CPU {_fmt(h.get('cpu_pct'), '.0f', '%')}  memory "
+                f"{_fmt((h.get('mem_used_bytes') or 0) / 1e9, '.1f')}/"
+                f"{_fmt((h.get('mem_total_bytes') or 0) / 1e9, '.1f')} GB"
+            )
         state = meta.get("status") or "unknown"
         if state == "recording":
             state = "recording" if live or (time.time() - (meta.get("wall_started_at") or 0)) < 1e9 else state
         return Snapshot(
-            t=t, session_start=lo, session_end=hi, name=str(meta.get("name")),
-            host=(f"replay of {Path((meta.get('replay') or {}).get('path', 'trace')).name}" if meta.get("mode") == "replay"
-                  else str((meta.get("host") or {}).get("hostname", ""))), state=state, window_label=window_label,
-            gpus=cards, throughput=throughput, latency=latency, efficiency=eff, efficiency_error=eff_err,
-            processes=procs, sources=sources, notices=notices, host_line=host_line,
-            chart=self._chart(chart_metric, chart_gpu, w0, t, chart_width), watched_pids=list(meta.get("watched_pids") or []),
+            t=t,
+            session_start=lo,
+            session_end=hi,
+            name=str(meta.get("name")),
+            host=(
+                f"replay of {Path((meta.get('replay') or {}).get('path', 'trace')).name}"
+                if meta.get("mode") == "replay"
+                else str((meta.get("host") or {}).get("hostname", ""))
+            ),
+            state=state,
+            window_label=window_label,
+            gpus=cards,
+            throughput=throughput,
+            latency=latency,
+            efficiency=eff,
+            efficiency_error=eff_err,
+            processes=procs,
+            sources=sources,
+            notices=notices,
+            host_line=host_line,
+            chart=self._chart(chart_metric, chart_gpu, w0, t, chart_width),
+            watched_pids=list(meta.get("watched_pids") or []),
         )
 
     def _efficiency(self, lo: float, t: float, live: bool) -> tuple[dict[str, Any] | None, str | None]:
@@ -231,7 +269,9 @@ class SessionView:
             latest_t = self.reader.db.execute("SELECT MAX(t) FROM s_gpu_process WHERE t <= ?", (t,)).fetchone()[0]
             if latest_t is not None and t - latest_t < STALE_AFTER_S * 2:
                 for p in self.reader.dicts("gpu_process", "t = ?", (latest_t,)):
-                    rows.append({"pid": p["pid"], "gpu": p["gpu"], "gpu_mem": p["used_mem_bytes"], "sm": p["sm_util_pct"]})
+                    rows.append(
+                        {"pid": p["pid"], "gpu": p["gpu"], "gpu_mem": p["used_mem_bytes"], "sm": p["sm_util_pct"]}
+                    )
         watched = {w["pid"]: w for w in self.reader.dicts("watched", "t <= ? AND t > ?", (t, t - STALE_AFTER_S * 2))}
         known = {r["pid"] for r in rows}
         for pid in watched:
@@ -249,8 +289,9 @@ class SessionView:
             rows = [r for r in rows if needle in f"{r['pid']} {r['user']} {r['command']}".lower()]
         return sorted(rows, key=lambda r: (-(r["gpu_mem"] or 0), r["pid"]))
 
-    def _bucketed_all(self, entity: str, columns: tuple[str, ...], w0: float, t: float,
-                      buckets: int) -> dict[int, list[tuple[Any, ...]]]:
+    def _bucketed_all(
+        self, entity: str, columns: tuple[str, ...], w0: float, t: float, buckets: int
+    ) -> dict[int, list[tuple[Any, ...]]]:
         """Per GPU, at most ``buckets`` points over [w0, t] (each bucket's maximum), in one query."""
         out: dict[int, list[tuple[Any, ...]]] = {}
         if not self.reader.has(entity) or t <= w0:
@@ -258,28 +299,41 @@ class SessionView:
         width = (t - w0) / buckets
         cols = ", ".join(f"MAX({c})" for c in columns)
         for row in self.reader.db.execute(
-                f"SELECT gpu, {cols} FROM s_{entity} WHERE t >= ? AND t <= ? "
-                f"GROUP BY gpu, CAST((t - ?) / ? AS INTEGER) ORDER BY gpu, MIN(t)", (w0, t, w0, width)):
+            f"SELECT gpu, {cols} FROM s_{entity} WHERE t >= ? AND t <= ? "
+            f"GROUP BY gpu, CAST((t - ?) / ? AS INTEGER) ORDER BY gpu, MIN(t)",
+            (w0, t, w0, width),
+        ):
             out.setdefault(int(row[0]), []).append(row[1:])
         return out
 
-    def _bucketed(self, entity: str, columns: tuple[str, ...], gpu: int, w0: float, t: float,
-                  buckets: int) -> list[tuple[Any, ...]]:
+    def _bucketed(
+        self, entity: str, columns: tuple[str, ...], gpu: int, w0: float, t: float, buckets: int
+    ) -> list[tuple[Any, ...]]:
         """At most ``buckets`` points over [w0, t]: each bucket's maximum, computed by SQLite."""
         if not self.reader.has(entity) or t <= w0:
             return []
         width = (t - w0) / buckets
         cols = ", ".join(f"MAX({c})" for c in columns)
-        return list(self.reader.db.execute(
-            f"SELECT {cols} FROM s_{entity} WHERE gpu = ? AND t >= ? AND t <= ? "
-            f"GROUP BY CAST((t - ?) / ? AS INTEGER) ORDER BY MIN(t)", (gpu, w0, t, w0, width)))
+        return list(
+            self.reader.db.execute(
+                f"SELECT {cols} FROM s_{entity} WHERE gpu = ? AND t >= ? AND t <= ? "
+                f"GROUP BY CAST((t - ?) / ? AS INTEGER) ORDER BY MIN(t)",
+                (gpu, w0, t, w0, width),
+            )
+        )
 
     def _chart(self, metric: int, gpu: int, w0: float, t: float, width: int) -> dict[str, Any]:
         entity, column, label, unit = CHART_METRICS[metric % len(CHART_METRICS)]
         values = [float(v) for (v,) in self._bucketed(entity, (column,), gpu, w0, t, max(1, width)) if v is not None]
-        return {"label": label, "unit": unit, "values": values, "gpu": gpu,
-                "min": min(values) if values else None, "max": max(values) if values else None,
-                "last": values[-1] if values else None}
+        return {
+            "label": label,
+            "unit": unit,
+            "values": values,
+            "gpu": gpu,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "last": values[-1] if values else None,
+        }
 
 
 def _fill_from_psutil(row: dict[str, Any]) -> None:

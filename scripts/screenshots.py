@@ -19,8 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SHOTS = (("dashboard-lora", 60.0, (120, 36), []), ("dashboard-generate", 99.0, (120, 36), []),
-         ("dashboard-80x24", 60.0, (80, 24), []), ("dashboard-chart", 99.0, (120, 36), ["c"]))
+SHOTS = (
+    ("dashboard-lora", 60.0, (120, 36), []),
+    ("dashboard-generate", 99.0, (120, 36), []),
+    ("dashboard-80x24", 60.0, (80, 24), []),
+    ("dashboard-chart", 99.0, (120, 36), ["c"]),
+)
 
 
 async def render(session: Path, offset: float, size: tuple[int, int], keys: list[str], out: Path) -> None:
@@ -44,10 +48,27 @@ def to_png(svg: Path, size: tuple[int, int]) -> Path | None:
     png = svg.with_suffix(".png")
     width, height = size[0] * 12 + 40, size[1] * 24 + 70
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size={width},{height}",
-                        f"--screenshot={png}", svg.as_uri()], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                f"--window-size={width},{height}",
+                f"--screenshot={png}",
+                svg.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     return png
 
 

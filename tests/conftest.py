@@ -31,8 +31,9 @@ def run_effmon(*args: str, env_home: Path | None = None, timeout: float = 120, *
     if env_home is not None:
         env["EFFMON_HOME"] = str(env_home)
     env["COLUMNS"] = "120"
-    return subprocess.run([sys.executable, "-m", "effmon", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "effmon", *args], capture_output=True, text=True, env=env, timeout=timeout, **kw
+    )
 
 
 @pytest.fixture(scope="session")

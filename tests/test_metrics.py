@@ -126,10 +126,12 @@ def test_irregular_sampling_moves_time_weighted_results_only_by_sampling_error(t
 
     assert record_replay(str(sparse), RecordOptions(name="sparse", quiet=True), as_fast_as_possible=True) == 0
     thin = resolve("sparse")
-    for phase, pick, tol in (("matmul_bf16", lambda s: s["AEC"]["watts"], 0.02),
-                             ("lora_finetune", lambda s: s["AMU"]["gib"], 0.02),
-                             ("generate", lambda s: s["PCU"]["value"], 0.05),
-                             (None, lambda s: s["AEC"]["energy_integrated_j"], 0.005)):
+    for phase, pick, tol in (
+        ("matmul_bf16", lambda s: s["AEC"]["watts"], 0.02),
+        ("lora_finetune", lambda s: s["AMU"]["gib"], 0.02),
+        ("generate", lambda s: s["PCU"]["value"], 0.05),
+        (None, lambda s: s["AEC"]["energy_integrated_j"], 0.005),
+    ):
         full_v, thin_v = pick(summary(phases_session, phase)), pick(summary(thin, phase))
         assert thin_v == pytest.approx(full_v, rel=tol), phase
 
@@ -145,8 +147,12 @@ def test_efficientllm_export_validates_against_the_schema(phases_session, tmp_pa
     assert doc["effmon"]["PCU"]["source"] == "nvml_gpm_sm_active"
     assert len(doc["time_series"]["timestamps"]) == len(doc["time_series"]["power_consumption"]) > 100
     train = tmp_path / "train.json"
-    assert run_effmon("report", str(phases_session), "-f", "efficientllm", "-o", str(train),
-                      "--phase", "lora_finetune").returncode == 0
+    assert (
+        run_effmon(
+            "report", str(phases_session), "-f", "efficientllm", "-o", str(train), "--phase", "lora_finetune"
+        ).returncode
+        == 0
+    )
     tdoc = json.loads(train.read_text())
     jsonschema.validate(tdoc, schema)
     assert tdoc["ST"] > 0 and tdoc["num_requests"] == 159 and tdoc["effmon"]["run_kind"] == "training"
@@ -166,8 +172,20 @@ def test_mcr_reproduces_the_published_row():
 
 
 def test_mcr_through_the_command_line(phases_session):
-    res = run_effmon("report", str(phases_session), "-f", "json", "--precision", "int4", "--perf", "0.4361",
-                     "--baseline-precision", "bf16", "--baseline-perf", "0.4719")
+    res = run_effmon(
+        "report",
+        str(phases_session),
+        "-f",
+        "json",
+        "--precision",
+        "int4",
+        "--perf",
+        "0.4361",
+        "--baseline-precision",
+        "bf16",
+        "--baseline-perf",
+        "0.4719",
+    )
     assert res.returncode == 0, res.stderr
     assert round(json.loads(res.stdout)["MCR"]["value"], 4) == 3.6965
 
@@ -193,8 +211,17 @@ def test_per_param_throughput_is_null_with_a_reason_when_params_are_unknown(tmp_
     from tests.conftest import SHARED_TRACES
 
     home = tmp_path / "h"
-    assert run_effmon("record", "-q", "--replay", str(SHARED_TRACES / "h100_lora_trainer.jsonl"),
-                      "--as-fast-as-possible", env_home=home).returncode == 0
+    assert (
+        run_effmon(
+            "record",
+            "-q",
+            "--replay",
+            str(SHARED_TRACES / "h100_lora_trainer.jsonl"),
+            "--as-fast-as-possible",
+            env_home=home,
+        ).returncode
+        == 0
+    )
     doc = json.loads(run_effmon("report", "last", "-f", "efficientllm", env_home=home).stdout)
     assert doc["ST"] is None and doc["effmon"]["per_param_null_reason"]
     assert doc["effmon"]["throughput"]["samples_per_s"] > 0
@@ -210,15 +237,18 @@ def test_table_report_prints_the_metrics(phases_session):
         assert word in res.stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--window", "500:600"], "outside the session"),
-    (["--window", "abc"], "use START:END"),
-    (["--phase", "warmup"], "no phase 'warmup'"),
-    (["--precision", "int4", "--perf", "-0.2", "--baseline-perf", "0.47"], "non-negative"),
-    (["--perf", "0.4"], "needs both"),
-    (["--precision", "int5", "--perf", "0.4", "--baseline-perf", "0.47"], "unknown precision"),
-    (["-o", "/nonexistent-dir/x.json", "-f", "json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--window", "500:600"], "outside the session"),
+        (["--window", "abc"], "use START:END"),
+        (["--phase", "warmup"], "no phase 'warmup'"),
+        (["--precision", "int4", "--perf", "-0.2", "--baseline-perf", "0.47"], "non-negative"),
+        (["--perf", "0.4"], "needs both"),
+        (["--precision", "int5", "--perf", "0.4", "--baseline-perf", "0.47"], "unknown precision"),
+        (["-o", "/nonexistent-dir/x.json", "-f", "json"], "does not exist"),
+    ],
+)
 def test_bad_report_input(phases_session, args, words):
     res = run_effmon("report", str(phases_session), *args)
     assert res.returncode == 2, res.stdout
@@ -234,8 +264,23 @@ def test_empty_session_and_session_without_gpu(tmp_path):
     w.close()
     res = run_effmon("report", "empty", env_home=tmp_path / "h")
     assert res.returncode == 2 and "holds no samples" in res.stderr
-    assert run_effmon("record", "-q", "--source", "host", "--host-interval", "0.1", "--name", "nogpu", "--",
-                      "sleep", "0.5", env_home=tmp_path / "h").returncode == 0
+    assert (
+        run_effmon(
+            "record",
+            "-q",
+            "--source",
+            "host",
+            "--host-interval",
+            "0.1",
+            "--name",
+            "nogpu",
+            "--",
+            "sleep",
+            "0.5",
+            env_home=tmp_path / "h",
+        ).returncode
+        == 0
+    )
     res = run_effmon("report", "nogpu", env_home=tmp_path / "h")
     assert res.returncode == 2 and "no GPU readings" in res.stderr
     show = run_effmon("sessions", "show", "nogpu", env_home=tmp_path / "h")
@@ -264,9 +309,15 @@ def test_incremental_cache_gives_the_same_numbers_as_a_full_computation(phases_s
             w = Window(lo, end, "so far", lo, end)
             fast = compute(r, w, with_series=False, cache=cache)
             full = compute(r, w, with_series=False)
-            for pick in (lambda s: s["AMU"]["gib"], lambda s: s["PCU"]["value"], lambda s: s["AEC"]["watts"],
-                         lambda s: s["AEC"]["energy_integrated_j"], lambda s: s["gpus"][0]["power_max_w"],
-                         lambda s: s["PCU"]["tensor_active"], lambda s: s["AL"]["value"]):
+            for pick in (
+                lambda s: s["AMU"]["gib"],
+                lambda s: s["PCU"]["value"],
+                lambda s: s["AEC"]["watts"],
+                lambda s: s["AEC"]["energy_integrated_j"],
+                lambda s: s["gpus"][0]["power_max_w"],
+                lambda s: s["PCU"]["tensor_active"],
+                lambda s: s["AL"]["value"],
+            ):
                 a, b = pick(fast), pick(full)
                 assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
 
@@ -290,7 +341,13 @@ def test_incremental_cache_trims_consumed_rows_and_stays_exact(tmp_path):
         full = compute(r, Window(lo, hi, "so far", lo, hi), with_series=False)
     assert sum(cache.dropped.values()) > 0
     assert len(cache.series["gpu"][1][0]["t"]) < 5000  # most of the 30,000 rows are gone
-    for pick in (lambda s: s["AMU"]["gib"], lambda s: s["PCU"]["value"], lambda s: s["AEC"]["watts"],
-                 lambda s: s["gpus"][0]["power_max_w"], lambda s: s["gpus"][1]["samples"],
-                 lambda s: s["gpus"][0]["throttle_s"], lambda s: s["PCU"]["tensor_active"]):
+    for pick in (
+        lambda s: s["AMU"]["gib"],
+        lambda s: s["PCU"]["value"],
+        lambda s: s["AEC"]["watts"],
+        lambda s: s["gpus"][0]["power_max_w"],
+        lambda s: s["gpus"][1]["samples"],
+        lambda s: s["gpus"][0]["throttle_s"],
+        lambda s: s["PCU"]["tensor_active"],
+    ):
         assert pick(fast) == pytest.approx(pick(full), rel=1e-9)

@@ -1,6 +1,5 @@
 """Real recordings in real subprocesses: commands, pids, crashes, Ctrl-C, kill -9, bad input."""
 
-import json
 import os
 import signal
 import sqlite3
@@ -23,8 +22,16 @@ def only_session(home: Path) -> Path:
 
 def test_record_command_returns_its_exit_code_and_keeps_the_session(tmp_path):
     home = tmp_path / "h"
-    res = run_effmon("record", "--host-interval", "0.1", "--", sys.executable, "-c",
-                     "import time; time.sleep(1.0); raise SystemExit(3)", env_home=home)
+    res = run_effmon(
+        "record",
+        "--host-interval",
+        "0.1",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(1.0); raise SystemExit(3)",
+        env_home=home,
+    )
     assert res.returncode == 3, res.stderr
     assert "Traceback" not in res.stderr
     with SessionReader(only_session(home)) as r:
@@ -54,8 +61,9 @@ def test_without_a_driver_recording_is_host_only_with_a_one_line_notice(tmp_path
 
 def test_a_crashing_command_leaves_a_complete_session_with_its_status(tmp_path):
     home = tmp_path / "h"
-    res = run_effmon("record", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
-                     env_home=home)
+    res = run_effmon(
+        "record", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", env_home=home
+    )
     assert res.returncode == 128 + signal.SIGSEGV
     with SessionReader(only_session(home)) as r:
         meta = r.meta()
@@ -66,8 +74,13 @@ def test_a_crashing_command_leaves_a_complete_session_with_its_status(tmp_path):
 def test_secrets_never_reach_the_session(tmp_path):
     home = tmp_path / "h"
     env = dict(os.environ, EFFMON_HOME=str(home), HF_TOKEN="hf_" + "s" * 34)
-    res = subprocess.run([sys.executable, "-m", "effmon", "record", "--", sys.executable, "-c", "pass",
-                          "--api-key", "supersecretvalue"], capture_output=True, text=True, env=env, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "effmon", "record", "--", sys.executable, "-c", "pass", "--api-key", "supersecretvalue"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     raw = only_session(home).read_bytes()
     assert b"supersecretvalue" not in raw and b"s" * 34 not in raw
@@ -78,9 +91,23 @@ def test_secrets_never_reach_the_session(tmp_path):
 def test_ctrl_c_stops_the_command_and_keeps_the_session(tmp_path):
     home = tmp_path / "h"
     env = dict(os.environ, EFFMON_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "effmon", "record", "--host-interval", "0.1", "--",
-                             sys.executable, "-c", "import time; time.sleep(60)"],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "effmon",
+            "record",
+            "--host-interval",
+            "0.1",
+            "--",
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)  # to effmon alone: it passes it on to the command
     _, err = proc.communicate(timeout=30)
@@ -94,9 +121,23 @@ def test_ctrl_c_stops_the_command_and_keeps_the_session(tmp_path):
 def test_kill_9_loses_at_most_a_second(tmp_path):
     home = tmp_path / "h"
     env = dict(os.environ, EFFMON_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "effmon", "record", "--host-interval", "0.1", "--",
-                             sys.executable, "-c", "import time; time.sleep(20)"],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "effmon",
+            "record",
+            "--host-interval",
+            "0.1",
+            "--",
+            sys.executable,
+            "-c",
+            "import time; time.sleep(20)",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 20
         while not (home / "sessions").is_dir() or not list((home / "sessions").glob("*.effmon")):
@@ -146,14 +187,17 @@ def test_record_pid_that_exits_at_once(tmp_path):
         assert r.meta()["status"] == "complete"
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["record", "--pid", "999999"], 2, "no process with pid 999999"),
-    (["record", "--", "no-such-command-xyz"], 127, "command not found: no-such-command-xyz"),
-    (["record"], 2, "give one of"),
-    (["record", "--replay", "/nonexistent/trace.jsonl"], 2, "trace file not found"),
-    (["sessions", "show", "nope"], 2, "no session named 'nope'"),
-    (["record", "--rate", "0", "--", "true"], 2, "must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["record", "--pid", "999999"], 2, "no process with pid 999999"),
+        (["record", "--", "no-such-command-xyz"], 127, "command not found: no-such-command-xyz"),
+        (["record"], 2, "give one of"),
+        (["record", "--replay", "/nonexistent/trace.jsonl"], 2, "trace file not found"),
+        (["sessions", "show", "nope"], 2, "no session named 'nope'"),
+        (["record", "--rate", "0", "--", "true"], 2, "must be positive"),
+    ],
+)
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, code, words):
     res = run_effmon(*args, env_home=tmp_path / "h")
     assert res.returncode == code, res.stderr
@@ -192,8 +236,9 @@ def test_unwritable_home_says_how_to_fix_it(tmp_path):
 def test_full_session_stops_recording_keeps_data_and_fails(tmp_path):
     """SQLite's 'database or disk is full' path, reached with a size cap instead of a real full disk."""
     home = tmp_path / "h"
-    res = run_effmon("record", "--max-size", "150KB", "--replay", str(PHASES_TRACE), "--as-fast-as-possible",
-                     env_home=home)
+    res = run_effmon(
+        "record", "--max-size", "150KB", "--replay", str(PHASES_TRACE), "--as-fast-as-possible", env_home=home
+    )
     assert res.returncode == 74, res.stderr
     assert "is full" in res.stderr and "kept" in res.stderr
     with SessionReader(only_session(home)) as r:
@@ -206,8 +251,12 @@ def test_full_session_stops_recording_keeps_data_and_fails(tmp_path):
 def test_a_reader_sees_a_live_session_while_it_is_written(tmp_path):
     home = tmp_path / "h"
     env = dict(os.environ, EFFMON_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "effmon", "record", "--replay", str(PHASES_TRACE), "--speed", "20",
-                             "--name", "live"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "effmon", "record", "--replay", str(PHASES_TRACE), "--speed", "20", "--name", "live"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     counts = []
     try:
         path = home / "sessions" / "live.effmon"
@@ -215,9 +264,17 @@ def test_a_reader_sees_a_live_session_while_it_is_written(tmp_path):
         while proc.poll() is None and time.time() < deadline:
             if path.exists():
                 probe = subprocess.run(
-                    [sys.executable, "-c", "import sys; from effmon.store import SessionReader; "
-                     "r = SessionReader(sys.argv[1]); print(r.count('gpu'), r.meta()['status'])", str(path)],
-                    capture_output=True, text=True, cwd=REPO)
+                    [
+                        sys.executable,
+                        "-c",
+                        "import sys; from effmon.store import SessionReader; "
+                        "r = SessionReader(sys.argv[1]); print(r.count('gpu'), r.meta()['status'])",
+                        str(path),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO,
+                )
                 if probe.returncode == 0:
                     n, status = probe.stdout.split()
                     counts.append((int(n), status))
@@ -231,10 +288,18 @@ def test_a_reader_sees_a_live_session_while_it_is_written(tmp_path):
 
 def test_sessions_list_shows_what_was_recorded(tmp_path):
     home = tmp_path / "h"
-    assert run_effmon("record", "-q", "--replay", str(PHASES_TRACE), "--as-fast-as-possible", "--name", "one",
-                      env_home=home).returncode == 0
-    assert run_effmon("record", "-q", "--name", "two", "--", sys.executable, "-c", "raise SystemExit(2)",
-                      env_home=home).returncode == 2
+    assert (
+        run_effmon(
+            "record", "-q", "--replay", str(PHASES_TRACE), "--as-fast-as-possible", "--name", "one", env_home=home
+        ).returncode
+        == 0
+    )
+    assert (
+        run_effmon(
+            "record", "-q", "--name", "two", "--", sys.executable, "-c", "raise SystemExit(2)", env_home=home
+        ).returncode
+        == 2
+    )
     res = run_effmon("sessions", env_home=home)
     assert res.returncode == 0
     assert "one" in res.stdout and "two" in res.stdout

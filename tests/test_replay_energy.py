@@ -15,7 +15,15 @@ def test_replay_holds_every_reading_step_request_and_phase(phases_session):
         assert r.count("train_step") == sum(1 for x in lines if x["kind"] == "train_step") == 159
         assert r.count("request") == 5
         assert [p["name"] for p in r.dicts("phase")] == [
-            "idle", "matmul_bf16", "idle2", "copy", "idle3", "lora_finetune", "generate", "idle4"]
+            "idle",
+            "matmul_bf16",
+            "idle2",
+            "copy",
+            "idle3",
+            "lora_finetune",
+            "generate",
+            "idle4",
+        ]
         meta = r.meta()
         assert meta["status"] == "complete"
         assert meta["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"

@@ -1,7 +1,6 @@
 """The plugin API, and the NVML source's logic on a stand-in driver (no GPU on CI)."""
 
 import sys
-import types
 
 import pytest
 

@@ -30,8 +30,10 @@ def wait_for(session: str, needle: str, timeout: float = 30.0) -> str:
 def test_demo_in_tmux_at_80x24(tmp_path):
     session = f"effmon-test-{os.getpid()}"
     done = tmp_path / "exit-code"
-    cmd = (f"EFFMON_HOME={tmp_path / 'home'} TERM=xterm-256color {sys.executable} -m effmon demo --speed 20; "
-           f"echo $? > {done}; sleep 30")
+    cmd = (
+        f"EFFMON_HOME={tmp_path / 'home'} TERM=xterm-256color {sys.executable} -m effmon demo --speed 20; "
+        f"echo $? > {done}; sleep 30"
+    )
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
     try:
         wait_for(session, "EfficientLLM so far")
@@ -58,8 +60,9 @@ def test_demo_in_tmux_at_80x24(tmp_path):
         assert done.read_text().strip() == "0"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-    sessions = list((tmp_path / "home" / "sessions").glob("demo-h100*.effmon")) + \
-        list((tmp_path / "home" / "sessions").glob("*-demo-h100.effmon"))
+    sessions = list((tmp_path / "home" / "sessions").glob("demo-h100*.effmon")) + list(
+        (tmp_path / "home" / "sessions").glob("*-demo-h100.effmon")
+    )
     assert len(sessions) == 1
     from effmon.store import SessionReader
 

@@ -49,6 +49,7 @@ def test_every_panel_shows_the_replayed_lora_phase(phases_session):
             assert "AMU" in eff and "PCU" in eff and "AEC" in eff and "J/token" in eff
             table = app.query_one("#procs", DataTable)
             assert "no per-process data" in str(table.get_row_at(0)[-1])
+
     run(go())
 
 
@@ -66,6 +67,7 @@ def test_efficiency_strip_matches_the_report(phases_session):
             eff = text_of(app, "#efficiency")
             assert f"AMU {s['AMU']['gib']:.1f} GiB" in eff
             assert f"AEC {s['AEC']['watts']:.0f} W" in eff
+
     run(go())
 
 
@@ -91,6 +93,7 @@ def test_pause_play_step_jump_and_speed(phases_session):
             app.paused = False
             app.tick()
             assert app.cursor == pytest.approx(lo + 10.0)  # one 1 s refresh at x10
+
     run(go())
 
 
@@ -105,6 +108,7 @@ def test_help_lists_keys_and_source_state(phases_session):
             assert "replay.energy" in body and "quit" in body
             await pilot.press("escape")
             assert not isinstance(app.screen, HelpScreen)
+
     run(go())
 
 
@@ -129,6 +133,7 @@ def test_window_chart_metric_and_gpu_keys(phases_session):
             assert app.focus_gpu == 0
             await pilot.press("g")
             assert app.focus_gpu == 0
+
     run(go())
 
 
@@ -146,6 +151,7 @@ def test_filter_processes(phases_session):
             assert app.proc_filter == ""
             await pilot.press("q")  # keys go to the app again, not to the hidden input
             assert app.return_code is not None or not app.is_running
+
     run(go())
 
 
@@ -156,6 +162,7 @@ def test_report_key_writes_the_efficientllm_json(phases_session, tmp_path):
             await pilot.press("r")
             await app.workers.wait_for_complete()
             await pilot.pause()
+
     run(go())
     files = list(tmp_path.glob("*.efficientllm.json"))
     assert len(files) == 1
@@ -170,6 +177,7 @@ def test_quit_calls_back_so_the_session_is_flushed(phases_session):
         app = app_at(phases_session, on_quit=lambda: called.append(True))
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("q")
+
     run(go())
     assert called == [True]
 
@@ -181,6 +189,7 @@ def test_live_mode_follows_the_latest_reading(phases_session):
             await pilot.pause()
             _, hi = app.view.time_range()
             assert app.snap.t == hi
+
     run(go())
 
 
@@ -206,6 +215,7 @@ def test_eight_gpus_at_80x24_collapse_and_nothing_overlaps(tmp_path):
             assert regions[-1].bottom <= size[1] - 1  # the footer stays visible
             assert all(r.right <= size[0] for r in regions)
             return compact
+
     assert run(go((80, 24))) is True
     assert run(go((200, 60))) is False
 
@@ -214,8 +224,23 @@ def test_a_session_without_gpu_says_so_and_points_to_the_demo(tmp_path):
     from tests.conftest import run_effmon
 
     home = tmp_path / "h"
-    assert run_effmon("record", "-q", "--source", "host", "--host-interval", "0.1", "--name", "cpu", "--",
-                      "sleep", "0.5", env_home=home).returncode == 0
+    assert (
+        run_effmon(
+            "record",
+            "-q",
+            "--source",
+            "host",
+            "--host-interval",
+            "0.1",
+            "--name",
+            "cpu",
+            "--",
+            "sleep",
+            "0.5",
+            env_home=home,
+        ).returncode
+        == 0
+    )
 
     async def go():
         app = make_app(home / "sessions" / "cpu.effmon", mode="replay", sync=True, paused=True)
@@ -223,12 +248,12 @@ def test_a_session_without_gpu_says_so_and_points_to_the_demo(tmp_path):
             await pilot.pause()
             text = text_of(app, "#nogpu")
             assert "No GPU" in text and "effmon demo" in text and "host CPU" in text
+
     run(go())
 
 
 def test_failing_source_shows_its_error_in_help(tmp_path, monkeypatch):
     from effmon.clock import VirtualClock
-    from effmon.declare import Row
     from effmon.plugins import SourceInfo, SourceSpec, hookimpl, load_registry
     from effmon.recorder import Recorder, RecordOptions
 
@@ -255,8 +280,9 @@ def test_failing_source_shows_its_error_in_help(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EFFMON_HOME", str(tmp_path))
     reg = load_registry(entry_points=False, extra_plugins=(Plugin(),))
-    rec = Recorder("command", RecordOptions(name="flaky", sources=["flaky", "replay"], quiet=True, registry=reg),
-                   replay_path=None)
+    rec = Recorder(
+        "command", RecordOptions(name="flaky", sources=["flaky", "replay"], quiet=True, registry=reg), replay_path=None
+    )
     from effmon.sources.replay import ReplaySource
     from tests.conftest import PHASES_TRACE
 
@@ -273,4 +299,5 @@ def test_failing_source_shows_its_error_in_help(tmp_path, monkeypatch):
             body = str(app.screen.query_one("#help-body Static", Static).content)
             assert "flaky.x" in body and "failed" in body and "sensor did not answer" in body
             assert "replay.fast" in body
+
     run(go())

@@ -11,7 +11,8 @@ from __future__ import annotations
 import bisect
 import types
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pynvml as real
 
@@ -24,9 +25,17 @@ def make(now: Callable[[], float], gpus: int = 2) -> types.ModuleType:
     t0 = times[0]
     calls: Counter[str] = Counter()
     nv = types.ModuleType("pynvml")
-    for name in ("NVMLError", "NVML_CLOCK_SM", "NVML_CLOCK_MEM", "NVML_TEMPERATURE_GPU", "NVML_SUCCESS",
-                 "NVML_GPM_METRICS_GET_VERSION", "c_nvmlGpmMetricsGet_t", "NVML_ERROR_NOT_SUPPORTED",
-                 "NVML_ERROR_NOT_FOUND"):
+    for name in (
+        "NVMLError",
+        "NVML_CLOCK_SM",
+        "NVML_CLOCK_MEM",
+        "NVML_TEMPERATURE_GPU",
+        "NVML_SUCCESS",
+        "NVML_GPM_METRICS_GET_VERSION",
+        "c_nvmlGpmMetricsGet_t",
+        "NVML_ERROR_NOT_SUPPORTED",
+        "NVML_ERROR_NOT_FOUND",
+    ):
         setattr(nv, name, getattr(real, name))
     nv.calls = calls  # type: ignore[attr-defined]
 
@@ -40,6 +49,7 @@ def make(now: Callable[[], float], gpus: int = 2) -> types.ModuleType:
         def wrapper(*a: Any) -> Any:
             calls[fn.__name__] += 1
             return fn(*a)
+
         wrapper.__name__ = fn.__name__
         return wrapper
 
@@ -51,52 +61,81 @@ def make(now: Callable[[], float], gpus: int = 2) -> types.ModuleType:
     @counted
     def nvmlShutdown() -> None: ...
     @counted
-    def nvmlDeviceGetCount() -> int: return gpus
+    def nvmlDeviceGetCount() -> int:
+        return gpus
+
     @counted
-    def nvmlDeviceGetHandleByIndex(i: int) -> int: return i
+    def nvmlDeviceGetHandleByIndex(i: int) -> int:
+        return i
+
     @counted
-    def nvmlSystemGetDriverVersion() -> str: return "580.159.04"
+    def nvmlSystemGetDriverVersion() -> str:
+        return "580.159.04"
+
     @counted
-    def nvmlDeviceGetName(h: int) -> str: return "NVIDIA H100 80GB HBM3" if h == 0 else "NVIDIA A100-SXM4-40GB"
+    def nvmlDeviceGetName(h: int) -> str:
+        return "NVIDIA H100 80GB HBM3" if h == 0 else "NVIDIA A100-SXM4-40GB"
+
     @counted
-    def nvmlDeviceGetUUID(h: int) -> str: return f"GPU-{h:08d}"
+    def nvmlDeviceGetUUID(h: int) -> str:
+        return f"GPU-{h:08d}"
+
     @counted
-    def nvmlDeviceGetMaxClockInfo(h: int, c: int) -> int: return 1980
+    def nvmlDeviceGetMaxClockInfo(h: int, c: int) -> int:
+        return 1980
+
     @counted
     def nvmlDeviceGetMemoryInfo(h: int) -> Any:
         r = rec()
         return types.SimpleNamespace(used=r["mem_used_bytes"], total=r["mem_total_bytes"], free=0)
+
     @counted
     def nvmlDeviceGetUtilizationRates(h: int) -> Any:
         r = rec()
         return types.SimpleNamespace(gpu=r["util_gpu_pct"], memory=r["util_mem_pct"])
+
     @counted
-    def nvmlDeviceGetPowerUsage(h: int) -> int: return int(rec()["power_w"] * 1000)
+    def nvmlDeviceGetPowerUsage(h: int) -> int:
+        return int(rec()["power_w"] * 1000)
+
     @counted
     def nvmlDeviceGetClockInfo(h: int, c: int) -> int:
         if c == real.NVML_CLOCK_MEM:
             raise not_supported()
         return rec()["sm_clock_mhz"]
+
     @counted
-    def nvmlDeviceGetTemperature(h: int, s: int) -> int: return rec()["temp_c"]
+    def nvmlDeviceGetTemperature(h: int, s: int) -> int:
+        return rec()["temp_c"]
+
     @counted
-    def nvmlDeviceGetCurrentClocksEventReasons(h: int) -> int: return 0x4 if rec()["power_w"] > 690 else 0
+    def nvmlDeviceGetCurrentClocksEventReasons(h: int) -> int:
+        return 0x4 if rec()["power_w"] > 690 else 0
+
     @counted
-    def nvmlDeviceGetEnforcedPowerLimit(h: int) -> int: return 700000
+    def nvmlDeviceGetEnforcedPowerLimit(h: int) -> int:
+        return 700000
+
     @counted
     def nvmlDeviceGetTotalEnergyConsumption(h: int) -> int:
         if h == 1:
             raise not_supported()
         return int(rec()["energy_j"] * 1000)
+
     @counted
-    def nvmlGpmQueryDeviceSupport(h: int) -> Any: return types.SimpleNamespace(isSupportedDevice=int(h == 0))
+    def nvmlGpmQueryDeviceSupport(h: int) -> Any:
+        return types.SimpleNamespace(isSupportedDevice=int(h == 0))
+
     @counted
-    def nvmlGpmSampleAlloc() -> Any: return real.c_nvmlGpmSample_t()  # pynvml's own handle type
+    def nvmlGpmSampleAlloc() -> Any:
+        return real.c_nvmlGpmSample_t()  # pynvml's own handle type
+
     @counted
     def nvmlGpmSampleFree(s: Any) -> None: ...
     @counted
     def nvmlGpmSampleGet(h: int, s: Any) -> Any:
         return s
+
     @counted
     def nvmlGpmMetricsGet(req: Any) -> Any:
         r = rec()
@@ -107,13 +146,18 @@ def make(now: Callable[[], float], gpus: int = 2) -> types.ModuleType:
             m.nvmlReturn = real.NVML_SUCCESS if value is not None else real.NVML_ERROR_NOT_SUPPORTED
             m.value = value or 0.0
         return req
+
     @counted
     def nvmlDeviceGetComputeRunningProcesses(h: int) -> list[Any]:
         return [types.SimpleNamespace(pid=4242, usedGpuMemory=rec()["mem_used_bytes"] - 500_000_000)]
+
     @counted
     def nvmlDeviceGetProcessUtilization(h: int, ts: int) -> list[Any]:
-        return [types.SimpleNamespace(pid=4242, smUtil=rec()["util_gpu_pct"], memUtil=rec()["util_mem_pct"],
-                                      timeStamp=int(now() * 1e6))]
+        return [
+            types.SimpleNamespace(
+                pid=4242, smUtil=rec()["util_gpu_pct"], memUtil=rec()["util_mem_pct"], timeStamp=int(now() * 1e6)
+            )
+        ]
 
     for name, value in list(locals().items()):
         if name.startswith("nvml"):

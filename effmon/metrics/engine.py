@@ -25,22 +25,58 @@ GIB = float(1 << 30)
 
 # Clock-event reason bits that slow the GPU down (nvml.h); GpuIdle (0x1) and app-clock settings are not throttling.
 THROTTLE_BITS = {
-    0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
 }
 THROTTLE_MASK = sum(THROTTLE_BITS)
 
 # Dense bf16 tensor peak (FLOP/s) by GPU name, for the MFU estimate.
 PEAK_BF16_FLOPS = (
-    ("H200", 989.4e12), ("H100 80GB HBM3", 989.4e12), ("H100 SXM", 989.4e12), ("H100 NVL", 835.5e12),
-    ("H100 PCIe", 756.0e12), ("H100", 756.0e12), ("GH200", 989.4e12), ("B200", 2250e12), ("A100", 312e12),
-    ("L40S", 362.05e12), ("A10G", 70e12), ("L4", 121e12),
+    ("H200", 989.4e12),
+    ("H100 80GB HBM3", 989.4e12),
+    ("H100 SXM", 989.4e12),
+    ("H100 NVL", 835.5e12),
+    ("H100 PCIe", 756.0e12),
+    ("H100", 756.0e12),
+    ("GH200", 989.4e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362.05e12),
+    ("A10G", 70e12),
+    ("L4", 121e12),
 )
 
 PRECISION_BITS = {
-    "fp32": 32, "float32": 32, "tf32": 32, "bf16": 16, "bfloat16": 16, "fp16": 16, "float16": 16, "half": 16,
-    "fp8": 8, "fp8_e4m3": 8, "fp8_e5m2": 8, "int8": 8, "w8a8": 8, "bnb-8bit": 8, "llm.int8": 8,
-    "int4": 4, "awq": 4, "gptq": 4, "nf4": 4, "fp4": 4, "nvfp4": 4, "mxfp4": 4, "bnb-4bit": 4, "bitsandbytes": 4,
-    "w4a16": 4, "int3": 3, "int2": 2,
+    "fp32": 32,
+    "float32": 32,
+    "tf32": 32,
+    "bf16": 16,
+    "bfloat16": 16,
+    "fp16": 16,
+    "float16": 16,
+    "half": 16,
+    "fp8": 8,
+    "fp8_e4m3": 8,
+    "fp8_e5m2": 8,
+    "int8": 8,
+    "w8a8": 8,
+    "bnb-8bit": 8,
+    "llm.int8": 8,
+    "int4": 4,
+    "awq": 4,
+    "gptq": 4,
+    "nf4": 4,
+    "fp4": 4,
+    "nvfp4": 4,
+    "mxfp4": 4,
+    "bnb-4bit": 4,
+    "bitsandbytes": 4,
+    "w4a16": 4,
+    "int3": 3,
+    "int2": 2,
 }
 
 
@@ -98,7 +134,9 @@ def resolve_window(reader: SessionReader, window: str | None = None, phase: str 
             a = float(a_text) if a_text.strip() else 0.0
             b = float(b_text) if b_text.strip() else hi - lo
         except ValueError:
-            raise MetricsError(f"--window {window!r}: use START:END in seconds from the session start, e.g. 10:60") from None
+            raise MetricsError(
+                f"--window {window!r}: use START:END in seconds from the session start, e.g. 10:60"
+            ) from None
         a = a if a >= 0 else (hi - lo) + a
         b = b if b >= 0 else (hi - lo) + b
         if b <= a:
@@ -110,7 +148,8 @@ def resolve_window(reader: SessionReader, window: str | None = None, phase: str 
 
 
 def _columns(reader: SessionReader, entity: str, cols: list[str]) -> list[str]:
-    have = {m.name for m in reader.entities().get(entity).metrics} if entity in reader.entities() else set()
+    ent = reader.entities().get(entity)
+    have = {m.name for m in ent.metrics} if ent is not None else set()
     return [c for c in cols if c in have]
 
 
@@ -175,18 +214,20 @@ class ComputeCache:
             for key in list(self.first):
                 if self._owner(key) == owner:
                     scanned, first_i = self.first[key]
-                    self.first[key] = (max(0, scanned - offset),
-                                       None if first_i is None else max(0, first_i - offset))
+                    self.first[key] = (max(0, scanned - offset), None if first_i is None else max(0, first_i - offset))
 
-    def by_gpu(self, reader: SessionReader, entity: str, cols: list[str],
-               end: float = math.inf) -> dict[int, dict[str, list[Any]]]:
+    def by_gpu(
+        self, reader: SessionReader, entity: str, cols: list[str], end: float = math.inf
+    ) -> dict[int, dict[str, list[Any]]]:
         """Rows up to ``end`` (a replay's cursor: rows beyond it are read when the cursor gets there)."""
         cols = _columns(reader, entity, cols)
         if not reader.has(entity):
             return {}
         last_rowid, data = self.series.get(entity, (0, {}))
-        cur = reader.db.execute(f"SELECT rowid, gpu, t, {', '.join(cols)} FROM s_{entity} "
-                                f"WHERE rowid > ? AND t <= ? ORDER BY rowid", (last_rowid, end + 1.0))
+        cur = reader.db.execute(
+            f"SELECT rowid, gpu, t, {', '.join(cols)} FROM s_{entity} WHERE rowid > ? AND t <= ? ORDER BY rowid",
+            (last_rowid, end + 1.0),
+        )
         for row in cur:
             last_rowid = row[0]
             series = data.setdefault(int(row[1]), {c: [] for c in ["t", *cols]})
@@ -201,8 +242,9 @@ class ComputeCache:
         last_rowid, rows = self.spans.get(entity, (0, []))
         new = reader.dicts(entity, "rowid > ? AND t_end <= ? ORDER BY rowid", (last_rowid, end + 1.0))
         if new:
-            last_rowid = reader.db.execute(f"SELECT MAX(rowid) FROM s_{entity} WHERE rowid > ? AND t_end <= ?",
-                                           (last_rowid, end + 1.0)).fetchone()[0]
+            last_rowid = reader.db.execute(
+                f"SELECT MAX(rowid) FROM s_{entity} WHERE rowid > ? AND t_end <= ?", (last_rowid, end + 1.0)
+            ).fetchone()[0]
             rows = rows + new
         self.spans[entity] = (last_rowid, rows)
         return rows
@@ -217,7 +259,9 @@ class ComputeCache:
         self.prefix[key] = (end_index, acc)
         return acc
 
-    def average(self, key: tuple[Any, ...], ts: list[float], xs: list[Any], start: float, end: float) -> tuple[float, float]:
+    def average(
+        self, key: tuple[Any, ...], ts: list[float], xs: list[Any], start: float, end: float
+    ) -> tuple[float, float]:
         """(integral, covered) over [start, end], reusing the integral up to the last cached sample."""
         if not ts or start > ts[0]:
             return integrate(ts, xs, start, end)
@@ -232,13 +276,13 @@ class ComputeCache:
         i_prev, area_prev = self.prefix.get(key, (first_i, 0.0))
         if i_prev >= len(ts) or ts[i_prev] > end:
             i_prev, area_prev = first_i, 0.0
-        area_new, _ = integrate(ts[i_prev:hi + 1], xs[i_prev:hi + 1], ts[i_prev], end)
+        area_new, _ = integrate(ts[i_prev : hi + 1], xs[i_prev : hi + 1], ts[i_prev], end)
         # remember the integral up to the last non-missing sample at or before ``end``
         j = hi - 1
         while j > i_prev and xs[j] is None:
             j -= 1
         if j > i_prev:
-            area_j, _ = integrate(ts[i_prev:j + 1], xs[i_prev:j + 1], ts[i_prev], ts[j])
+            area_j, _ = integrate(ts[i_prev : j + 1], xs[i_prev : j + 1], ts[i_prev], ts[j])
             self.prefix[key] = (j, area_prev + area_j)
         k = min(hi, len(ts) - 1)
         while k > 0 and xs[k] is None:
@@ -279,18 +323,36 @@ def _avg(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def compute(reader: SessionReader, window: Window | None = None, *, params: int | None = None,
-            precision: str | None = None, perf: float | None = None, baseline_precision: str | None = None,
-            baseline_perf: float | None = None, with_series: bool = True,
-            cache: ComputeCache | None = None) -> dict[str, Any]:
+def compute(
+    reader: SessionReader,
+    window: Window | None = None,
+    *,
+    params: int | None = None,
+    precision: str | None = None,
+    perf: float | None = None,
+    baseline_precision: str | None = None,
+    baseline_perf: float | None = None,
+    with_series: bool = True,
+    cache: ComputeCache | None = None,
+) -> dict[str, Any]:
     """Everything effmon knows about a session window, as one JSON-ready dict."""
     meta = reader.meta()
     w = window or resolve_window(reader)
     notes: list[str] = []
     gpu_meta = {g.get("index"): g for g in meta.get("gpus") or []}
 
-    gpu_cols = ["mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w", "power_limit_w",
-                "sm_clock_mhz", "mem_clock_mhz", "temp_c", "clock_event_reasons"]
+    gpu_cols = [
+        "mem_used_bytes",
+        "mem_total_bytes",
+        "util_gpu_pct",
+        "util_mem_pct",
+        "power_w",
+        "power_limit_w",
+        "sm_clock_mhz",
+        "mem_clock_mhz",
+        "temp_c",
+        "clock_event_reasons",
+    ]
     gpm_cols = ["sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct"]
     if cache is not None:
         gpu_series = cache.by_gpu(reader, "gpu", gpu_cols, w.end)
@@ -328,8 +390,12 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
                 return None
             xs = s[col]
             if cache is not None and lo_i == 0:
-                return cache.fold(("max", idx, col), hi_i,
-                                  lambda acc, k: acc if xs[k] is None or (acc is not None and acc >= xs[k]) else xs[k], None)
+                return cache.fold(
+                    ("max", idx, col),
+                    hi_i,
+                    lambda acc, k: acc if xs[k] is None or (acc is not None and acc >= xs[k]) else xs[k],
+                    None,
+                )
             vals = [xs[i] for i in inside if xs[i] is not None]
             return max(vals) if vals else None
 
@@ -341,14 +407,22 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
                     return s[col][i]
             return None
 
-        g: dict[str, Any] = {"index": idx, "name": gpu_meta.get(idx, {}).get("name"),
-                             "samples": len(inside) + (cache.dropped.get(("gpu", idx), 0) if cache else 0)}
+        g: dict[str, Any] = {
+            "index": idx,
+            "name": gpu_meta.get(idx, {}).get("name"),
+            "samples": len(inside) + (cache.dropped.get(("gpu", idx), 0) if cache else 0),
+        }
         mem_avg = avg("mem_used_bytes")
         mem_total = last("mem_total_bytes") or gpu_meta.get(idx, {}).get("mem_total_bytes")
-        g.update(mem_used_avg_bytes=mem_avg, mem_used_avg_gib=mem_avg / GIB if mem_avg is not None else None,
-                 mem_used_max_bytes=mx("mem_used_bytes"), mem_total_bytes=mem_total,
-                 mem_used_fraction=(mem_avg / mem_total) if mem_avg is not None and mem_total else None,
-                 util_gpu_avg_pct=avg("util_gpu_pct"), util_mem_avg_pct=avg("util_mem_pct"))
+        g.update(
+            mem_used_avg_bytes=mem_avg,
+            mem_used_avg_gib=mem_avg / GIB if mem_avg is not None else None,
+            mem_used_max_bytes=mx("mem_used_bytes"),
+            mem_total_bytes=mem_total,
+            mem_used_fraction=(mem_avg / mem_total) if mem_avg is not None and mem_total else None,
+            util_gpu_avg_pct=avg("util_gpu_pct"),
+            util_mem_avg_pct=avg("util_mem_pct"),
+        )
         gpm = gpm_series.get(idx)
         for col in gpm_cols:
             g[f"{col.removesuffix('_pct')}_avg_pct"] = avg(col, gpm, "gpm") if gpm else None
@@ -358,25 +432,38 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
             g["pcu"], g["pcu_source"] = g["util_gpu_avg_pct"] / 100.0, "nvml_utilization_gpu"
         else:
             g["pcu"], g["pcu_source"] = None, None
-        area, covered = (cache.average(("gpu", idx, "power_w#area"), ts, s["power_w"], w.start, w.end) if cache
-                         else integrate(ts, s["power_w"], w.start, w.end))
-        g.update(power_avg_w=(area / covered) if covered else avg("power_w"), power_max_w=mx("power_w"),
-                 power_limit_w=last("power_limit_w") or gpu_meta.get(idx, {}).get("power_limit_w"),
-                 energy_integrated_j=area, energy_covered_s=covered)
+        area, covered = (
+            cache.average(("gpu", idx, "power_w#area"), ts, s["power_w"], w.start, w.end)
+            if cache
+            else integrate(ts, s["power_w"], w.start, w.end)
+        )
+        g.update(
+            power_avg_w=(area / covered) if covered else avg("power_w"),
+            power_max_w=mx("power_w"),
+            power_limit_w=last("power_limit_w") or gpu_meta.get(idx, {}).get("power_limit_w"),
+            energy_integrated_j=area,
+            energy_covered_s=covered,
+        )
         g.update(_counter_energy(energy_series.get(idx), w))
         if g["energy_counter_j"] and g["energy_integrated_j"] and cache is None:
             # compare over the same interval the counter covers
             ia, _ = integrate(ts, s["power_w"], g["energy_counter_window"][0], g["energy_counter_window"][1])
             g["energy_integral_vs_counter"] = (ia - g["energy_counter_j"]) / g["energy_counter_j"]
-        g.update(sm_clock_avg_mhz=avg("sm_clock_mhz"), sm_clock_max_mhz=mx("sm_clock_mhz"),
-                 mem_clock_avg_mhz=avg("mem_clock_mhz"), temp_max_c=mx("temp_c"),
-                 max_sm_clock_mhz=gpu_meta.get(idx, {}).get("max_sm_clock_mhz"))
+        g.update(
+            sm_clock_avg_mhz=avg("sm_clock_mhz"),
+            sm_clock_max_mhz=mx("sm_clock_mhz"),
+            mem_clock_avg_mhz=avg("mem_clock_mhz"),
+            temp_max_c=mx("temp_c"),
+            max_sm_clock_mhz=gpu_meta.get(idx, {}).get("max_sm_clock_mhz"),
+        )
         reasons = s.get("clock_event_reasons", [])
         if last("clock_event_reasons") is not None:
             if cache is not None and lo_i == 0:
+
                 def step(acc: tuple[float, int], k: int) -> tuple[float, int]:
                     held = ts[k + 1] - ts[k] if k + 1 < len(ts) and (reasons[k] or 0) & THROTTLE_MASK else 0.0
                     return acc[0] + held, acc[1] | (reasons[k] or 0)
+
                 throttle_s, seen = cache.fold(("throttle", idx), max(0, hi_i - 1), step, (0.0, 0))
                 seen |= reasons[hi_i - 1] or 0
                 g["throttle_s"] = throttle_s
@@ -424,15 +511,19 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
     training: dict[str, Any] | None = None
     if steps:
         training = {
-            "steps": len(steps), "step_time_sum_s": sum_step_time,
+            "steps": len(steps),
+            "step_time_sum_s": sum_step_time,
             "step_time_mean_s": sum_step_time / len(steps),
-            "step_time_p50_s": percentile(step_times, 50), "step_time_p95_s": percentile(step_times, 95),
-            "tokens": sum(tokens), "samples": sum(samples),
+            "step_time_p50_s": percentile(step_times, 50),
+            "step_time_p95_s": percentile(step_times, 95),
+            "tokens": sum(tokens),
+            "samples": sum(samples),
             "tokens_per_s": sum(tokens) / sum_step_time if sum_step_time else None,
             "samples_per_s": sum(samples) / sum_step_time if sum_step_time else None,
             "communication_measured": comm_measured,
             "communication_s_sum": sum(c for c in comm if c is not None) if comm_measured else None,
-            "loss_first": steps[0].get("loss"), "loss_last": steps[-1].get("loss"),
+            "loss_first": steps[0].get("loss"),
+            "loss_last": steps[-1].get("loss"),
         }
         if not comm_measured:
             notes.append("AL (training): communication time was not measured apart; step wall time includes it")
@@ -452,17 +543,27 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
     if requests:
         busy = _busy_time([(r["t_start"], r["t_end"]) for r in requests])
         inference = {
-            "requests": len(latencies), "generated_tokens": sum(gen_tokens_each),
-            "prompt_tokens": sum(prompt_tokens_each), "busy_time_s": busy,
+            "requests": len(latencies),
+            "generated_tokens": sum(gen_tokens_each),
+            "prompt_tokens": sum(prompt_tokens_each),
+            "busy_time_s": busy,
             "generated_tokens_per_s": sum(gen_tokens_each) / busy if busy else None,
             "requests_per_s": len(latencies) / busy if busy else None,
-            "latency_mean_s": _avg(latencies), "latency_p50_s": percentile(latencies, 50),
-            "latency_p95_s": percentile(latencies, 95), "latency_p99_s": percentile(latencies, 99),
-            "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95),
+            "latency_mean_s": _avg(latencies),
+            "latency_p50_s": percentile(latencies, 50),
+            "latency_p95_s": percentile(latencies, 95),
+            "latency_p99_s": percentile(latencies, 99),
+            "ttft_p50_s": percentile(ttfts, 50),
+            "ttft_p95_s": percentile(ttfts, 95),
         }
 
-    run_kind = meta.get("run_kind") or ("training" if steps and (not requests or sum_step_time >= (inference or {}).get("busy_time_s", 0))
-                                        else "inference" if requests else "monitoring")
+    run_kind = meta.get("run_kind") or (
+        "training"
+        if steps and (not requests or sum_step_time >= (inference or {}).get("busy_time_s", 0))
+        else "inference"
+        if requests
+        else "monitoring"
+    )
 
     # ---- the EfficientLLM figures --------------------------------------------------------
     amu_bytes = sum(g["mem_used_avg_bytes"] or 0 for g in per_gpu)
@@ -498,24 +599,35 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
             raise MetricsError("MCR needs this run's precision: give --precision (e.g. int4)")
         base_prec = baseline_precision or "bf16"
         mcr_value = mcr(precision_bits(base_prec), precision_bits(precision), baseline_perf, perf)
-        mcr_info = {"value": mcr_value, "precision": precision, "bits": precision_bits(precision),
-                    "baseline_precision": base_prec, "baseline_bits": precision_bits(base_prec),
-                    "perf": perf, "baseline_perf": baseline_perf,
-                    "formula": "(bits_original / bits_compressed) * (perf_compressed / perf_original)"}
+        mcr_info = {
+            "value": mcr_value,
+            "precision": precision,
+            "bits": precision_bits(precision),
+            "baseline_precision": base_prec,
+            "baseline_bits": precision_bits(base_prec),
+            "perf": perf,
+            "baseline_perf": baseline_perf,
+            "formula": "(bits_original / bits_compressed) * (perf_compressed / perf_original)",
+        }
 
     peak = _peak_flops(per_gpu[0].get("name"))
     mfu: dict[str, Any] = {"value": None}
     if run_kind == "training" and training and n_params and training["tokens_per_s"]:
         if peak:
-            mfu = {"value": 6 * n_params * training["tokens_per_s"] / (peak * len(per_gpu)),
-                   "formula": "6 * params * tokens_per_s / (peak_bf16_dense_flops * gpus)", "peak_flops_per_gpu": peak}
+            mfu = {
+                "value": 6 * n_params * training["tokens_per_s"] / (peak * len(per_gpu)),
+                "formula": "6 * params * tokens_per_s / (peak_bf16_dense_flops * gpus)",
+                "peak_flops_per_gpu": peak,
+            }
         else:
             mfu["reason"] = f"peak FLOP/s of {per_gpu[0].get('name')!r} unknown"
     elif run_kind == "inference" and inference and n_params and it:
         if peak:
-            mfu = {"value": 2 * n_params * it / (peak * len(per_gpu)),
-                   "formula": "2 * params * generated_tokens_per_s / (peak_bf16_dense_flops * gpus)",
-                   "peak_flops_per_gpu": peak}
+            mfu = {
+                "value": 2 * n_params * it / (peak * len(per_gpu)),
+                "formula": "2 * params * generated_tokens_per_s / (peak_bf16_dense_flops * gpus)",
+                "peak_flops_per_gpu": peak,
+            }
         else:
             mfu["reason"] = f"peak FLOP/s of {per_gpu[0].get('name')!r} unknown"
     else:
@@ -525,23 +637,47 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
     n_tokens = training["tokens"] if run_kind == "training" and training else (inference or {}).get("generated_tokens")
     result: dict[str, Any] = {
         "effmon_version": __version__,
-        "session": {k: meta.get(k) for k in ("name", "mode", "status", "command", "started_at", "ended_at",
-                                              "exit_code", "precision")}
-        | {"host": (meta.get("host") or {}).get("hostname"), "driver": next((g.get("driver") for g in meta.get("gpus") or []), None)},
+        "session": {
+            k: meta.get(k)
+            for k in ("name", "mode", "status", "command", "started_at", "ended_at", "exit_code", "precision")
+        }
+        | {
+            "host": (meta.get("host") or {}).get("hostname"),
+            "driver": next((g.get("driver") for g in meta.get("gpus") or []), None),
+        },
         "run_kind": run_kind,
-        "window": {"label": w.label, "start": w.start, "end": w.end, "duration_s": w.duration,
-                   "relative_s": w.relative()},
+        "window": {
+            "label": w.label,
+            "start": w.start,
+            "end": w.end,
+            "duration_s": w.duration,
+            "relative_s": w.relative(),
+        },
         "model": model or None,
-        "AMU": {"gib": amu_bytes / GIB, "fraction": amu_bytes / total_bytes if total_bytes else None,
-                "bytes": amu_bytes},
-        "PCU": {"value": _avg(pcus), "source": pcu_sources[0] if len(pcu_sources) == 1 else pcu_sources or None,
-                "tensor_active": (_avg(tensor) / 100.0) if tensor else None,
-                "nvml_utilization": _avg([g["util_gpu_avg_pct"] / 100.0 for g in per_gpu if g["util_gpu_avg_pct"] is not None])},
+        "AMU": {
+            "gib": amu_bytes / GIB,
+            "fraction": amu_bytes / total_bytes if total_bytes else None,
+            "bytes": amu_bytes,
+        },
+        "PCU": {
+            "value": _avg(pcus),
+            "source": pcu_sources[0] if len(pcu_sources) == 1 else pcu_sources or None,
+            "tensor_active": sum(tensor) / len(tensor) / 100.0 if tensor else None,
+            "nvml_utilization": _avg(
+                [g["util_gpu_avg_pct"] / 100.0 for g in per_gpu if g["util_gpu_avg_pct"] is not None]
+            ),
+        },
         "AL": {"value": al, "training_s_per_step": al_train, "inference_s_per_request": al_infer},
-        "TT": tt, "ST": st, "IT": it,
-        "AEC": {"watts": aec, "energy_j": energy_best, "energy_counter_j": energy_counter,
-                "energy_integrated_j": energy_int,
-                "energy_source": "nvml_energy_counter" if energy_counter is not None else "integrated_power"},
+        "TT": tt,
+        "ST": st,
+        "IT": it,
+        "AEC": {
+            "watts": aec,
+            "energy_j": energy_best,
+            "energy_counter_j": energy_counter,
+            "energy_integrated_j": energy_int,
+            "energy_source": "nvml_energy_counter" if energy_counter is not None else "integrated_power",
+        },
         "MCR": mcr_info,
         "MFU": mfu,
         "energy_per": {
@@ -550,12 +686,17 @@ def compute(reader: SessionReader, window: Window | None = None, *, params: int 
             "request_j": energy_best / inference["requests"] if inference and inference["requests"] else None,
             "step_j": energy_best / training["steps"] if training else None,
         },
-        "training": training, "inference": inference,
+        "training": training,
+        "inference": inference,
         "gpus": per_gpu,
-        "throttle_s": (sum(g["throttle_s"] for g in per_gpu) if all(g["throttle_s"] is not None for g in per_gpu) else None),
+        "throttle_s": (
+            sum(g["throttle_s"] for g in per_gpu) if all(g["throttle_s"] is not None for g in per_gpu) else None
+        ),
         "notes": notes,
         "_series": _series(gpu_series, gpm_series, w, per_gpu) if with_series else None,
-        "_steps": steps, "_latencies": latencies, "_gen_tokens": gen_tokens_each,
+        "_steps": steps,
+        "_latencies": latencies,
+        "_gen_tokens": gen_tokens_each,
         "_comm": comm if comm_measured else [],
     }
     return result
@@ -584,8 +725,12 @@ def _counter_energy(series: dict[str, list[Any]] | None, w: Window) -> dict[str,
     return {"energy_counter_j": vb - va, "energy_counter_window": [a, b]}
 
 
-def _series(gpu_series: dict[int, dict[str, list[Any]]], gpm_series: dict[int, dict[str, list[Any]]],
-            w: Window, per_gpu: list[dict[str, Any]]) -> dict[str, list[Any]]:
+def _series(
+    gpu_series: dict[int, dict[str, list[Any]]],
+    gpm_series: dict[int, dict[str, list[Any]]],
+    w: Window,
+    per_gpu: list[dict[str, Any]],
+) -> dict[str, list[Any]]:
     """Machine-wide series at each tick: memory (GiB, summed), compute (ratio, mean), power (W, summed)."""
     use_gpm = all(g["pcu_source"] == "nvml_gpm_sm_active" for g in per_gpu)
     ticks: dict[float, list[tuple[float, float | None, float]]] = {}
@@ -605,7 +750,9 @@ def _series(gpu_series: dict[int, dict[str, list[Any]]], gpm_series: dict[int, d
                 comp = u / 100.0 if u is not None else None
             if not (w.start <= t <= w.end):
                 continue
-            ticks.setdefault(round(t, 4), []).append(((s["mem_used_bytes"][i] or 0) / GIB, comp, s["power_w"][i] or 0.0))
+            ticks.setdefault(round(t, 4), []).append(
+                ((s["mem_used_bytes"][i] or 0) / GIB, comp, s["power_w"][i] or 0.0)
+            )
     times = sorted(ticks)
     comp_vals = []
     for t in times:

@@ -26,8 +26,9 @@ def _interp(t: float, t0: float, x0: float, t1: float, x1: float) -> float:
     return x0 if t1 == t0 else x0 + (x1 - x0) * (t - t0) / (t1 - t0)
 
 
-def integrate(ts: Sequence[float], xs: Sequence[float | None], start: float | None = None,
-              end: float | None = None) -> tuple[float, float]:
+def integrate(
+    ts: Sequence[float], xs: Sequence[float | None], start: float | None = None, end: float | None = None
+) -> tuple[float, float]:
     """∫ x dt over [start, end] ∩ [first sample, last sample]; returns (integral, covered seconds)."""
     import bisect
 
@@ -38,11 +39,11 @@ def integrate(ts: Sequence[float], xs: Sequence[float | None], start: float | No
     hi = t[-1] if end is None else min(end, t[-1])
     if hi <= lo:
         return 0.0, 0.0
-    i0 = bisect.bisect_left(t, lo)   # first sample at or after lo
+    i0 = bisect.bisect_left(t, lo)  # first sample at or after lo
     i1 = bisect.bisect_right(t, hi) - 1  # last sample at or before hi
     total = 0.0
     if i0 <= i1:
-        tt, xx = t[i0:i1 + 1], x[i0:i1 + 1]
+        tt, xx = t[i0 : i1 + 1], x[i0 : i1 + 1]
         total = sum((xa + xb) * (tb - ta) for ta, tb, xa, xb in zip(tt, tt[1:], xx, xx[1:])) / 2.0
         if t[i0] > lo:  # the piece from lo to the first sample inside
             y = _interp(lo, t[i0 - 1], x[i0 - 1], t[i0], x[i0])
@@ -57,8 +58,9 @@ def integrate(ts: Sequence[float], xs: Sequence[float | None], start: float | No
     return total, hi - lo
 
 
-def time_average(ts: Sequence[float], xs: Sequence[float | None], start: float | None = None,
-                 end: float | None = None) -> float | None:
+def time_average(
+    ts: Sequence[float], xs: Sequence[float | None], start: float | None = None, end: float | None = None
+) -> float | None:
     """Time-weighted mean over the window; the single value if only one sample lies in it."""
     area, covered = integrate(ts, xs, start, end)
     if covered > 0:
@@ -81,8 +83,9 @@ def value_at(ts: Sequence[float], xs: Sequence[float | None], at: float) -> floa
     return _interp(at, t[i - 1], x[i - 1], t[i], x[i])
 
 
-def time_where(ts: Sequence[float], flags: Sequence[bool | None], start: float | None = None,
-               end: float | None = None) -> float:
+def time_where(
+    ts: Sequence[float], flags: Sequence[bool | None], start: float | None = None, end: float | None = None
+) -> float:
     """Seconds during which ``flag`` held, each sample holding until the next one."""
     total = 0.0
     for i in range(len(ts) - 1):

@@ -18,15 +18,29 @@ def _load(args: Any) -> tuple[Any, dict[str, Any]]:
     reader = SessionReader(resolve(args.session))
     window = resolve_window(reader, args.window, args.phase)
     if args.format == "csv":  # a time series export: no metrics to compute
-        return reader, {"window": {"start": window.start, "end": window.end, "label": window.label,
-                                   "relative_s": window.relative()}, "session": reader.meta()}
+        return reader, {
+            "window": {
+                "start": window.start,
+                "end": window.end,
+                "label": window.label,
+                "relative_s": window.relative(),
+            },
+            "session": reader.meta(),
+        }
     baseline_precision = args.baseline_precision
     if args.baseline:
         with SessionReader(resolve(args.baseline)) as base:
             baseline_precision = baseline_precision or base.meta().get("precision")
-    summary = compute(reader, window, params=args.params, precision=args.precision, perf=args.perf,
-                      baseline_precision=baseline_precision, baseline_perf=args.baseline_perf,
-                      with_series=args.format in ("efficientllm", "json"))
+    summary = compute(
+        reader,
+        window,
+        params=args.params,
+        precision=args.precision,
+        perf=args.perf,
+        baseline_precision=baseline_precision,
+        baseline_perf=args.baseline_perf,
+        with_series=args.format in ("efficientllm", "json"),
+    )
     return reader, summary
 
 
@@ -37,8 +51,10 @@ def cmd_report(args: Any) -> int:
     if args.output:
         out_dir = Path(args.output).expanduser().resolve().parent
         if not out_dir.is_dir():
-            print(f"effmon: error: cannot write {args.output}: directory {out_dir} does not exist; create it first",
-                  file=sys.stderr)
+            print(
+                f"effmon: error: cannot write {args.output}: directory {out_dir} does not exist; create it first",
+                file=sys.stderr,
+            )
             return 2
     try:
         reader, summary = _load(args)
@@ -55,8 +71,11 @@ def cmd_report(args: Any) -> int:
         if args.format == "csv":
             text = formats.csv_text(reader, summary)
         else:
-            obj = {"efficientllm": formats.efficientllm, "efficientllm-pretrain": formats.efficientllm_pretrain,
-                   "json": formats.effmon_json}[args.format](summary)
+            obj = {
+                "efficientllm": formats.efficientllm,
+                "efficientllm-pretrain": formats.efficientllm_pretrain,
+                "json": formats.effmon_json,
+            }[args.format](summary)
             # The C encoder runs only without indent: compact for files, indented on a terminal.
             pretty = not args.output and sys.stdout.isatty()
             text = json.dumps(obj, indent=2 if pretty else None, allow_nan=False) + "\n"
@@ -64,15 +83,19 @@ def cmd_report(args: Any) -> int:
         tmp = Path(f"{args.output}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(args.output)
-        print(f"effmon: wrote {args.format} report of {summary['session']['name']} ({summary['window']['label']}) "
-              f"to {args.output}", file=sys.stderr)
+        print(
+            f"effmon: wrote {args.format} report of {summary['session']['name']} ({summary['window']['label']}) "
+            f"to {args.output}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return 0
 
 
-def render_summary(console: Any, meta: dict[str, Any], s: dict[str, Any] | None, entry: Any = None,
-                   metrics_error: str | None = None) -> None:
+def render_summary(
+    console: Any, meta: dict[str, Any], s: dict[str, Any] | None, entry: Any = None, metrics_error: str | None = None
+) -> None:
     from rich.table import Table
 
     head = Table.grid(padding=(0, 2))
@@ -97,29 +120,45 @@ def render_summary(console: Any, meta: dict[str, Any], s: dict[str, Any] | None,
         if metrics_error:
             console.print(f"[yellow]metrics: {metrics_error}[/]")
         return
-    t = Table(title=f"EfficientLLM metrics — {s['window']['label']} ({human_duration(s['window']['duration_s'])})",
-              title_justify="left")
+    t = Table(
+        title=f"EfficientLLM metrics — {s['window']['label']} ({human_duration(s['window']['duration_s'])})",
+        title_justify="left",
+    )
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("unit / source")
-    t.add_row("AMU", num(s["AMU"]["gib"], ".2f"), f"GiB, summed over GPUs ({num((s['AMU']['fraction'] or 0) * 100, '.1f')}% of total)")
+    t.add_row(
+        "AMU",
+        num(s["AMU"]["gib"], ".2f"),
+        f"GiB, summed over GPUs ({num((s['AMU']['fraction'] or 0) * 100, '.1f')}% of total)",
+    )
     t.add_row("PCU", num(s["PCU"]["value"], ".3f"), f"ratio, from {s['PCU']['source']}")
     if s["PCU"]["tensor_active"] is not None:
         t.add_row("  tensor active", num(s["PCU"]["tensor_active"], ".3f"), "ratio, NVML GPM")
     if s["PCU"]["nvml_utilization"] is not None and s["PCU"]["source"] != "nvml_utilization_gpu":
-        t.add_row("  NVML util", num(s["PCU"]["nvml_utilization"], ".3f"), "ratio (any kernel running — not SM activity)")
+        t.add_row(
+            "  NVML util", num(s["PCU"]["nvml_utilization"], ".3f"), "ratio (any kernel running — not SM activity)"
+        )
     al_unit = "s/step" if s["run_kind"] == "training" else "s/request"
     t.add_row("AL", num(s["AL"]["value"], ".4g"), al_unit)
     for key, unit in (("TT", "tokens/param/s"), ("ST", "samples/param/s"), ("IT", "generated tokens/s")):
         if s[key] is not None:
             t.add_row(key, num(s[key], ".4g"), unit)
     t.add_row("AEC", num(s["AEC"]["watts"], ".1f"), "W (average power, all GPUs)")
-    t.add_row("energy", human_energy(s["AEC"]["energy_j"]),
-              f"counter {human_energy(s['AEC']['energy_counter_j'])}, integrated {human_energy(s['AEC']['energy_integrated_j'])}")
+    t.add_row(
+        "energy",
+        human_energy(s["AEC"]["energy_j"]),
+        f"counter {human_energy(s['AEC']['energy_counter_j'])}, "
+        f"integrated {human_energy(s['AEC']['energy_integrated_j'])}",
+    )
     for key, label in (("token_j", "J/token"), ("sample_j", "J/sample"), ("request_j", "J/request")):
         if s["energy_per"][key] is not None:
             t.add_row(f"  {label}", num(s["energy_per"][key], ".4g"), "J")
-    t.add_row("MCR", num(s["MCR"]["value"], ".4f"), s["MCR"].get("reason") or f"{s['MCR'].get('baseline_precision')} → {s['MCR'].get('precision')}")
+    t.add_row(
+        "MCR",
+        num(s["MCR"]["value"], ".4f"),
+        s["MCR"].get("reason") or f"{s['MCR'].get('baseline_precision')} → {s['MCR'].get('precision')}",
+    )
     if s["MFU"]["value"] is not None:
         t.add_row("MFU", num(s["MFU"]["value"], ".3f"), s["MFU"]["formula"])
     console.print(t)
@@ -128,27 +167,56 @@ def render_summary(console: Any, meta: dict[str, Any], s: dict[str, Any] | None,
     for gpu in s["gpus"]:
         g.add_column(f"GPU {gpu['index']}", justify="right")
     per_gpu_rows = (
-        ("memory avg / max", lambda x: f"{human_bytes(x['mem_used_avg_bytes'])} / {human_bytes(x['mem_used_max_bytes'])}"),
+        (
+            "memory avg / max",
+            lambda x: f"{human_bytes(x['mem_used_avg_bytes'])} / {human_bytes(x['mem_used_max_bytes'])}",
+        ),
         ("PCU", lambda x: f"{num(x['pcu'], '.3f')} ({x['pcu_source'] or 'N/A'})"),
-        ("SM active / tensor (GPM)", lambda x: f"{num(x['sm_active_avg_pct'], '.1f', '%')} / {num(x['tensor_active_avg_pct'], '.1f', '%')}"),
+        (
+            "SM active / tensor (GPM)",
+            lambda x: f"{num(x['sm_active_avg_pct'], '.1f', '%')} / {num(x['tensor_active_avg_pct'], '.1f', '%')}",
+        ),
         ("NVML utilisation", lambda x: num(x["util_gpu_avg_pct"], ".1f", "%")),
-        ("power avg / max / limit", lambda x: f"{num(x['power_avg_w'], '.0f')} / {num(x['power_max_w'], '.0f')} / {num(x['power_limit_w'], '.0f')} W"),
-        ("energy counter / integrated", lambda x: f"{human_energy(x['energy_counter_j'])} / {human_energy(x['energy_integrated_j'])}"),
-        ("SM clock avg / max", lambda x: f"{num(x['sm_clock_avg_mhz'], '.0f')} / {num(x['sm_clock_max_mhz'], '.0f')} MHz"),
+        (
+            "power avg / max / limit",
+            lambda x: (
+                f"{num(x['power_avg_w'], '.0f')} / {num(x['power_max_w'], '.0f')} / {num(x['power_limit_w'], '.0f')} W"
+            ),
+        ),
+        (
+            "energy counter / integrated",
+            lambda x: f"{human_energy(x['energy_counter_j'])} / {human_energy(x['energy_integrated_j'])}",
+        ),
+        (
+            "SM clock avg / max",
+            lambda x: f"{num(x['sm_clock_avg_mhz'], '.0f')} / {num(x['sm_clock_max_mhz'], '.0f')} MHz",
+        ),
         ("temperature max", lambda x: num(x["temp_max_c"], ".0f", "°C")),
-        ("throttled", lambda x: "N/A" if x["throttle_s"] is None else f"{x['throttle_s']:.1f} s {','.join(x['throttle_reasons_seen'] or [])}"),
+        (
+            "throttled",
+            lambda x: (
+                "N/A"
+                if x["throttle_s"] is None
+                else f"{x['throttle_s']:.1f} s {','.join(x['throttle_reasons_seen'] or [])}"
+            ),
+        ),
     )
     for label, fn in per_gpu_rows:
         g.add_row(label, *(fn(gpu) for gpu in s["gpus"]))
     console.print(g)
     if s["training"]:
         tr = s["training"]
-        console.print(f"training: {tr['steps']} steps, {tr['tokens']} tokens, step time p50 {num(tr['step_time_p50_s'], '.3f')} s "
-                      f"p95 {num(tr['step_time_p95_s'], '.3f')} s, {num(tr['tokens_per_s'], '.0f')} tokens/s")
+        console.print(
+            f"training: {tr['steps']} steps, {tr['tokens']} tokens, "
+            f"step time p50 {num(tr['step_time_p50_s'], '.3f')} s "
+            f"p95 {num(tr['step_time_p95_s'], '.3f')} s, {num(tr['tokens_per_s'], '.0f')} tokens/s"
+        )
     if s["inference"]:
         inf = s["inference"]
-        console.print(f"inference: {inf['requests']} requests, {inf['generated_tokens']} generated tokens, "
-                      f"latency p50 {num(inf['latency_p50_s'], '.3f')} s p99 {num(inf['latency_p99_s'], '.3f')} s")
+        console.print(
+            f"inference: {inf['requests']} requests, {inf['generated_tokens']} generated tokens, "
+            f"latency p50 {num(inf['latency_p50_s'], '.3f')} s p99 {num(inf['latency_p99_s'], '.3f')} s"
+        )
     for note in s["notes"]:
         console.print(f"[dim]note: {note}[/]")
 
@@ -176,11 +244,19 @@ def print_summary(path: Path) -> None:
         phases = reader.dicts("phase")
         if phases:
             s0 = e.start or 0
-            console.print("phases: " + ", ".join(f"{p['name']} ({max(0.0, p['t_start'] - s0):.0f}–{p['t_end'] - s0:.0f} s)" for p in phases))
-        for t, level, text in reader.notices():
+            console.print(
+                "phases: "
+                + ", ".join(f"{p['name']} ({max(0.0, p['t_start'] - s0):.0f}–{p['t_end'] - s0:.0f} s)" for p in phases)
+            )
+        for _t, level, text in reader.notices():
             console.print(f"[yellow]{level}: {text}[/]")
         failed = [st for st in reader.source_status() if st.get("failures")]
         for st in failed:
-            console.print(f"[yellow]source {st['source']}.{st['channel']}: {st['failures']} failures, last: {st['last_error']}[/]")
+            console.print(
+                f"[yellow]source {st['source']}.{st['channel']}: {st['failures']} failures, last: {st['last_error']}[/]"
+            )
     if meta.get("status") == "recording" and e.state == "crashed":
-        console.print("[yellow]the recorder stopped without closing this session (killed?); it holds what was written up to then[/]")
+        console.print(
+            "[yellow]the recorder stopped without closing this session (killed?); "
+            "it holds what was written up to then[/]"
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from effmon.declare import GPU, GPU_ENERGY, GPU_GPM, GPU_PROCESS, HOST, PHASE, REQUEST, TRAIN_STEP, WATCHED
 from effmon.plugins import Source, SourceOptions, SourceSpec, hookimpl
@@ -28,7 +28,9 @@ def _replay(options: SourceOptions) -> Source:
 
 @hookimpl
 def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
-    register(SourceSpec("nvml", "NVIDIA GPUs through NVML (nvidia-ml-py)", (GPU, GPU_GPM, GPU_ENERGY, GPU_PROCESS), _nvml))
+    register(
+        SourceSpec("nvml", "NVIDIA GPUs through NVML (nvidia-ml-py)", (GPU, GPU_GPM, GPU_ENERGY, GPU_PROCESS), _nvml)
+    )
     register(SourceSpec("host", "This machine and the watched process trees (psutil)", (HOST, WATCHED), _host))
     register(
         SourceSpec(

@@ -26,8 +26,17 @@ class HostSource:
     def read(self, channel: str, now: float) -> list[Row]:
         if channel == "system":
             vm = psutil.virtual_memory()
-            return [Row("host", {"t": now, "cpu_pct": psutil.cpu_percent(None),
-                                 "mem_used_bytes": vm.total - vm.available, "mem_total_bytes": vm.total})]
+            return [
+                Row(
+                    "host",
+                    {
+                        "t": now,
+                        "cpu_pct": psutil.cpu_percent(None),
+                        "mem_used_bytes": vm.total - vm.available,
+                        "mem_total_bytes": vm.total,
+                    },
+                )
+            ]
         return [row for pid in self.options.watched_pids() if (row := self._tree(pid, now)) is not None]
 
     def _process(self, pid: int) -> psutil.Process:
@@ -44,8 +53,16 @@ class HostSource:
             members = [root] + root.children(recursive=True)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return None
-        totals: dict[str, Any] = {"t": now, "pid": root_pid, "cpu_pct": 0.0, "rss_bytes": 0, "threads": 0,
-                                  "nprocs": 0, "io_read_bytes": None, "io_write_bytes": None}
+        totals: dict[str, Any] = {
+            "t": now,
+            "pid": root_pid,
+            "cpu_pct": 0.0,
+            "rss_bytes": 0,
+            "threads": 0,
+            "nprocs": 0,
+            "io_read_bytes": None,
+            "io_write_bytes": None,
+        }
         for member in members:
             try:
                 proc = self._process(member.pid)

@@ -9,7 +9,9 @@ never made again: its metric reads N/A.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from effmon.declare import Row
 from effmon.plugins import SourceInfo, SourceOptions, SourceUnavailable
@@ -44,8 +46,12 @@ class NvmlSource:
 
     def __init__(self, options: SourceOptions):
         self.options = options
-        self.channels = {"fast": options.tick_s, "energy": options.slow_s, "procs": options.slow_s,
-                         "gpm": options.slow_s}
+        self.channels = {
+            "fast": options.tick_s,
+            "energy": options.slow_s,
+            "procs": options.slow_s,
+            "gpm": options.slow_s,
+        }
         self.gpus: list[_Gpu] = []
         self.nv: Any = None
 
@@ -53,7 +59,9 @@ class NvmlSource:
         try:
             import pynvml as nv
         except ImportError:
-            raise SourceUnavailable("nvidia-ml-py is not installed (pip install nvidia-ml-py); GPU metrics are off") from None
+            raise SourceUnavailable(
+                "nvidia-ml-py is not installed (pip install nvidia-ml-py); GPU metrics are off"
+            ) from None
         try:
             nv.nvmlInit()
         except nv.NVMLError as exc:
@@ -74,17 +82,19 @@ class NvmlSource:
             self._probe(gpu, info)
             self.gpus.append(gpu)
             mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
-            info.gpus.append({
-                "index": index,
-                "name": _text(_try(lambda: nv.nvmlDeviceGetName(handle))),
-                "uuid": _text(_try(lambda: nv.nvmlDeviceGetUUID(handle))),
-                "mem_total_bytes": getattr(mem, "total", None),
-                "power_limit_w": gpu.power_limit_w,
-                "max_sm_clock_mhz": _try(lambda: nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_SM)),
-                "driver": driver,
-                "gpm": gpu.gpm,
-                "energy_counter": gpu.energy,
-            })
+            info.gpus.append(
+                {
+                    "index": index,
+                    "name": _text(_try(lambda: nv.nvmlDeviceGetName(handle))),
+                    "uuid": _text(_try(lambda: nv.nvmlDeviceGetUUID(handle))),
+                    "mem_total_bytes": getattr(mem, "total", None),
+                    "power_limit_w": gpu.power_limit_w,
+                    "max_sm_clock_mhz": _try(lambda: nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_SM)),
+                    "driver": driver,
+                    "gpm": gpu.gpm,
+                    "energy_counter": gpu.energy,
+                }
+            )
         return info
 
     def _probe(self, gpu: _Gpu, info: SourceInfo) -> None:
@@ -118,7 +128,12 @@ class NvmlSource:
         if gpu.gpm:
             gpu.gpm_samples = [nv.nvmlGpmSampleAlloc(), nv.nvmlGpmSampleAlloc()]
         else:
-            info.unsupported.setdefault(f"gpu_gpm.*@{gpu.index}", "NVML GPM is not supported on this GPU (Hopper or newer)")
+            info.unsupported.setdefault(
+                f"gpu_gpm.*@{gpu.index}", "NVML GPM is not supported on this GPU (Hopper or newer)"
+            )
+
+    def _power_limit(self, handle: Any) -> float:
+        return float(self.nv.nvmlDeviceGetEnforcedPowerLimit(handle)) / 1000.0
 
     def _reasons_fn(self, h: Any) -> Callable[[], Any]:
         nv = self.nv
@@ -156,7 +171,7 @@ class NvmlSource:
             if gpu.energy:
                 counter = self.nv.nvmlDeviceGetTotalEnergyConsumption(gpu.handle) / 1000.0
             rows.append(Row("gpu_energy", {"t": now, "gpu": gpu.index, "energy_counter_j": counter}))
-            gpu.power_limit_w = _try(lambda g=gpu: self.nv.nvmlDeviceGetEnforcedPowerLimit(g.handle) / 1000.0)
+            gpu.power_limit_w = _try(partial(self._power_limit, gpu.handle))
         return rows
 
     def _procs(self, now: float) -> list[Row]:
@@ -173,12 +188,19 @@ class NvmlSource:
                 pass  # NOT_FOUND when no sample is newer than the last one
             for pid in sorted(set(procs) | set(util)):
                 proc, sample = procs.get(pid), util.get(pid)
-                rows.append(Row("gpu_process", {
-                    "t": now, "gpu": gpu.index, "pid": pid,
-                    "used_mem_bytes": getattr(proc, "usedGpuMemory", None),
-                    "sm_util_pct": getattr(sample, "smUtil", None),
-                    "mem_util_pct": getattr(sample, "memUtil", None),
-                }))
+                rows.append(
+                    Row(
+                        "gpu_process",
+                        {
+                            "t": now,
+                            "gpu": gpu.index,
+                            "pid": pid,
+                            "used_mem_bytes": getattr(proc, "usedGpuMemory", None),
+                            "sm_util_pct": getattr(sample, "smUtil", None),
+                            "mem_util_pct": getattr(sample, "memUtil", None),
+                        },
+                    )
+                )
         return rows
 
     def _gpm(self, now: float) -> list[Row]:
@@ -211,7 +233,7 @@ class NvmlSource:
             return
         for gpu in self.gpus:
             for sample in gpu.gpm_samples:
-                _try(lambda s=sample: self.nv.nvmlGpmSampleFree(s))
+                _try(partial(self.nv.nvmlGpmSampleFree, sample))
         _try(self.nv.nvmlShutdown)
         self.nv = None
 

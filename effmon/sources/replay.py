@@ -16,8 +16,16 @@ from effmon.plugins import SourceInfo, SourceOptions
 from effmon.trace import Trace, load_trace
 
 _GPM = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct")
-_GPU = ("mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w",
-        "sm_clock_mhz", "mem_clock_mhz", "temp_c")
+_GPU = (
+    "mem_used_bytes",
+    "mem_total_bytes",
+    "util_gpu_pct",
+    "util_mem_pct",
+    "power_w",
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+    "temp_c",
+)
 
 
 class ReplaySource:
@@ -57,19 +65,28 @@ class ReplaySource:
         meta = self.trace.meta
         gpus = []
         for idx in self.trace.gpu_indices:
-            gpus.append({
-                "index": idx, "name": meta.get("gpu_name", "replayed GPU"), "uuid": None,
-                "mem_total_bytes": meta.get("mem_total_bytes"), "power_limit_w": self._power_limit,
-                "max_sm_clock_mhz": meta.get("max_sm_clock_mhz"), "driver": meta.get("driver"),
-            })
+            gpus.append(
+                {
+                    "index": idx,
+                    "name": meta.get("gpu_name", "replayed GPU"),
+                    "uuid": None,
+                    "mem_total_bytes": meta.get("mem_total_bytes"),
+                    "power_limit_w": self._power_limit,
+                    "max_sm_clock_mhz": meta.get("max_sm_clock_mhz"),
+                    "driver": meta.get("driver"),
+                }
+            )
         unsupported = {}
         if all(r.get("sm_active_pct") is None for r in self.trace.gpu):
             unsupported["gpu_gpm.*"] = "the trace holds no NVML GPM readings"
         if all(r.get("energy_j") is None for r in self.trace.gpu):
             unsupported["gpu_energy.energy_counter_j"] = "the trace holds no energy counter"
         model = _model_from_meta(meta)
-        return SourceInfo(gpus=gpus, unsupported=unsupported,
-                          meta={"replay": {"path": self.trace.path, "trace_meta": meta}, **({"model": model} if model else {})})
+        return SourceInfo(
+            gpus=gpus,
+            unsupported=unsupported,
+            meta={"replay": {"path": self.trace.path, "trace_meta": meta}, **({"model": model} if model else {})},
+        )
 
     def read(self, channel: str, now: float) -> list[Row]:
         if channel == "fast":
@@ -81,7 +98,7 @@ class ReplaySource:
     def _read_fast(self, now: float) -> list[Row]:
         end = bisect.bisect_right(self._times, now)
         rows: list[Row] = []
-        for rec in self.trace.gpu[self._fast_pos:end]:
+        for rec in self.trace.gpu[self._fast_pos : end]:
             self._latest[rec["gpu"]] = rec
             values: dict[str, Any] = {"t": rec["t"], "gpu": rec["gpu"]}
             for key in _GPU:
@@ -108,17 +125,37 @@ class ReplaySource:
             kind, _, ev = self._events[self._event_pos]
             self._event_pos += 1
             if kind == "train_step":
-                rows.append(Row("train_step", {
-                    "t_start": ev["t_start"], "t_end": ev["t_end"], "rank": 0, "step": ev.get("step"),
-                    "tokens": ev.get("tokens"), "samples": ev.get("samples"), "loss": ev.get("loss"),
-                    "comm_s": None, "phase": ev.get("phase"),
-                }))
+                rows.append(
+                    Row(
+                        "train_step",
+                        {
+                            "t_start": ev["t_start"],
+                            "t_end": ev["t_end"],
+                            "rank": 0,
+                            "step": ev.get("step"),
+                            "tokens": ev.get("tokens"),
+                            "samples": ev.get("samples"),
+                            "loss": ev.get("loss"),
+                            "comm_s": None,
+                            "phase": ev.get("phase"),
+                        },
+                    )
+                )
             elif kind == "request":
-                rows.append(Row("request", {
-                    "t_start": ev["t_start"], "t_end": ev["t_end"], "requests": ev.get("requests", 1),
-                    "prompt_tokens": ev.get("prompt_tokens_each"), "generated_tokens": ev.get("new_tokens_each"),
-                    "ttft_s": None, "phase": ev.get("phase"),
-                }))
+                rows.append(
+                    Row(
+                        "request",
+                        {
+                            "t_start": ev["t_start"],
+                            "t_end": ev["t_end"],
+                            "requests": ev.get("requests", 1),
+                            "prompt_tokens": ev.get("prompt_tokens_each"),
+                            "generated_tokens": ev.get("new_tokens_each"),
+                            "ttft_s": None,
+                            "phase": ev.get("phase"),
+                        },
+                    )
+                )
             else:
                 rows.append(Row("phase", dict(ev)))
         return rows

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Sparkline, Static
@@ -38,7 +39,7 @@ HELP = """\
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "dismiss", "close")]
 
     def __init__(self, sources: list[dict[str, Any]], notices: list[str]):
         super().__init__()
@@ -53,8 +54,10 @@ class HelpScreen(ModalScreen[None]):
             state = s.get("state", "?")
             colour = {"ok": "green", "failed": "red", "slow": "yellow"}.get(state, "dim")
             err = f" — {s['last_error']}" if s.get("last_error") else ""
-            lines.append(f"  {s['source']}.{s['channel']}: [{colour}]{state}[/] every {s['interval_s']:g} s, "
-                         f"{s['reads']} reads, {s['failures']} failures{err}")
+            lines.append(
+                f"  {s['source']}.{s['channel']}: [{colour}]{state}[/] every {s['interval_s']:g} s, "
+                f"{s['reads']} reads, {s['failures']} failures{err}"
+            )
         for n in self.notices[-5:]:
             lines.append(f"  [yellow]{n}[/]")
         yield VerticalScroll(Static("\n".join(lines)), id="help-body")
@@ -64,7 +67,7 @@ class EffmonApp(App[None]):
     CSS_PATH = "effmon.tcss"
     TITLE = "effmon"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
         Binding("p", "pause", "pause"),
         Binding("question_mark", "help", "help"),
@@ -80,12 +83,23 @@ class EffmonApp(App[None]):
         Binding("home", "jump('start')", "start", show=False, priority=True),
         Binding("end", "jump('end')", "end", show=False, priority=True),
         Binding("s", "speed", "speed", show=False),
-    ] + [Binding(str(i), f"focus_gpu({i})", show=False) for i in range(10)]
+        *[Binding(str(i), f"focus_gpu({i})", show=False) for i in range(10)],
+    ]
 
-    def __init__(self, view: SessionView, *, mode: str = "live", refresh_s: float = 1.0, cursor: float | None = None,
-                 sync: bool = False, paused: bool = False, speed: float = 1.0,
-                 on_quit: Callable[[], None] | None = None, report_dir: Path | None = None,
-                 follow: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        view: SessionView,
+        *,
+        mode: str = "live",
+        refresh_s: float = 1.0,
+        cursor: float | None = None,
+        sync: bool = False,
+        paused: bool = False,
+        speed: float = 1.0,
+        on_quit: Callable[[], None] | None = None,
+        report_dir: Path | None = None,
+        follow: Callable[[], bool] | None = None,
+    ):
         super().__init__()
         self.view = view
         self.mode = mode
@@ -121,8 +135,11 @@ class EffmonApp(App[None]):
             with Vertical(id="chart"):
                 yield Static(id="chart-label")
                 yield Sparkline([], id="chart-spark")
-        yield Input(placeholder="filter processes by pid, user or command; Enter to apply, Esc to clear", id="filter",
-                    disabled=True)
+        yield Input(
+            placeholder="filter processes by pid, user or command; Enter to apply, Esc to clear",
+            id="filter",
+            disabled=True,
+        )
         yield Footer()
 
     def on_mount(self) -> None:
@@ -149,9 +166,18 @@ class EffmonApp(App[None]):
     def _build(self) -> Snapshot:
         seconds, label = WINDOWS[self.window_index]
         width = max(20, (self.size.width or 80) - 4)
-        return self.view.snapshot(self.cursor, seconds, label, self.chart_metric, self.focus_gpu, self.proc_filter,
-                                  live=self.mode == "live", chart_width=width, throttle=not self.paused and not self.sync,
-                                  sparklines=not self._compact)
+        return self.view.snapshot(
+            self.cursor,
+            seconds,
+            label,
+            self.chart_metric,
+            self.focus_gpu,
+            self.proc_filter,
+            live=self.mode == "live",
+            chart_width=width,
+            throttle=not self.paused and not self.sync,
+            sparklines=not self._compact,
+        )
 
     def refresh_data(self) -> None:
         if self.sync:
@@ -183,8 +209,9 @@ class EffmonApp(App[None]):
         self.snap = snap
         self._render_header(snap)
         self._render_gpus(snap)
-        self.query_one("#throughput", Static).update(pairs_table(
-            snap.throughput, "no step or request data yet: it comes from the training/serving integrations"))
+        self.query_one("#throughput", Static).update(
+            pairs_table(snap.throughput, "no step or request data yet: it comes from the training/serving integrations")
+        )
         self.query_one("#latency", Static).update(pairs_table(snap.latency, "no steps or requests yet"))
         self.query_one("#efficiency", Static).update(efficiency_text(snap))
         self._render_procs(snap)
@@ -193,13 +220,19 @@ class EffmonApp(App[None]):
 
     def _render_header(self, snap: Snapshot) -> None:
         rel = snap.t - snap.session_start
-        state = {"recording": "● recording", "complete": "complete", "interrupted": "interrupted"}.get(snap.state, snap.state)
+        state = {"recording": "● recording", "complete": "complete", "interrupted": "interrupted"}.get(
+            snap.state, snap.state
+        )
         if self.mode == "replay":
             state = f"replay ×{self.speed:g}"
         if self.paused:
             state += " ‖ paused"
-        text = Text.assemble((snap.name, "bold"), " · ", (state, "bold"),
-                             f" · t+{human_duration(rel)} · window {snap.window_label} · {snap.host}")
+        text = Text.assemble(
+            (snap.name, "bold"),
+            " · ",
+            (state, "bold"),
+            f" · t+{human_duration(rel)} · window {snap.window_label} · {snap.host}",
+        )
         text.truncate(max(10, (self.size.width or 80) - 2), overflow="ellipsis")
         self.query_one("#header", Static).update(text)
 
@@ -210,9 +243,15 @@ class EffmonApp(App[None]):
                 if not box.children:
                     box.mount(Static(id="nogpu"))
                 notice = next((n for n in snap.notices if "NVIDIA" in n or "GPU" in n), "no GPU in this session")
-                self.query_one("#nogpu", Static).update(Text.assemble(
-                    ("No GPU: ", "bold"), notice, "\n", snap.host_line or "host metrics pending",
-                    ("\nTo see effmon on a recorded H100, run: effmon demo", "dim")))
+                self.query_one("#nogpu", Static).update(
+                    Text.assemble(
+                        ("No GPU: ", "bold"),
+                        notice,
+                        "\n",
+                        snap.host_line or "host metrics pending",
+                        ("\nTo see effmon on a recorded H100, run: effmon demo", "dim"),
+                    )
+                )
             return
         for card in snap.gpus:
             if card.index not in self._cards:
@@ -242,13 +281,23 @@ class EffmonApp(App[None]):
         watched = set(snap.watched_pids)
         for p in snap.processes:
             style = "bold reverse" if p["pid"] in watched else ""
-            cells = [str(p["pid"]), p["user"] or "", "" if p["gpu"] is None else str(p["gpu"]),
-                     human_bytes(p["gpu_mem"]) if p["gpu_mem"] is not None else "",
-                     "" if p["sm"] is None else f"{p['sm']:.0f}", "" if p["cpu"] is None else f"{p['cpu']:.0f}",
-                     human_bytes(p["rss"]) if p["rss"] is not None else "", (p["command"] or "")[:60]]
+            cells = [
+                str(p["pid"]),
+                p["user"] or "",
+                "" if p["gpu"] is None else str(p["gpu"]),
+                human_bytes(p["gpu_mem"]) if p["gpu_mem"] is not None else "",
+                "" if p["sm"] is None else f"{p['sm']:.0f}",
+                "" if p["cpu"] is None else f"{p['cpu']:.0f}",
+                human_bytes(p["rss"]) if p["rss"] is not None else "",
+                (p["command"] or "")[:60],
+            ]
             table.add_row(*[Text(c, style=style) for c in cells])
         if not snap.processes:
-            msg = f"no process matches '{self.proc_filter}'" if self.proc_filter else "no per-process data in this session"
+            msg = (
+                f"no process matches '{self.proc_filter}'"
+                if self.proc_filter
+                else "no per-process data in this session"
+            )
             table.add_row(*[""] * 7, Text(msg, style="dim"))
 
     # -- actions ---------------------------------------------------------------------------

@@ -48,18 +48,32 @@ class GpuCardWidget(Vertical):
         self.set_class(card.stale, "stale")
         short = card.name.replace("NVIDIA ", "")
         self.border_title = f"GPU {card.index} · {short}" + (" · stale" if card.stale else "")
-        mem_frac = (card.mem_used / card.mem_total) if card.mem_used is not None and card.mem_total else None
-        mem_text = (f"{card.mem_used / 1e9:5.1f}/{card.mem_total / 1e9:.0f} GB" if mem_frac is not None else "N/A")
+        used, total = card.mem_used, card.mem_total
+        mem_frac = used / total if used is not None and total else None
+        mem_text = f"{used / 1e9:5.1f}/{total / 1e9:.0f} GB" if used is not None and total else "N/A"
         sm = _na(card.sm_active, ".0f", "%") if card.gpm_supported else "N/A (no GPM)"
         tensor = _na(card.tensor_active, ".0f", "%") if card.gpm_supported else "N/A"
         power = f"{_na(card.power, '.0f')}/{_na(card.power_limit, '.0f')} W"
         throttle = ",".join(card.throttle) if card.throttle else "none"
         text = self.query_one(f"#gpu-{self.index}-text", Static)
         if compact:
-            line = Text.assemble((f"{card.index} ", "bold"), bar(mem_frac, 6), f" {mem_text} ",
-                                 ("SM ", "dim"), sm, ("·TC ", "dim"), tensor, ("·util ", "dim"),
-                                 _na(card.util_gpu, ".0f", "%"), " ", power, " ",
-                                 human_energy(card.energy_j), " ", _na(card.temp, ".0f", "°C"))
+            line = Text.assemble(
+                (f"{card.index} ", "bold"),
+                bar(mem_frac, 6),
+                f" {mem_text} ",
+                ("SM ", "dim"),
+                sm,
+                ("·TC ", "dim"),
+                tensor,
+                ("·util ", "dim"),
+                _na(card.util_gpu, ".0f", "%"),
+                " ",
+                power,
+                " ",
+                human_energy(card.energy_j),
+                " ",
+                _na(card.temp, ".0f", "°C"),
+            )
             line.truncate(max(20, (self.size.width or 80) - 2), overflow="ellipsis")
             text.update(line)
             return
@@ -67,11 +81,24 @@ class GpuCardWidget(Vertical):
         grid.add_column(width=7, style="bold")
         grid.add_column(ratio=1)
         grid.add_row("memory", Text.assemble(bar(mem_frac, 16), f" {mem_text}"))
-        grid.add_row("compute", Text.assemble(("SM active ", "dim"), sm, ("  tensor ", "dim"), tensor,
-                                              ("  NVML util ", "dim"), _na(card.util_gpu, ".0f", "%")))
+        grid.add_row(
+            "compute",
+            Text.assemble(
+                ("SM active ", "dim"),
+                sm,
+                ("  tensor ", "dim"),
+                tensor,
+                ("  NVML util ", "dim"),
+                _na(card.util_gpu, ".0f", "%"),
+            ),
+        )
         grid.add_row("power", Text.assemble(power, ("  energy ", "dim"), human_energy(card.energy_j)))
-        grid.add_row("clocks", Text.assemble(f"SM {_na(card.sm_clock, '.0f')} MHz  ", _na(card.temp, ".0f", "°C"),
-                                             ("  throttle ", "dim"), throttle))
+        grid.add_row(
+            "clocks",
+            Text.assemble(
+                f"SM {_na(card.sm_clock, '.0f')} MHz  ", _na(card.temp, ".0f", "°C"), ("  throttle ", "dim"), throttle
+            ),
+        )
         text.update(grid)
         self.query_one(f"#gpu-{self.index}-mem", Sparkline).data = card.mem_series or [0.0]
         self.query_one(f"#gpu-{self.index}-power", Sparkline).data = card.power_series or [0.0]
@@ -94,8 +121,12 @@ def efficiency_text(snap: Snapshot) -> Text:
         return Text(f"EfficientLLM: {snap.efficiency_error or 'waiting for data'}", style="dim")
     parts: list[tuple[str, str]] = [
         ("AMU", f"{s['AMU']['gib']:.1f} GiB"),
-        ("PCU", f"{s['PCU']['value']:.2f}" + (" SM" if s["PCU"]["source"] == "nvml_gpm_sm_active" else " util")
-         if s["PCU"]["value"] is not None else "N/A"),
+        (
+            "PCU",
+            f"{s['PCU']['value']:.2f}" + (" SM" if s["PCU"]["source"] == "nvml_gpm_sm_active" else " util")
+            if s["PCU"]["value"] is not None
+            else "N/A",
+        ),
         ("AL", _na(s["AL"]["value"], ".3g", " s")),
     ]
     for key in ("TT", "ST", "IT"):
@@ -120,5 +151,15 @@ def chart_renderable(snap: Snapshot) -> Any:
     def f(x: float | None) -> str:
         return "N/A" if x is None else f"{x / scale:.1f} {shown_unit}"
 
-    return Group(Text.assemble((f"GPU {c['gpu']} · {c['label']}", "bold"), f"  over {snap.window_label}   ",
-                               ("now ", "dim"), f(c["last"]), ("  min ", "dim"), f(c["min"]), ("  max ", "dim"), f(c["max"])))
+    return Group(
+        Text.assemble(
+            (f"GPU {c['gpu']} · {c['label']}", "bold"),
+            f"  over {snap.window_label}   ",
+            ("now ", "dim"),
+            f(c["last"]),
+            ("  min ", "dim"),
+            f(c["min"]),
+            ("  max ", "dim"),
+            f(c["max"]),
+        )
+    )
