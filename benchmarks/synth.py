@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from effmon.declare import CORE_ENTITIES, Row
+from effmon.declare import CORE_ENTITIES, GPM_ACTIVITY, Row
 from effmon.energy import EnergyIntegrator
 from effmon.store import SessionWriter
 from effmon.trace import bundled_trace_path
 
 GPU_KEYS = ("mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w", "sm_clock_mhz", "temp_c")
-GPM_KEYS = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct")
+GPM_KEYS = GPM_ACTIVITY
 
 
 def trace_gpu_rows() -> list[dict]:

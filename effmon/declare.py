@@ -102,6 +102,10 @@ GPU_GPM = Entity(
     ),
 )
 
+GPU_COLUMNS: tuple[str, ...] = tuple(m.name for m in GPU.metrics)
+GPM_ACTIVITY: tuple[str, ...] = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct")
+"""The GPM gauges given as percentages (the metrics engine averages these)."""
+
 GPU_ENERGY = Entity(
     "gpu_energy",
     keys=("gpu",),

@@ -40,6 +40,8 @@ class SessionEntry:
 
 
 def _recorder_alive(meta: dict[str, Any]) -> bool:
+    """Is the process that is writing this session still running (this host, an effmon process)?"""
+    import os
     import socket
 
     import psutil
@@ -47,8 +49,10 @@ def _recorder_alive(meta: dict[str, Any]) -> bool:
     pid = meta.get("recorder_pid")
     if not pid or meta.get("host", {}).get("hostname") != socket.gethostname():
         return False
+    if pid == os.getpid():
+        return True  # recording in this very process (the API, the dashboard's background recorder)
     try:
-        return "effmon" in " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).pid == pid
+        return "effmon" in " ".join(psutil.Process(pid).cmdline())  # the pid may since belong to another program
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

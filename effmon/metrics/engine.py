@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effmon import __version__
+from effmon.declare import GPM_ACTIVITY, GPU_COLUMNS
 from effmon.metrics.series import integrate, percentile, time_average, time_where, value_at
 from effmon.store import SessionReader
 
@@ -341,19 +342,8 @@ def compute(
     notes: list[str] = []
     gpu_meta = {g.get("index"): g for g in meta.get("gpus") or []}
 
-    gpu_cols = [
-        "mem_used_bytes",
-        "mem_total_bytes",
-        "util_gpu_pct",
-        "util_mem_pct",
-        "power_w",
-        "power_limit_w",
-        "sm_clock_mhz",
-        "mem_clock_mhz",
-        "temp_c",
-        "clock_event_reasons",
-    ]
-    gpm_cols = ["sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct"]
+    gpu_cols = list(GPU_COLUMNS)
+    gpm_cols = list(GPM_ACTIVITY)
     if cache is not None:
         gpu_series = cache.by_gpu(reader, "gpu", gpu_cols, w.end)
         gpm_series = cache.by_gpu(reader, "gpu_gpm", gpm_cols, w.end)

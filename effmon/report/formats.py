@@ -7,6 +7,7 @@ import io
 import math
 from typing import Any
 
+from effmon.declare import GPM_ACTIVITY, GPU_COLUMNS
 from effmon.store import SessionReader
 
 UNITS = {
@@ -171,25 +172,7 @@ def effmon_json(summary: dict[str, Any]) -> dict[str, Any]:
     return _clean(summary)
 
 
-CSV_COLUMNS = [
-    "t",
-    "t_rel_s",
-    "gpu",
-    "mem_used_bytes",
-    "mem_total_bytes",
-    "util_gpu_pct",
-    "util_mem_pct",
-    "power_w",
-    "power_limit_w",
-    "sm_clock_mhz",
-    "mem_clock_mhz",
-    "temp_c",
-    "clock_event_reasons",
-    "sm_active_pct",
-    "sm_occupancy_pct",
-    "tensor_active_pct",
-    "dram_bw_pct",
-]
+CSV_COLUMNS = ["t", "t_rel_s", "gpu", *GPU_COLUMNS, *GPM_ACTIVITY]
 
 
 def csv_text(reader: SessionReader, summary: dict[str, Any]) -> str:
@@ -197,16 +180,14 @@ def csv_text(reader: SessionReader, summary: dict[str, Any]) -> str:
     w0, w1 = summary["window"]["start"], summary["window"]["end"]
     s0 = w0 - summary["window"]["relative_s"][0]
     gpm: dict[int, list[tuple[Any, ...]]] = {}
-    for row in reader.rows(
-        "gpu_gpm", ["gpu", "t", "sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct"], order="gpu, t"
-    ):
+    for row in reader.rows("gpu_gpm", ["gpu", "t", *GPM_ACTIVITY], order="gpu, t"):
         gpm.setdefault(int(row[0]), []).append(row[1:])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    gpu_cols = CSV_COLUMNS[3:13]
+    gpu_cols = list(GPU_COLUMNS)
     pos: dict[int, int] = {}
-    none4 = (None, None, None, None)
+    none4 = (None,) * len(GPM_ACTIVITY)
 
     def rows() -> Any:
         for row in reader.rows("gpu", ["t", "gpu", *gpu_cols], "t >= ? AND t <= ?", (w0, w1), order="t, gpu"):

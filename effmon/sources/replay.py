@@ -11,11 +11,11 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from effmon.declare import Row
+from effmon.declare import GPM_ACTIVITY, Row
 from effmon.plugins import SourceInfo, SourceOptions
 from effmon.trace import Trace, load_trace
 
-_GPM = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct")
+_GPM = GPM_ACTIVITY
 _GPU = (
     "mem_used_bytes",
     "mem_total_bytes",
