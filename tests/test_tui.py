@@ -301,3 +301,28 @@ def test_failing_source_shows_its_error_in_help(tmp_path, monkeypatch):
             assert "replay.fast" in body
 
     run(go())
+
+
+def test_tab_moves_between_gpu_cards_and_the_chart_follows(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.synth import make_session
+
+    session = make_session(tmp_path / "two.effmon", gpus=2, seconds=30)
+
+    async def go():
+        app = make_app(session, mode="replay", sync=True, paused=True)
+        async with app.run_test(size=(120, 50)) as pilot:
+            await pilot.pause()
+            assert app.focused.id == "procs"
+            await pilot.press("tab")
+            assert app.focused.id == "gpu-0"
+            await pilot.press("tab")
+            assert app.focused.id == "gpu-1" and app.focus_gpu == 1
+            assert app.snap.chart["gpu"] == 1
+            await pilot.press("2")  # there are two GPUs: 0 and 1
+            assert app.focus_gpu == 1
+
+    run(go())

@@ -25,7 +25,7 @@ HELP = """\
   p         pause / resume the display (replay: pause / play)
   ?         this help, with the state of every data source
   g, 0-9    focus the next GPU / GPU n (the chart follows it)
-  tab       move focus between the GPU cards and the process table
+  tab       move focus between the GPU cards and the process table (mouse: click)
   ↑ ↓       move in the process table
   c         switch between the process table and the chart
   m         chart: next metric
@@ -243,13 +243,10 @@ class EffmonApp(App[None]):
                 if not box.children:
                     box.mount(Static(id="nogpu"))
                 notice = next((n for n in snap.notices if "NVIDIA" in n or "GPU" in n), "no GPU in this session")
+                hint = "" if "effmon demo" in notice else "\nTo see effmon on a recorded H100, run: effmon demo"
                 self.query_one("#nogpu", Static).update(
                     Text.assemble(
-                        ("No GPU: ", "bold"),
-                        notice,
-                        "\n",
-                        snap.host_line or "host metrics pending",
-                        ("\nTo see effmon on a recorded H100, run: effmon demo", "dim"),
+                        ("No GPU: ", "bold"), notice, "\n", snap.host_line or "host metrics pending", (hint, "dim")
                     )
                 )
             return

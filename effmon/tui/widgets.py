@@ -27,8 +27,13 @@ def bar(frac: float | None, width: int) -> Text:
     return Text("█" * filled, style=style) + Text("░" * (width - filled), style="dim")
 
 
-class GpuCardWidget(Vertical):
-    """One GPU: memory, compute (GPM SM/tensor activity beside NVML utilisation), power/energy, clocks."""
+class GpuCardWidget(Vertical, can_focus=True):
+    """One GPU: memory, compute (GPM SM/tensor activity beside NVML utilisation), power/energy, clocks.
+
+    Focusable, so tab (and a click) moves between GPUs; the focused GPU drives the chart."""
+
+    def on_focus(self) -> None:
+        self.app.action_focus_gpu(self.index)  # type: ignore[attr-defined]
 
     def __init__(self, index: int, **kw: Any):
         super().__init__(id=f"gpu-{index}", classes="gpu-card", **kw)
