@@ -139,6 +139,41 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--paused", action="store_true", help="start paused")
     rp.add_argument("--refresh", type=_positive, default=1.0, metavar="S", help="screen refresh (default: 1 s)")
 
+    run = sub.add_parser(
+        "run",
+        help="launch a training command or preset, instrumented with no change to the script, and watch it",
+        description="Launch a command (or a bundled preset) with the transformers Trainer instrumented through "
+        "a sitecustomize on its PYTHONPATH: per-step time, tokens (the Trainer's own count), samples, loss, "
+        "learning rate, grad norm, and the model's parameter counts and PEFT method. Opens the dashboard "
+        "unless --headless; exits with the command's status.",
+        epilog="examples:\n  effmon run --preset lora-tiny\n  effmon run --headless --preset dora-tiny --set r=16\n"
+        "  effmon run -- python train.py --lr 1e-4\n  effmon run --preset lora-tiny --set model=./my-llama "
+        "--set dataset=data.jsonl --set steps=500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--preset", help="a bundled preset (see `effmon presets`) or a .toml file")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
+    run.add_argument("--headless", action="store_true", help="record only, no dashboard")
+    _add_rate_options(run)
+    run.add_argument("command", nargs="*", help="the command to run, after --")
+
+    att = sub.add_parser(
+        "attach",
+        help="watch a running process: its GPUs, memory, host use, and its step history if instrumented",
+        description="Attach to a running process and record it until it exits (Ctrl-C or q stops watching, "
+        "never the process). Steps reported through effmon.track or effmon run come with their history "
+        "since the process started.",
+    )
+    att.add_argument("pid", type=int)
+    att.add_argument("--headless", action="store_true", help="record only, no dashboard")
+    _add_rate_options(att)
+
+    pre = sub.add_parser("presets", help="list bundled presets, or show one with its resolved command")
+    pre_sub = pre.add_subparsers(dest="presets_cmd", metavar="ACTION")
+    pshow = pre_sub.add_parser("show", help="print a preset and the exact command it runs")
+    pshow.add_argument("preset")
+    pshow.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
     demo = sub.add_parser(
         "demo",
         help="replay a recorded H100 session (LoRA fine-tune, matmul, generation): no GPU needed",
@@ -230,6 +265,12 @@ def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.Arg
             return _cmd_record(args, command + list(args.command))
         if args.cmd == "demo":
             return _cmd_demo(args)
+        if args.cmd == "run":
+            return _cmd_run(args, command + list(args.command))
+        if args.cmd == "attach":
+            return _cmd_attach(args)
+        if args.cmd == "presets":
+            return _cmd_presets(args)
         if args.cmd == "top":
             return _cmd_top(args)
         if args.cmd == "replay":
@@ -367,6 +408,140 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _watch_in_dashboard(start: Any, what: str, stop: Any = None) -> int:
+    """Record on a background thread (``start(on_open, on_child)`` returns an exit code) while the
+    dashboard runs here; after the dashboard closes, recording goes on until the command ends."""
+    import signal
+    import threading
+
+    opened = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def on_open(recorder: Any) -> None:
+        holder["path"] = recorder.path
+        opened.set()
+
+    def work() -> None:
+        try:
+            holder["code"] = start(on_open, lambda child: holder.update(child=child))
+        except Exception as exc:
+            holder["error"] = exc
+        finally:
+            opened.set()
+
+    thread = threading.Thread(target=work, name="effmon-record", daemon=True)
+    thread.start()
+    opened.wait()
+    if "path" not in holder:
+        err = holder.get("error")
+        return _err(str(err), getattr(err, "code", 1))
+    from effmon.tui.app import make_app
+
+    make_app(holder["path"], mode="live").run()
+    if thread.is_alive():
+        print(f"effmon: {what} is still running; recording goes on until it ends (Ctrl-C to stop it)", file=sys.stderr)
+    interrupts = 0
+    while thread.is_alive():
+        try:
+            thread.join(0.5)
+        except KeyboardInterrupt:
+            interrupts += 1
+            child = holder.get("child")
+            if child is None:  # attach: stop watching, never touch the process
+                if stop is not None:
+                    stop.set()
+                thread.join(5)
+                break
+            child.send_signal(signal.SIGINT) if interrupts == 1 else child.kill()
+    if "error" in holder:
+        err = holder["error"]
+        return _err(str(err), getattr(err, "code", 1))
+    return int(holder.get("code", 0))
+
+
+def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.presets import PresetError, load
+    from effmon.recorder import EXIT_USAGE, RecordError, record_command
+
+    if bool(args.preset) == bool(command):
+        raise RecordError(
+            "give a preset (--preset lora-tiny) or a command after --, not both or neither (see: effmon presets)",
+            EXIT_USAGE,
+        )
+    preset = None
+    if args.preset:
+        try:
+            preset = load(args.preset, args.set)
+        except PresetError as exc:
+            raise RecordError(str(exc), EXIT_USAGE) from None
+    elif args.set:
+        raise RecordError("--set changes a preset's fields; with a command, pass its own arguments", EXIT_USAGE)
+    options = _record_options(args)
+    if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
+        return record_command(command, options, launch=True, preset=preset)
+    options.quiet = True
+
+    def start(on_open: Any, on_child: Any) -> int:
+        options.on_open = on_open
+        return record_command(command, options, launch=True, preset=preset, on_child=on_child)
+
+    return _watch_in_dashboard(start, "the command")
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    from effmon.recorder import record_pid
+
+    options = _record_options(args)
+    if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
+        return record_pid(args.pid, options)
+    import psutil
+
+    if not psutil.pid_exists(args.pid):
+        return _err(f"no process with pid {args.pid}; check the pid (e.g. with `ps aux`)", 2)
+    import threading
+
+    options.quiet = True
+    options.stop = threading.Event()
+
+    def start(on_open: Any, on_child: Any) -> int:
+        options.on_open = on_open
+        on_child(None)
+        return record_pid(args.pid, options)
+
+    return _watch_in_dashboard(start, f"process {args.pid}", options.stop)
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    import shlex
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from effmon.presets import PresetError, bundled, load
+
+    console = Console()
+    try:
+        if args.presets_cmd == "show":
+            p = load(args.preset, args.set)
+            console.print(f"[bold]{p.name}[/] ({p.path})\n{p.description}")
+            for key, value in p.train.items():
+                console.print(f"  {key} = {value!r}")
+            console.print("[bold]command:[/] " + shlex.join(p.command()), soft_wrap=True)
+            return 0
+        table = Table(title="Presets (effmon run --preset NAME)", title_justify="left")
+        table.add_column("name")
+        table.add_column("method")
+        table.add_column("model")
+        table.add_column("description")
+        for name in sorted(bundled()):
+            p = load(name)
+            table.add_row(name, str(p.train.get("method")), str(p.train.get("model")), p.description)
+        console.print(table)
+        return 0
+    except PresetError as exc:
+        return _err(str(exc), 2)
 
 
 def _cmd_top(args: argparse.Namespace) -> int:

@@ -93,11 +93,27 @@ class HookSpecs:
     def effmon_register_sources(self, register: Callable[[SourceSpec], None]) -> None:
         """Register data sources by calling ``register(SourceSpec(...))``."""
 
+    @hookspec
+    def effmon_launch_env(self, env: dict[str, str]) -> None:
+        """Add to the environment of a command ``effmon run`` launches (e.g. a PYTHONPATH entry that
+        instruments a framework). Change ``env`` in place."""
+
 
 @dataclass
 class Registry:
     sources: dict[str, SourceSpec]
     load_errors: list[str]
+    plugin_manager: pluggy.PluginManager | None = None
+
+    def launch_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The environment for a launched command, with what every plugin adds."""
+        if self.plugin_manager is not None:
+            for impl in reversed(self.plugin_manager.hook.effmon_launch_env.get_hookimpls()):
+                try:
+                    impl.function(env=env)
+                except Exception as exc:
+                    self.load_errors.append(f"plugin {impl.plugin_name!r} failed in effmon_launch_env: {exc}")
+        return env
 
     def entities(self) -> dict[str, Entity]:
         out: dict[str, Entity] = {}
@@ -137,4 +153,4 @@ def load_registry(*, entry_points: bool = True, extra_plugins: tuple[object, ...
             impl.function(register=register)
         except Exception as exc:
             errors.append(f"plugin {impl.plugin_name!r} failed to register sources: {type(exc).__name__}: {exc}")
-    return Registry(sources, errors)
+    return Registry(sources, errors, pm)

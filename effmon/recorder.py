@@ -62,6 +62,8 @@ class RecordOptions:
     quiet: bool = False
     on_open: Callable[[Recorder], None] | None = None
     registry: Registry | None = None
+    stop: threading.Event | None = None
+    """Set from another thread to end a --pid recording (after the dashboard closed, Ctrl-C)."""
 
 
 class LiveState:
@@ -232,7 +234,13 @@ class Recorder:
         while self.pending:
             batch.append(self.pending.popleft())
         notices, self._pending_notices = self._pending_notices, []
+        meta: dict[str, Any] = {}
+        for row in batch:
+            if row.entity == "meta":  # a source adding to the session's metadata (model info, ranks)
+                meta.update(row.values)
         try:
+            if meta:
+                self.writer.set_meta(**meta)
             self.writer.write(batch, self.sampler.status() if self.sampler else None, notices)
             self.rows_written += len(batch)
         except StoreFull as exc:
@@ -256,6 +264,10 @@ class Recorder:
             self.sampler.stop()
             if not self.write_error:
                 self.sampler.final_tick()
+                for source in self.sources:
+                    drain = getattr(source, "drain", None)
+                    if drain is not None:
+                        self.sink(drain())
         self.flush()
         for source in self.sources:
             try:
@@ -322,33 +334,51 @@ class _Interrupts:
             signal.signal(sig, old)
 
 
-def record_command(argv: list[str], options: RecordOptions) -> int:
+def record_command(
+    argv: list[str],
+    options: RecordOptions,
+    *,
+    launch: bool = False,
+    preset: Any = None,
+    on_child: Callable[[subprocess.Popen[Any]], None] | None = None,
+) -> int:
+    """Run ``argv`` (or a preset's command) and record until it exits; returns its exit status.
+
+    ``launch`` (``effmon run``): plugins add to the command's environment (the transformers
+    instrumentation) and instrumented processes report into the session's own track directory."""
     import shutil
 
-    if not argv:
+    if preset is None and not argv:
         raise RecordError("no command given; usage: effmon record -- COMMAND [ARGS...]", EXIT_USAGE)
-    if shutil.which(argv[0]) is None:
+    if preset is None and shutil.which(argv[0]) is None:
         hint = " (is it on PATH? give a path like ./train.sh, or prefix with python)" if "/" not in argv[0] else ""
         raise RecordError(f"command not found: {argv[0]}{hint}", EXIT_NOT_FOUND)
-    recorder = Recorder(
-        "command",
-        options,
-        slug=command_slug(argv),
-        extra_meta={
-            "command": redact_argv(argv),
-            "cwd": os.getcwd(),
-            "env": redact_env(dict(os.environ)),
-        },
-    )
+    meta: dict[str, Any] = {"cwd": os.getcwd(), "env": redact_env(dict(os.environ))}
+    if preset is not None:
+        meta.update(preset={"name": preset.name, "path": str(preset.path), **preset.train}, run_kind="training")
+    slug = preset.name if preset is not None else command_slug(argv)
+    recorder = Recorder("run" if launch else "command", options, slug=slug, extra_meta=meta)
     recorder.open()
     assert recorder.writer is not None and recorder.sampler is not None
+    env = dict(os.environ)
+    if launch:
+        track_dir = recorder.path.with_suffix(".track")
+        track_dir.mkdir(exist_ok=True)
+        env["EFFMON_TRACK_DIR"] = str(track_dir)
+        recorder.source_options.extra["track_dir"] = str(track_dir)
+        recorder.registry.launch_env(env)
+    if preset is not None:
+        argv = preset.command(output_dir=str(recorder.path.with_suffix(".out")))
+    recorder.writer.set_meta(command=redact_argv(argv))
     try:
-        child = subprocess.Popen(argv)
+        child = subprocess.Popen(argv, env=env)
     except OSError as exc:
         recorder.finish("failed", None, f"could not start the command: {exc}")
         raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_NOT_FOUND) from None
     recorder.watched.append(child.pid)
     recorder.writer.set_meta(pid=child.pid, watched_pids=[child.pid])
+    if on_child is not None:
+        on_child(child)
     if not options.quiet:
         print(f"effmon: recording {recorder.path.name} while pid {child.pid} runs", file=sys.stderr)
     recorder.sampler.start()
@@ -376,6 +406,12 @@ def record_command(argv: list[str], options: RecordOptions) -> int:
     exit_code = code if code >= 0 else 128 - code
     recorder.finish(status, exit_code, reason, exit_signal=(-code if code < 0 else None))
     _report_end(recorder, f"command exited with status {exit_code}", options)
+    if launch and not recorder.live.counts.get("train_step"):
+        print(
+            "effmon: no training steps were reported: the command never created a transformers Trainer and "
+            "does not use effmon.track (GPU and host metrics were recorded)",
+            file=sys.stderr,
+        )
     if recorder.write_error and exit_code == 0:
         return EXIT_IOERR
     return exit_code
@@ -425,7 +461,7 @@ def record_pid(pid: int, options: RecordOptions) -> int:
     with _Interrupts() as intr:
         while _alive(proc):
             recorder.flush()
-            if intr.count:
+            if intr.count or (options.stop is not None and options.stop.is_set()):
                 status, reason, code = "interrupted", "stopped by the user", EXIT_INTERRUPTED
                 break
             intr.event.wait(FLUSH_EVERY_S)

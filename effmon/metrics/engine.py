@@ -468,14 +468,14 @@ def compute(
             g["throttle_s"], g["throttle_reasons_seen"] = None, None
         per_gpu.append(g)
 
+    no_gpu: str | None = None
     if not per_gpu:
-        if not gpu_series:
-            raise MetricsError(
-                f"session {meta.get('name')} has no GPU readings (recorded without a GPU?); "
-                "EfficientLLM metrics need GPU memory, utilisation and power"
-            )
-        raise MetricsError(f"no GPU readings fall inside {w.label}")
-    if any(g["throttle_s"] is None for g in per_gpu):
+        no_gpu = (
+            f"session {meta.get('name')} has no GPU readings (recorded without a GPU?)"
+            if not gpu_series
+            else f"no GPU readings fall inside {w.label}"
+        )
+    if per_gpu and any(g["throttle_s"] is None for g in per_gpu):
         notes.append("throttle time: clock-event reasons were not recorded (replayed trace or unsupported GPU)")
 
     if cache is not None:
@@ -555,13 +555,18 @@ def compute(
         else "monitoring"
     )
 
+    if no_gpu:
+        if not steps and not requests:
+            raise MetricsError(f"{no_gpu}; EfficientLLM metrics need GPU memory, utilisation and power, or steps")
+        notes.append(f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed")
+
     # ---- the EfficientLLM figures --------------------------------------------------------
     amu_bytes = sum(g["mem_used_avg_bytes"] or 0 for g in per_gpu)
     total_bytes = sum(g["mem_total_bytes"] or 0 for g in per_gpu)
     pcus = [g["pcu"] for g in per_gpu if g["pcu"] is not None]
     pcu_sources = sorted({g["pcu_source"] for g in per_gpu if g["pcu_source"]})
-    aec = sum(g["power_avg_w"] or 0 for g in per_gpu)
-    energy_int = sum(g["energy_integrated_j"] for g in per_gpu)
+    aec = sum(g["power_avg_w"] or 0 for g in per_gpu) if per_gpu else None
+    energy_int = sum(g["energy_integrated_j"] for g in per_gpu) if per_gpu else None
     counters = [g["energy_counter_j"] for g in per_gpu]
     energy_counter = sum(counters) if counters and all(c is not None for c in counters) else None  # type: ignore[arg-type]
     energy_best = energy_counter if energy_counter is not None else energy_int
@@ -600,7 +605,8 @@ def compute(
             "formula": "(bits_original / bits_compressed) * (perf_compressed / perf_original)",
         }
 
-    peak = _peak_flops(per_gpu[0].get("name"))
+    gpu_name = per_gpu[0].get("name") if per_gpu else None
+    peak = _peak_flops(gpu_name)
     mfu: dict[str, Any] = {"value": None}
     if run_kind == "training" and training and n_params and training["tokens_per_s"]:
         if peak:
@@ -610,7 +616,7 @@ def compute(
                 "peak_flops_per_gpu": peak,
             }
         else:
-            mfu["reason"] = f"peak FLOP/s of {per_gpu[0].get('name')!r} unknown"
+            mfu["reason"] = f"peak FLOP/s of {gpu_name!r} unknown"
     elif run_kind == "inference" and inference and n_params and it:
         if peak:
             mfu = {
@@ -619,7 +625,7 @@ def compute(
                 "peak_flops_per_gpu": peak,
             }
         else:
-            mfu["reason"] = f"peak FLOP/s of {per_gpu[0].get('name')!r} unknown"
+            mfu["reason"] = f"peak FLOP/s of {gpu_name!r} unknown"
     else:
         mfu["reason"] = "needs the parameter count and token throughput"
 
@@ -645,9 +651,9 @@ def compute(
         },
         "model": model or None,
         "AMU": {
-            "gib": amu_bytes / GIB,
+            "gib": amu_bytes / GIB if per_gpu else None,
             "fraction": amu_bytes / total_bytes if total_bytes else None,
-            "bytes": amu_bytes,
+            "bytes": amu_bytes if per_gpu else None,
         },
         "PCU": {
             "value": _avg(pcus),
@@ -671,16 +677,22 @@ def compute(
         "MCR": mcr_info,
         "MFU": mfu,
         "energy_per": {
-            "token_j": energy_best / n_tokens if n_tokens else None,
-            "sample_j": energy_best / training["samples"] if training and training["samples"] else None,
-            "request_j": energy_best / inference["requests"] if inference and inference["requests"] else None,
-            "step_j": energy_best / training["steps"] if training else None,
+            "token_j": energy_best / n_tokens if n_tokens and energy_best is not None else None,
+            "sample_j": energy_best / training["samples"]
+            if training and training["samples"] and energy_best is not None
+            else None,
+            "request_j": energy_best / inference["requests"]
+            if inference and inference["requests"] and energy_best is not None
+            else None,
+            "step_j": energy_best / training["steps"] if training and energy_best is not None else None,
         },
         "training": training,
         "inference": inference,
         "gpus": per_gpu,
         "throttle_s": (
-            sum(g["throttle_s"] for g in per_gpu) if all(g["throttle_s"] is not None for g in per_gpu) else None
+            sum(g["throttle_s"] for g in per_gpu)
+            if per_gpu and all(g["throttle_s"] is not None for g in per_gpu)
+            else None
         ),
         "notes": notes,
         "_series": _series(gpu_series, gpm_series, w, per_gpu) if with_series else None,

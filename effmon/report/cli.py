@@ -162,48 +162,50 @@ def render_summary(
     if s["MFU"]["value"] is not None:
         t.add_row("MFU", num(s["MFU"]["value"], ".3f"), s["MFU"]["formula"])
     console.print(t)
-    g = Table(title="Per GPU", title_justify="left")
-    g.add_column("")
-    for gpu in s["gpus"]:
-        g.add_column(f"GPU {gpu['index']}", justify="right")
-    per_gpu_rows = (
-        (
-            "memory avg / max",
-            lambda x: f"{human_bytes(x['mem_used_avg_bytes'])} / {human_bytes(x['mem_used_max_bytes'])}",
-        ),
-        ("PCU", lambda x: f"{num(x['pcu'], '.3f')} ({x['pcu_source'] or 'N/A'})"),
-        (
-            "SM active / tensor (GPM)",
-            lambda x: f"{num(x['sm_active_avg_pct'], '.1f', '%')} / {num(x['tensor_active_avg_pct'], '.1f', '%')}",
-        ),
-        ("NVML utilisation", lambda x: num(x["util_gpu_avg_pct"], ".1f", "%")),
-        (
-            "power avg / max / limit",
-            lambda x: (
-                f"{num(x['power_avg_w'], '.0f')} / {num(x['power_max_w'], '.0f')} / {num(x['power_limit_w'], '.0f')} W"
+    if s["gpus"]:
+        g = Table(title="Per GPU", title_justify="left")
+        g.add_column("")
+        for gpu in s["gpus"]:
+            g.add_column(f"GPU {gpu['index']}", justify="right")
+        per_gpu_rows = (
+            (
+                "memory avg / max",
+                lambda x: f"{human_bytes(x['mem_used_avg_bytes'])} / {human_bytes(x['mem_used_max_bytes'])}",
             ),
-        ),
-        (
-            "energy counter / integrated",
-            lambda x: f"{human_energy(x['energy_counter_j'])} / {human_energy(x['energy_integrated_j'])}",
-        ),
-        (
-            "SM clock avg / max",
-            lambda x: f"{num(x['sm_clock_avg_mhz'], '.0f')} / {num(x['sm_clock_max_mhz'], '.0f')} MHz",
-        ),
-        ("temperature max", lambda x: num(x["temp_max_c"], ".0f", "°C")),
-        (
-            "throttled",
-            lambda x: (
-                "N/A"
-                if x["throttle_s"] is None
-                else f"{x['throttle_s']:.1f} s {','.join(x['throttle_reasons_seen'] or [])}"
+            ("PCU", lambda x: f"{num(x['pcu'], '.3f')} ({x['pcu_source'] or 'N/A'})"),
+            (
+                "SM active / tensor (GPM)",
+                lambda x: f"{num(x['sm_active_avg_pct'], '.1f', '%')} / {num(x['tensor_active_avg_pct'], '.1f', '%')}",
             ),
-        ),
-    )
-    for label, fn in per_gpu_rows:
-        g.add_row(label, *(fn(gpu) for gpu in s["gpus"]))
-    console.print(g)
+            ("NVML utilisation", lambda x: num(x["util_gpu_avg_pct"], ".1f", "%")),
+            (
+                "power avg / max / limit",
+                lambda x: (
+                    f"{num(x['power_avg_w'], '.0f')} / {num(x['power_max_w'], '.0f')} / "
+                    f"{num(x['power_limit_w'], '.0f')} W"
+                ),
+            ),
+            (
+                "energy counter / integrated",
+                lambda x: f"{human_energy(x['energy_counter_j'])} / {human_energy(x['energy_integrated_j'])}",
+            ),
+            (
+                "SM clock avg / max",
+                lambda x: f"{num(x['sm_clock_avg_mhz'], '.0f')} / {num(x['sm_clock_max_mhz'], '.0f')} MHz",
+            ),
+            ("temperature max", lambda x: num(x["temp_max_c"], ".0f", "°C")),
+            (
+                "throttled",
+                lambda x: (
+                    "N/A"
+                    if x["throttle_s"] is None
+                    else f"{x['throttle_s']:.1f} s {','.join(x['throttle_reasons_seen'] or [])}"
+                ),
+            ),
+        )
+        for label, fn in per_gpu_rows:
+            g.add_row(label, *(fn(gpu) for gpu in s["gpus"]))
+        console.print(g)
     if s["training"]:
         tr = s["training"]
         console.print(

@@ -20,6 +20,12 @@ def _host(options: SourceOptions) -> Source:
     return HostSource(options)
 
 
+def _track(options: SourceOptions) -> Source:
+    from effmon.sources.track import TrackSource
+
+    return TrackSource(options)
+
+
 def _replay(options: SourceOptions) -> Source:
     from effmon.sources.replay import ReplaySource
 
@@ -32,6 +38,11 @@ def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
         SourceSpec("nvml", "NVIDIA GPUs through NVML (nvidia-ml-py)", (GPU, GPU_GPM, GPU_ENERGY, GPU_PROCESS), _nvml)
     )
     register(SourceSpec("host", "This machine and the watched process trees (psutil)", (HOST, WATCHED), _host))
+    register(
+        SourceSpec(
+            "track", "Training steps reported by instrumented processes (effmon.track)", (TRAIN_STEP, PHASE), _track
+        )
+    )
     register(
         SourceSpec(
             "replay",

@@ -125,7 +125,7 @@ def efficiency_text(snap: Snapshot) -> Text:
     if s is None:
         return Text(f"EfficientLLM: {snap.efficiency_error or 'waiting for data'}", style="dim")
     parts: list[tuple[str, str]] = [
-        ("AMU", f"{s['AMU']['gib']:.1f} GiB"),
+        ("AMU", _na(s["AMU"]["gib"], ".1f", " GiB")),
         (
             "PCU",
             f"{s['PCU']['value']:.2f}" + (" SM" if s["PCU"]["source"] == "nvml_gpm_sm_active" else " util")
@@ -137,7 +137,7 @@ def efficiency_text(snap: Snapshot) -> Text:
     for key in ("TT", "ST", "IT"):
         if s[key] is not None:
             parts.append((key, f"{s[key]:.3g}"))
-    parts.append(("AEC", f"{s['AEC']['watts']:.0f} W"))
+    parts.append(("AEC", _na(s["AEC"]["watts"], ".0f", " W")))
     if s["energy_per"]["token_j"] is not None:
         parts.append(("J/token", f"{s['energy_per']['token_j']:.3g}"))
     text = Text()

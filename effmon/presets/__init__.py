@@ -1,0 +1,151 @@
+"""Presets: TOML files that say what ``effmon run`` launches. The bundled ones live beside this file.
+
+A preset is checked against ``SCHEMA`` when loaded: an unknown key or a value of the wrong type is an
+error that names the key, the file and the line. ``--set key=value`` overrides a field, with the
+value converted to the field's type.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TRAIN_SCHEMA: dict[str, type] = {
+    "model": str,
+    "dataset": str,
+    "method": str,
+    "r": int,
+    "alpha": int,
+    "target_modules": str,
+    "steps": int,
+    "batch_size": int,
+    "seq_len": int,
+    "lr": float,
+    "output_dir": str,
+}
+TOP_SCHEMA: dict[str, type] = {"description": str, "kind": str, "train": dict}
+METHODS = ("lora", "rslora", "dora", "pissa", "full")
+
+
+class PresetError(Exception):
+    pass
+
+
+@dataclass
+class Preset:
+    name: str
+    path: Path
+    description: str
+    kind: str
+    train: dict[str, Any]
+
+    def command(self, python: str | None = None, output_dir: str | None = None) -> list[str]:
+        t = dict(self.train)
+        argv = [python or sys.executable, "-m", "effmon.recipes.finetune"]
+        for key in (
+            "model",
+            "dataset",
+            "method",
+            "r",
+            "alpha",
+            "target_modules",
+            "steps",
+            "batch_size",
+            "seq_len",
+            "lr",
+        ):
+            if key in t:
+                argv += [f"--{key.replace('_', '-')}", str(t[key])]
+        argv += ["--output-dir", str(t.get("output_dir") or output_dir or "effmon-finetune-out")]
+        return argv
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return i
+    return None
+
+
+def bundled() -> dict[str, Path]:
+    folder = resources.files("effmon") / "presets"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
+
+
+def find(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise PresetError(f"preset file {path} does not exist")
+        return path
+    presets = bundled()
+    if name not in presets:
+        raise PresetError(f"no preset named {name!r}; bundled: {', '.join(sorted(presets))} (or give a .toml path)")
+    return presets[name]
+
+
+def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
+    path = find(name)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"{path}: not valid TOML ({exc})") from None
+
+    def where(key: str) -> str:
+        line = _line_of(text, key)
+        return f"{path}:{line}" if line else str(path)
+
+    for key, value in data.items():
+        if key not in TOP_SCHEMA:
+            raise PresetError(f"{where(key)}: unknown key {key!r}; known: {', '.join(TOP_SCHEMA)}")
+        if not isinstance(value, TOP_SCHEMA[key]):
+            raise PresetError(f"{where(key)}: {key!r} must be a {TOP_SCHEMA[key].__name__}, got {value!r}")
+    train = dict(data.get("train") or {})
+    for key, value in train.items():
+        _check(key, value, where(key))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise PresetError(f"--set {item!r}: use KEY=VALUE, e.g. --set r=16")
+        if key not in TRAIN_SCHEMA:
+            raise PresetError(f"--set {key}: unknown key; known: {', '.join(TRAIN_SCHEMA)}")
+        train[key] = _convert(key, raw.strip())
+    if data.get("kind", "train") != "train":
+        raise PresetError(f"{where('kind')}: kind {data.get('kind')!r} is not supported yet (only 'train')")
+    return Preset(path.stem, path, str(data.get("description", "")), "train", train)
+
+
+def _check(key: str, value: Any, where: str) -> None:
+    if key not in TRAIN_SCHEMA:
+        raise PresetError(f"{where}: unknown key {key!r} in [train]; known: {', '.join(TRAIN_SCHEMA)}")
+    typ = TRAIN_SCHEMA[key]
+    ok = (
+        isinstance(value, typ)
+        and not isinstance(value, bool)
+        or (typ is float and isinstance(value, int) and not isinstance(value, bool))
+    )
+    if not ok:
+        raise PresetError(f"{where}: {key!r} must be {typ.__name__}, got {value!r} ({type(value).__name__})")
+    if key == "method" and value not in METHODS:
+        raise PresetError(f"{where}: method {value!r} is not one of {', '.join(METHODS)}")
+
+
+def _convert(key: str, raw: str) -> Any:
+    typ = TRAIN_SCHEMA[key]
+    try:
+        value = typ(raw)
+    except ValueError:
+        raise PresetError(f"--set {key}={raw}: {key} must be {typ.__name__}") from None
+    _check(key, value, f"--set {key}")
+    return value

@@ -1,0 +1,21 @@
+"""transformers/PEFT integration: ``effmon run`` instruments ``transformers.Trainer`` with no change
+to the user's script.
+
+Through effmon's plugin hook it puts ``inject/`` on the launched command's PYTHONPATH; the
+``sitecustomize`` there installs an import hook that adds a callback to every Trainer when (and only
+if) ``transformers.trainer`` is imported. The callback reports through ``effmon.track``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from effmon.plugins import hookimpl
+
+INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
+
+
+@hookimpl
+def effmon_launch_env(env: dict[str, str]) -> None:
+    current = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = INJECT_DIR + (os.pathsep + current if current else "")

@@ -1,0 +1,228 @@
+"""Training: effmon run with the transformers/PEFT presets, effmon.track, attach with history, bad input.
+
+Real subprocesses, a real Trainer on the CPU with a tiny random-weight Llama and a tokenizer trained
+in the test run; no hub access (HF_HUB_OFFLINE=1).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from effmon.store import SessionReader
+from tests.conftest import run_effmon
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+
+def session_of(home: Path) -> Path:
+    files = sorted((home / "sessions").glob("*.effmon"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One headless run per PEFT method (the slow part, shared by the checks below)."""
+    out = {}
+    for method in ("lora", "rslora", "dora"):
+        home = tmp_path_factory.mktemp(method)
+        res = run_effmon("run", "--headless", "--preset", f"{method}-tiny", env_home=home, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        path = session_of(home)
+        trainer_log = json.loads((path.with_suffix(".out") / "trainer_log.json").read_text())
+        out[method] = (path, trainer_log)
+    return out
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora", "dora"])
+def test_every_step_is_recorded_with_the_trainers_token_count(runs, method):
+    path, log = runs[method]
+    with SessionReader(path) as r:
+        steps = sorted(r.dicts("train_step"), key=lambda s: s["step"])
+        meta = r.meta()
+    assert [s["step"] for s in steps] == list(range(1, 41))  # every one of the preset's 40 steps
+    assert sum(s["tokens"] for s in steps) == log["num_input_tokens_seen"]
+    assert all(s["samples"] == 4 for s in steps)
+    losses = {e["step"]: e["loss"] for e in log["log_history"] if "loss" in e}
+    assert all(s["loss"] == pytest.approx(losses[s["step"]]) for s in steps)
+    assert meta["preset"]["name"] == f"{method}-tiny" and meta["run_kind"] == "training"
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora", "dora"])
+def test_tokens_per_second_agree_with_the_trainers_log_history(runs, method):
+    """Steps 2..N: tokens per step ÷ step time, from the Trainer's own log (tokens seen, runtime)."""
+    path, log = runs[method]
+    entries = [e for e in log["log_history"] if "loss" in e and "train_runtime" in e]
+    if len(entries) < 10:
+        pytest.skip("this transformers version logs no running train_runtime")
+    first, last = entries[0], entries[-1]
+    trainer_tps = (last["num_input_tokens_seen"] - first["num_input_tokens_seen"]) / (
+        last["train_runtime"] - first["train_runtime"])
+    with SessionReader(path) as r:
+        steps = sorted(r.dicts("train_step"), key=lambda s: s["step"])
+    later = [s for s in steps if first["step"] < s["step"] <= last["step"]]
+    effmon_tps = sum(s["tokens"] for s in later) / sum(s["t_end"] - s["t_start"] for s in later)
+    assert effmon_tps == pytest.approx(trainer_tps, rel=0.02)
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora", "dora"])
+def test_parameter_counts_and_peft_method(runs, method):
+    path, log = runs[method]
+    with SessionReader(path) as r:
+        model = r.meta()["model"]
+    assert model["trainable_params"] == log["trainable_params"]  # PEFT's get_nb_trainable_parameters()
+    assert model["params"] == log["params"]
+    assert model["peft"]["method"] == method and model["peft"]["r"] == 8 and model["peft"]["alpha"] == 16
+
+
+def test_report_gives_st_per_parameter(runs):
+    path, log = runs["lora"]
+    res = run_effmon("report", str(path), "-f", "json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ST"] == pytest.approx(doc["training"]["samples_per_s"] / log["params"], rel=1e-9)
+    assert doc["AMU"]["gib"] is None  # no GPU on this machine: null, with the reason in notes
+    assert any("no GPU readings" in n for n in doc["notes"])
+
+
+LOOP = """
+import sys, time
+import torch
+import effmon.track as et
+model = torch.nn.Linear(16, 16)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+n = int(sys.argv[1]); pause = float(sys.argv[2])
+for i in range(n):
+    if i == n // 2:
+        time.sleep(pause)
+    x = torch.randn(8, 16)
+    with et.step(tokens=8 * 16, samples=8):
+        loss = model(x).pow(2).mean()
+        loss.backward(); opt.step(); opt.zero_grad()
+    et.log(loss=loss.item())
+et.flush()
+"""
+
+
+def test_a_plain_pytorch_loop_with_effmon_track(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    home = tmp_path / "h"
+    res = run_effmon("run", "--headless", "--", sys.executable, str(script), "30", "0", env_home=home)
+    assert res.returncode == 0, res.stderr
+    with SessionReader(session_of(home)) as r:
+        steps = r.dicts("train_step")
+    assert len(steps) == 30 and all(s["tokens"] == 128 and s["loss"] is not None for s in steps)
+
+
+def test_attach_late_gets_the_history_since_start(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    track = tmp_path / "track"
+    env = dict(os.environ, EFFMON_TRACK_DIR=str(track))
+    proc = subprocess.Popen([sys.executable, str(script), "40", "4"], env=env)
+    try:
+        deadline = time.time() + 60
+        while not list(track.glob("*.jsonl")) or sum(1 for _ in open(next(track.glob("*.jsonl")))) < 21:
+            assert time.time() < deadline, "the loop never reported its first steps"
+            time.sleep(0.2)
+        home = tmp_path / "h"
+        res = run_effmon("attach", "--headless", str(proc.pid), env_home=home, timeout=120)
+    finally:
+        proc.wait(60)
+    assert res.returncode == 0, res.stderr
+    with SessionReader(session_of(home)) as r:
+        steps = sorted(s["step"] for s in r.dicts("train_step"))
+        assert r.meta()["mode"] == "pid"
+    assert steps == list(range(1, 41))  # the 20 steps before attaching too
+
+
+def test_the_watched_process_never_blocks_when_the_monitor_dies(tmp_path):
+    """kill -9 of effmon run: the training goes on at full speed and finishes."""
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP.replace("et.flush()", "open(sys.argv[3], 'w').write(str(time.time()))"))
+    done = tmp_path / "done"
+    home = tmp_path / "h"
+    env = dict(os.environ, EFFMON_HOME=str(home))
+    effmon = subprocess.Popen([sys.executable, "-m", "effmon", "run", "--headless", "--", sys.executable, str(script),
+                               "3000", "0", str(done)], env=env, stderr=subprocess.PIPE)
+    time.sleep(3)
+    effmon.send_signal(signal.SIGKILL)
+    effmon.wait(10)
+    deadline = time.time() + 60
+    while not done.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert done.exists(), "the training stopped when its monitor died"
+
+
+def test_the_track_buffer_drops_and_counts_instead_of_waiting(tmp_path, monkeypatch):
+    import effmon.track as et
+
+    monkeypatch.setenv("EFFMON_TRACK_DIR", str(tmp_path / "not-a-dir-file"))
+    (tmp_path / "not-a-dir-file").write_text("a file where the directory should be: every write fails")
+    monkeypatch.setattr(et, "_tracker", None)
+    monkeypatch.setattr(et, "BUFFER", 100)
+    t0 = time.perf_counter()
+    for _ in range(5000):
+        with et.step(tokens=1, samples=1):
+            pass
+    elapsed = time.perf_counter() - t0
+    assert et.dropped() > 0
+    assert elapsed < 2.0  # 5000 steps: no waiting on a writer that cannot write
+
+
+def test_a_script_that_never_creates_a_trainer(tmp_path):
+    home = tmp_path / "h"
+    res = run_effmon("run", "--headless", "--", sys.executable, "-c", "print('no training here')", env_home=home)
+    assert res.returncode == 0
+    assert "no training steps were reported" in res.stderr
+    assert session_of(home).exists()
+
+
+def test_a_script_that_fails_at_import_keeps_the_session(tmp_path):
+    home = tmp_path / "h"
+    res = run_effmon("run", "--headless", "--", sys.executable, "-c", "import no_such_module_xyz", env_home=home)
+    assert res.returncode == 1
+    with SessionReader(session_of(home)) as r:
+        assert r.meta()["exit_code"] == 1 and r.meta()["status"] == "complete"
+
+
+def test_a_model_path_that_does_not_exist(tmp_path):
+    home = tmp_path / "h"
+    res = run_effmon("run", "--headless", "--preset", "lora-tiny", "--set", "model=./no/such/model", env_home=home)
+    assert res.returncode == 2
+    assert "model path ./no/such/model does not exist" in res.stderr
+    assert session_of(home).exists()
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('kind = "train"\n[train]\nmodel = "tiny"\nrank = 8\n', "bad.toml:4: unknown key 'rank'"),
+    ('kind = "train"\n[train]\nsteps = "ten"\n', "bad.toml:3: 'steps' must be int"),
+    ('kind = "train"\n[train]\nmethod = "qlora2"\n', "method 'qlora2' is not one of"),
+])
+def test_bad_preset_files_name_the_key_file_and_line(tmp_path, toml, words):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml)
+    res = run_effmon("run", "--headless", "--preset", str(bad), env_home=tmp_path / "h")
+    assert res.returncode == 2 and words in res.stderr
+
+
+def test_presets_list_and_show():
+    res = run_effmon("presets")
+    assert res.returncode == 0
+    for name in ("lora-tiny", "rslora-tiny", "dora-tiny", "full-tiny"):
+        assert name in res.stdout
+    show = run_effmon("presets", "show", "dora-tiny", "--set", "r=16")
+    assert "--method dora" in show.stdout and "--r 16" in show.stdout
+
+
+def test_attach_to_a_pid_that_is_not_alive(tmp_path):
+    res = run_effmon("attach", "--headless", "999999", env_home=tmp_path / "h")
+    assert res.returncode == 2 and "no process with pid 999999" in res.stderr
