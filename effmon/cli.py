@@ -485,9 +485,34 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
 
     def start(on_open: Any, on_child: Any) -> int:
         options.on_open = on_open
-        return record_command(command, options, launch=True, preset=preset, on_child=on_child)
+        return record_command(command, options, launch=True, preset=preset, on_child=on_child, capture_output=True)
 
-    return _watch_in_dashboard(start, "the command")
+    code = _watch_in_dashboard(start, "the command")
+    _show_output_log(code)
+    return code
+
+
+def _show_output_log(code: int) -> None:
+    """After the dashboard: where the command's output went, and its end if it failed."""
+    from effmon.sessions import resolve
+    from effmon.store import SessionReader
+
+    try:
+        with SessionReader(resolve("last")) as r:
+            meta = r.meta()
+    except Exception:
+        return
+    log = meta.get("output_log")
+    if not log or not os.path.exists(log):
+        return
+    if code != 0:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            tail = f.readlines()[-15:]
+        sys.stderr.write("".join(tail))
+    print(
+        f"effmon: the command's output is in {log}; session {meta.get('name')} (exit {meta.get('exit_code')})",
+        file=sys.stderr,
+    )
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:

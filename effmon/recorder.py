@@ -341,6 +341,7 @@ def record_command(
     launch: bool = False,
     preset: Any = None,
     on_child: Callable[[subprocess.Popen[Any]], None] | None = None,
+    capture_output: bool = False,
 ) -> int:
     """Run ``argv`` (or a preset's command) and record until it exits; returns its exit status.
 
@@ -370,8 +371,13 @@ def record_command(
     if preset is not None:
         argv = preset.command(output_dir=str(recorder.path.with_suffix(".out")))
     recorder.writer.set_meta(command=redact_argv(argv))
+    output: Any = None
+    if capture_output:  # the dashboard owns the terminal: the command's output goes beside the session
+        log_path = recorder.path.with_suffix(".log")
+        output = open(log_path, "ab")  # noqa: SIM115 - closed when the command ends
+        recorder.writer.set_meta(output_log=str(log_path))
     try:
-        child = subprocess.Popen(argv, env=env)
+        child = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
     except OSError as exc:
         recorder.finish("failed", None, f"could not start the command: {exc}")
         raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_NOT_FOUND) from None
@@ -403,6 +409,8 @@ def record_command(
             except subprocess.TimeoutExpired:
                 pass
     code = child.returncode
+    if output is not None:
+        output.close()
     exit_code = code if code >= 0 else 128 - code
     recorder.finish(status, exit_code, reason, exit_signal=(-code if code < 0 else None))
     _report_end(recorder, f"command exited with status {exit_code}", options)

@@ -183,7 +183,13 @@ class SessionReader:
         if not self.path.is_file():
             raise StoreError(f"no session file at {self.path}")
         try:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            # Read-write with query_only: the last connection to close can then clean up the WAL files;
+            # a read-only directory falls back to a read-only connection.
+            try:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, check_same_thread=False)
+                self.db.execute("PRAGMA query_only=ON")
+            except sqlite3.OperationalError:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
             app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:

@@ -405,6 +405,9 @@ class EffmonApp(App[None]):
             self.on_quit()
         self.exit()
 
+    def on_unmount(self) -> None:
+        self.view.close()
+
 
 def make_app(session: Path | str, *, mode: str = "live", **kw: Any) -> EffmonApp:
     return EffmonApp(SessionView(session), mode=mode, **kw)
