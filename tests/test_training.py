@@ -64,7 +64,8 @@ def test_tokens_per_second_agree_with_the_trainers_log_history(runs, method):
         pytest.skip("this transformers version logs no running train_runtime")
     first, last = entries[0], entries[-1]
     trainer_tps = (last["num_input_tokens_seen"] - first["num_input_tokens_seen"]) / (
-        last["train_runtime"] - first["train_runtime"])
+        last["train_runtime"] - first["train_runtime"]
+    )
     with SessionReader(path) as r:
         steps = sorted(r.dicts("train_step"), key=lambda s: s["step"])
     later = [s for s in steps if first["step"] < s["step"] <= last["step"]]
@@ -151,8 +152,23 @@ def test_the_watched_process_never_blocks_when_the_monitor_dies(tmp_path):
     done = tmp_path / "done"
     home = tmp_path / "h"
     env = dict(os.environ, EFFMON_HOME=str(home))
-    effmon = subprocess.Popen([sys.executable, "-m", "effmon", "run", "--headless", "--", sys.executable, str(script),
-                               "3000", "0", str(done)], env=env, stderr=subprocess.PIPE)
+    effmon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "effmon",
+            "run",
+            "--headless",
+            "--",
+            sys.executable,
+            str(script),
+            "3000",
+            "0",
+            str(done),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(3)
     effmon.send_signal(signal.SIGKILL)
     effmon.wait(10)
@@ -202,11 +218,14 @@ def test_a_model_path_that_does_not_exist(tmp_path):
     assert session_of(home).exists()
 
 
-@pytest.mark.parametrize("toml, words", [
-    ('kind = "train"\n[train]\nmodel = "tiny"\nrank = 8\n', "bad.toml:4: unknown key 'rank'"),
-    ('kind = "train"\n[train]\nsteps = "ten"\n', "bad.toml:3: 'steps' must be int"),
-    ('kind = "train"\n[train]\nmethod = "qlora2"\n', "method 'qlora2' is not one of"),
-])
+@pytest.mark.parametrize(
+    "toml, words",
+    [
+        ('kind = "train"\n[train]\nmodel = "tiny"\nrank = 8\n', "bad.toml:4: unknown key 'rank'"),
+        ('kind = "train"\n[train]\nsteps = "ten"\n', "bad.toml:3: 'steps' must be int"),
+        ('kind = "train"\n[train]\nmethod = "qlora2"\n', "method 'qlora2' is not one of"),
+    ],
+)
 def test_bad_preset_files_name_the_key_file_and_line(tmp_path, toml, words):
     bad = tmp_path / "bad.toml"
     bad.write_text(toml)
@@ -226,3 +245,40 @@ def test_presets_list_and_show():
 def test_attach_to_a_pid_that_is_not_alive(tmp_path):
     res = run_effmon("attach", "--headless", "999999", env_home=tmp_path / "h")
     assert res.returncode == 2 and "no process with pid 999999" in res.stderr
+
+
+def test_torchrun_ranks_report_into_one_session(tmp_path):
+    """Two ranks under torchrun: each reports its own steps, the session knows the ranks."""
+    import shutil
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    home = tmp_path / "h"
+    res = run_effmon(
+        "run",
+        "--headless",
+        "--",
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        "10",
+        "0",
+        env_home=home,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    with SessionReader(session_of(home)) as r:
+        steps = r.dicts("train_step")
+        ranks = r.meta()["ranks"]
+    assert sorted({s["rank"] for s in steps}) == [0, 1]
+    assert sum(1 for s in steps if s["rank"] == 0) == sum(1 for s in steps if s["rank"] == 1) == 10
+    assert sorted(x["rank"] for x in ranks) == [0, 1] and {x["local_rank"] for x in ranks} == {0, 1}
+    doc = json.loads(run_effmon("report", str(session_of(home)), "-f", "json").stdout)
+    per_rank_time = sum(s["t_end"] - s["t_start"] for s in steps) / 2  # ranks step at the same time
+    assert doc["training"]["ranks"] == 2
+    assert doc["training"]["tokens_per_s"] == pytest.approx(sum(s["tokens"] for s in steps) / per_rank_time)

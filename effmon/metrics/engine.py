@@ -497,13 +497,19 @@ def compute(
     comm_measured = bool(steps) and all(c is not None for c in comm)
     tokens = [r.get("tokens") or 0 for r in steps]
     samples = [r.get("samples") or 0 for r in steps]
-    sum_step_time = sum(step_times)
+    # Ranks of a distributed run take their steps at the same time: tokens and samples add up over ranks,
+    # time does not. The run's step time is the per-rank total, averaged over ranks.
+    n_ranks = max(1, len({r.get("rank") or 0 for r in steps}))
+    sum_step_time = sum(step_times) / n_ranks
+    if n_ranks > 1:
+        notes.append(f"{n_ranks} ranks: tokens and samples summed over ranks, step time averaged over ranks")
     training: dict[str, Any] | None = None
     if steps:
         training = {
             "steps": len(steps),
             "step_time_sum_s": sum_step_time,
-            "step_time_mean_s": sum_step_time / len(steps),
+            "step_time_mean_s": sum(step_times) / len(steps),
+            "ranks": n_ranks,
             "step_time_p50_s": percentile(step_times, 50),
             "step_time_p95_s": percentile(step_times, 95),
             "tokens": sum(tokens),
@@ -571,7 +577,7 @@ def compute(
     energy_counter = sum(counters) if counters and all(c is not None for c in counters) else None  # type: ignore[arg-type]
     energy_best = energy_counter if energy_counter is not None else energy_int
 
-    al_train = (sum_step_time + 0.0) / len(steps) if steps else None
+    al_train = sum(step_times) / len(steps) if steps else None
     al_infer = _avg(latencies)
     al = al_train if run_kind == "training" else al_infer if run_kind == "inference" else None
 
