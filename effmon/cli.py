@@ -174,6 +174,38 @@ def build_parser() -> argparse.ArgumentParser:
     pshow.add_argument("preset")
     pshow.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
+    ld = sub.add_parser(
+        "load",
+        help="drive an OpenAI-compatible server with streamed requests; TTFT, ITL, TPOT, E2E, throughput, goodput",
+        description="Load an OpenAI-compatible server (vLLM, transformers serve, SGLang, TGI, llama.cpp) and "
+        "measure on the client side. TTFT is timed to the first chunk that carries generated text; token counts "
+        "come from the server's usage when it sends them; ITL is per content chunk. Failed and cut-off requests "
+        "are counted apart and never enter the latency figures. The run is recorded as a session (with this "
+        "machine's GPUs), so `effmon report` gives IT, AL per request and joules per token.",
+        epilog="examples:\n  effmon load http://127.0.0.1:8000 --model my-model --concurrency 16 --requests 200\n"
+        "  effmon load http://127.0.0.1:8000 --rate 4 --duration 60 --slo ttft=200ms,tpot=50ms\n"
+        "  effmon load http://127.0.0.1:8000 --prompts prompts.jsonl --output-tokens 128",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ld.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    ld.add_argument("--model", default="default", help="model name sent with each request")
+    ld.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    mode = ld.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", type=int, default=None, help="requests in flight (closed loop; default 8)")
+    mode.add_argument("--rate", type=_positive, help="Poisson arrivals per second (open loop)")
+    ld.add_argument("--max-concurrency", type=int, default=0, help="with --rate: cap on requests in flight")
+    stop_group = ld.add_mutually_exclusive_group()
+    stop_group.add_argument("--requests", type=int, help="send this many requests (default: 100)")
+    stop_group.add_argument("--duration", type=_positive, help="send requests for this many seconds")
+    ld.add_argument("--prompt-tokens", type=int, default=64, help="length of random prompts, in words (~tokens)")
+    ld.add_argument("--output-tokens", type=int, default=64, help="max_tokens of each request")
+    ld.add_argument("--prompts", help='a JSONL file of prompts ({"prompt": ...} or {"text": ...} a line)')
+    ld.add_argument("--slo", help="goodput SLO, e.g. ttft=200ms,tpot=50ms")
+    ld.add_argument("--timeout", type=_positive, default=120.0, help="per-request timeout in s (default: 120)")
+    ld.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    ld.add_argument("--name", help="session name")
+    ld.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
     demo = sub.add_parser(
         "demo",
         help="replay a recorded H100 session (LoRA fine-tune, matmul, generation): no GPU needed",
@@ -271,6 +303,10 @@ def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.Arg
             return _cmd_attach(args)
         if args.cmd == "presets":
             return _cmd_presets(args)
+        if args.cmd == "load":
+            from effmon.load_cli import cmd_load
+
+            return cmd_load(args)
         if args.cmd == "top":
             return _cmd_top(args)
         if args.cmd == "replay":

@@ -184,7 +184,17 @@ REQUEST = Entity(
         M("requests", "requests", "count", "Requests this row stands for", "INTEGER"),
         M("prompt_tokens", "tokens", "count", "Prompt tokens per request", "INTEGER"),
         M("generated_tokens", "tokens", "count", "Generated tokens per request", "INTEGER"),
-        M("ttft_s", "s", "duration", "Time to first generated token"),
+        M("ttft_s", "s", "duration", "Time to the first chunk carrying generated text (not the role chunk)"),
+        M("tpot_s", "s", "duration", "Time per output token after the first: (E2E - TTFT) / (tokens - 1)"),
+        M("itl_mean_s", "s", "duration", "Mean gap between content chunks (per chunk, not per token)"),
+        M("chunks", "", "count", "Content chunks streamed", "INTEGER"),
+        M(
+            "error",
+            "",
+            "info",
+            "Why the request failed (http_503, timeout, cut_off, ...); NULL when it succeeded",
+            "TEXT",
+        ),
         M("phase", "", "info", "Phase label", "TEXT"),
     ),
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -485,7 +486,10 @@ def compute(
     span_rows = (lambda e: cache.dicts(reader, e, w.end)) if cache else reader.dicts
     steps = [r for r in span_rows("train_step") if _in_window(r["t_start"], r["t_end"], w)]
     steps.sort(key=lambda r: (r["t_start"], r.get("rank") or 0))
-    requests = [r for r in span_rows("request") if _in_window(r["t_start"], r["t_end"], w)]
+    all_requests = [r for r in span_rows("request") if _in_window(r["t_start"], r["t_end"], w)]
+    # failed and cut-off requests are counted apart and never enter latency or throughput figures
+    requests = [r for r in all_requests if not r.get("error")]
+    failed = Counter(str(r["error"]) for r in all_requests if r.get("error"))
     requests.sort(key=lambda r: r["t_start"])
     model = dict(meta.get("model") or {})
     if params:
@@ -549,6 +553,8 @@ def compute(
             "latency_p50_s": percentile(latencies, 50),
             "latency_p95_s": percentile(latencies, 95),
             "latency_p99_s": percentile(latencies, 99),
+            "failed": sum(failed.values()),
+            "failed_by_kind": dict(failed),
             "ttft_p50_s": percentile(ttfts, 50),
             "ttft_p95_s": percentile(ttfts, 95),
         }
