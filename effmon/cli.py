@@ -164,7 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
         "never the process). Steps reported through effmon.track or effmon run come with their history "
         "since the process started.",
     )
-    att.add_argument("pid", type=int)
+    att.add_argument("pid", type=int, nargs="?", help="the process to watch")
+    att.add_argument("--url", help="instead of a pid: a vLLM server to watch through its /metrics")
+    att.add_argument(
+        "--window",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="with --url: latency percentiles over the last S seconds (default: 60)",
+    )
+    att.add_argument("--duration", type=_positive, metavar="S", help="with --url --headless: stop after S seconds")
     att.add_argument("--headless", action="store_true", help="record only, no dashboard")
     _add_rate_options(att)
 
@@ -552,9 +561,27 @@ def _show_output_log(code: int) -> None:
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    from effmon.recorder import record_pid
+    from effmon.recorder import EXIT_USAGE, RecordError, record_pid, record_url
 
+    if (args.pid is None) == (args.url is None):
+        raise RecordError(
+            "give a pid (effmon attach 1234) or a server (effmon attach --url http://127.0.0.1:8000)", EXIT_USAGE
+        )
     options = _record_options(args)
+    if args.url:
+        if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
+            return record_url(args.url, options, window_s=args.window, duration_s=args.duration)
+        import threading
+
+        options.quiet = True
+        options.stop = threading.Event()
+
+        def start_url(on_open: Any, on_child: Any) -> int:
+            options.on_open = on_open
+            on_child(None)
+            return record_url(args.url, options, window_s=args.window)
+
+        return _watch_in_dashboard(start_url, args.url, options.stop)
     if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
         return record_pid(args.pid, options)
     import psutil

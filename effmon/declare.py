@@ -199,6 +199,32 @@ REQUEST = Entity(
     ),
 )
 
+SERVING = Entity(
+    "serving",
+    keys=(),
+    description="An inference server's own metrics (vLLM /metrics), summed over engines; latencies over a window",
+    metrics=(
+        M("running", "requests", "gauge", "Requests running"),
+        M("waiting", "requests", "gauge", "Requests waiting"),
+        M("kv_cache_usage_pct", "%", "gauge", "KV-cache blocks in use"),
+        M("prompt_tokens_total", "tokens", "counter", "Prompt tokens processed since the server started"),
+        M("generation_tokens_total", "tokens", "counter", "Tokens generated since the server started"),
+        M("preemptions_total", "", "counter", "Requests preempted since the server started"),
+        M("requests_total", "requests", "counter", "Requests finished since the server started"),
+        M("prompt_tokens_per_s", "tokens/s", "gauge", "Prompt tokens per second since the previous scrape"),
+        M("generation_tokens_per_s", "tokens/s", "gauge", "Generated tokens per second since the previous scrape"),
+        M("ttft_p50_s", "s", "gauge", "TTFT median over the window (histogram bucket differences)"),
+        M("ttft_p95_s", "s", "gauge", "TTFT p95 over the window"),
+        M("ttft_p99_s", "s", "gauge", "TTFT p99 over the window"),
+        M("itl_p50_s", "s", "gauge", "Inter-token latency median over the window"),
+        M("itl_p95_s", "s", "gauge", "Inter-token latency p95 over the window"),
+        M("itl_p99_s", "s", "gauge", "Inter-token latency p99 over the window"),
+        M("e2e_p50_s", "s", "gauge", "End-to-end request latency median over the window"),
+        M("e2e_p95_s", "s", "gauge", "End-to-end request latency p95 over the window"),
+        M("e2e_p99_s", "s", "gauge", "End-to-end request latency p99 over the window"),
+    ),
+)
+
 PHASE = Entity(
     "phase",
     keys=(),
@@ -208,6 +234,7 @@ PHASE = Entity(
 )
 
 CORE_ENTITIES: tuple[Entity, ...] = (
+    SERVING,
     GPU,
     GPU_GPM,
     GPU_ENERGY,

@@ -556,6 +556,50 @@ def record_replay(
     return EXIT_IOERR if recorder.write_error else code
 
 
+def record_url(url: str, options: RecordOptions, *, window_s: float = 60.0, duration_s: float | None = None) -> int:
+    """Watch a serving engine through its /metrics (plus this machine's GPUs) until Ctrl-C or ``duration_s``."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise RecordError(f"{url!r} is not an http(s) URL; e.g. --url http://127.0.0.1:8000", EXIT_USAGE)
+    metrics_url = url if parsed.path.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
+    registry = options.registry or load_registry()
+    if "vllm_metrics" not in registry.sources:
+        raise RecordError("the vLLM integration (effmon_vllm) is not installed; reinstall effmon", EXIT_ERROR)
+    live = [n for n, s in registry.sources.items() if s.live]
+    options.sources = (options.sources or live) + ["vllm_metrics"]
+    options.registry = registry
+    recorder = Recorder(
+        "url",
+        options,
+        slug=f"attach-{parsed.netloc.replace(':', '-')}",
+        extra_meta={"command": ["effmon", "attach", "--url", url], "run_kind": "inference"},
+    )
+    recorder.source_options.extra.update(metrics_url=metrics_url, window_s=window_s)
+    recorder.open()
+    assert recorder.sampler is not None
+    if "vllm_metrics" not in [s.name for s in recorder.sources]:
+        why = next((text for _, _, text in recorder.notices if text.startswith("vllm_metrics")), "")
+        recorder.finish("failed", None, why)
+        raise RecordError(why.removeprefix("vllm_metrics: ") or f"cannot read {metrics_url}", EXIT_USAGE)
+    if not options.quiet:
+        print(f"effmon: recording {recorder.path.name} from {metrics_url}; Ctrl-C to stop", file=sys.stderr)
+    recorder.sampler.start()
+    started = time.monotonic()
+    status, reason, code = "complete", "stopped by the user", 0
+    with _Interrupts() as intr:
+        while not intr.count and not (options.stop is not None and options.stop.is_set()):
+            if duration_s is not None and time.monotonic() - started >= duration_s:
+                reason = f"--duration {duration_s:g} s reached"
+                break
+            recorder.flush()
+            intr.event.wait(FLUSH_EVERY_S)
+    recorder.finish(status, None, reason)
+    _report_end(recorder, reason, options)
+    return EXIT_IOERR if recorder.write_error else code
+
+
 class BackgroundRecording:
     """Record this machine on background threads while something else (the dashboard) runs."""
 

@@ -202,6 +202,21 @@ class SessionView:
                     (label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s" if vals else "N/A")
                 )
 
+        serving = self._latest("serving", t, key="t") if r.has("serving") else {}
+        if serving:
+            sv = serving[max(serving)]
+            throughput += [
+                ("gen tokens/s (server)", _fmt(sv.get("generation_tokens_per_s"), ",.0f")),
+                ("prompt tokens/s", _fmt(sv.get("prompt_tokens_per_s"), ",.0f")),
+                ("running / waiting", f"{_fmt(sv.get('running'), '.0f')} / {_fmt(sv.get('waiting'), '.0f')}"),
+                ("KV cache", _fmt(sv.get("kv_cache_usage_pct"), ".1f", "%")),
+            ]
+            for key, label in (("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E")):
+                quantiles = [sv.get(f"{key}_p{q}_s") for q in (50, 95, 99)]
+                text = (
+                    "N/A" if all(v is None for v in quantiles) else "/".join(_fmt(v, ".3g") for v in quantiles) + " s"
+                )
+                latency.append((f"{label} p50/95/99 (server)", text))
         eff, eff_err = self._efficiency(lo, t, live or throttle) if efficiency else (None, None)
         sources = r.source_status()
         notices = [text for _, level, text in r.notices()]

@@ -59,8 +59,9 @@ def test_ttft_and_itl_within_2ms_at_100_concurrent_streams(server):
     assert s["succeeded"] == 400
     served = json.loads(urllib.request.urlopen(server + "/stats").read())
     # the client's own accuracy: its TTFT against what the server did for that very request
-    errors = [abs(r.ttft_s - (served[r.response_id]["first_content"] - served[r.response_id]["received"]))
-              for r in results]
+    errors = [
+        abs(r.ttft_s - (served[r.response_id]["first_content"] - served[r.response_id]["received"])) for r in results
+    ]
     assert percentile(errors, 50) < 0.002
     # against the injected values
     assert abs(s["itl_s"]["p50"] - 0.05) < 0.002
@@ -75,8 +76,19 @@ def test_ttft_and_itl_within_2ms_at_100_concurrent_streams(server):
 @pytest.mark.parametrize("server", [{"ttft": 0.02, "itl": 0.005, "fail-every": 5, "cut-every": 7}], indirect=True)
 def test_failed_and_cut_off_requests_are_counted_apart(server, tmp_path):
     home = tmp_path / "h"
-    res = run_effmon("load", server, "--concurrency", "4", "--requests", "70", "--output-tokens", "8",
-                     "--json", str(tmp_path / "s.json"), env_home=home)
+    res = run_effmon(
+        "load",
+        server,
+        "--concurrency",
+        "4",
+        "--requests",
+        "70",
+        "--output-tokens",
+        "8",
+        "--json",
+        str(tmp_path / "s.json"),
+        env_home=home,
+    )
     assert res.returncode == 0, res.stderr
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["errors"]["http_500"] == 14  # every 5th of 70
@@ -91,14 +103,41 @@ def test_failed_and_cut_off_requests_are_counted_apart(server, tmp_path):
 
 @pytest.mark.parametrize("server", [{"ttft": 0.03, "itl": 0.01}], indirect=True)
 def test_goodput_under_an_slo_and_completions_endpoint(server, tmp_path):
-    res = run_effmon("load", server, "--endpoint", "completions", "--concurrency", "8", "--requests", "40",
-                     "--output-tokens", "8", "--slo", "ttft=20ms,tpot=50ms", "--json", str(tmp_path / "a.json"),
-                     env_home=tmp_path / "h")
+    res = run_effmon(
+        "load",
+        server,
+        "--endpoint",
+        "completions",
+        "--concurrency",
+        "8",
+        "--requests",
+        "40",
+        "--output-tokens",
+        "8",
+        "--slo",
+        "ttft=20ms,tpot=50ms",
+        "--json",
+        str(tmp_path / "a.json"),
+        env_home=tmp_path / "h",
+    )
     assert res.returncode == 0, res.stderr
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["succeeded"] == 40 and a["goodput"]["requests"] == 0  # TTFT is 30 ms > 20 ms
-    res = run_effmon("load", server, "--concurrency", "8", "--requests", "40", "--output-tokens", "8",
-                     "--slo", "ttft=200ms,tpot=50ms", "--json", str(tmp_path / "b.json"), env_home=tmp_path / "h")
+    res = run_effmon(
+        "load",
+        server,
+        "--concurrency",
+        "8",
+        "--requests",
+        "40",
+        "--output-tokens",
+        "8",
+        "--slo",
+        "ttft=200ms,tpot=50ms",
+        "--json",
+        str(tmp_path / "b.json"),
+        env_home=tmp_path / "h",
+    )
     assert json.loads((tmp_path / "b.json").read_text())["goodput"]["requests"] == 40
 
 
@@ -123,11 +162,14 @@ def test_a_server_that_is_not_openai_fails_clearly(tmp_path):
     assert "http_501" in res.stderr and "OpenAI-compatible" in res.stderr
 
 
-@pytest.mark.parametrize("args, words", [
-    (["not-a-url"], "is not an http(s) URL"),
-    (["http://127.0.0.1:1", "--slo", "ttft=fast"], "--slo"),
-    (["http://127.0.0.1:1", "--prompts", "/no/such.jsonl"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["not-a-url"], "is not an http(s) URL"),
+        (["http://127.0.0.1:1", "--slo", "ttft=fast"], "--slo"),
+        (["http://127.0.0.1:1", "--prompts", "/no/such.jsonl"], "no such file"),
+    ],
+)
 def test_bad_load_input(tmp_path, args, words):
     res = run_effmon("load", *args, env_home=tmp_path / "h")
     assert res.returncode == 2 and words in res.stderr
@@ -138,8 +180,9 @@ def test_prompts_file_and_session_rows(server, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(5)) + "\n")
     home = tmp_path / "h"
-    res = run_effmon("load", server, "--prompts", str(prompts), "--requests", "10", "--output-tokens", "4",
-                     env_home=home)
+    res = run_effmon(
+        "load", server, "--prompts", str(prompts), "--requests", "10", "--output-tokens", "4", env_home=home
+    )
     assert res.returncode == 0, res.stderr
     session = sorted((home / "sessions").glob("*.effmon"))[0]
     with SessionReader(session) as r:

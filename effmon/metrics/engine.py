@@ -559,6 +559,20 @@ def compute(
             "ttft_p95_s": percentile(ttfts, 95),
         }
 
+    # A serving engine's own counters (effmon attach --url): tokens generated in the window
+    server: dict[str, Any] | None = None
+    if reader.has("serving"):
+        rows = reader.dicts("serving", "t >= ? AND t <= ? ORDER BY t", (w.start, w.end))
+        gen = [r["generation_tokens_total"] for r in rows if r.get("generation_tokens_total") is not None]
+        if len(gen) >= 2:
+            span = rows[-1]["t"] - rows[0]["t"]
+            server = {
+                "generation_tokens": gen[-1] - gen[0],
+                "seconds": span,
+                "generation_tokens_per_s": (gen[-1] - gen[0]) / span if span > 0 else None,
+                "source": "server /metrics counters",
+            }
+
     run_kind = meta.get("run_kind") or (
         "training"
         if steps and (not requests or sum_step_time >= (inference or {}).get("busy_time_s", 0))
@@ -697,9 +711,13 @@ def compute(
             if inference and inference["requests"] and energy_best is not None
             else None,
             "step_j": energy_best / training["steps"] if training and energy_best is not None else None,
+            "generated_token_j": energy_best / server["generation_tokens"]
+            if server and server["generation_tokens"] and energy_best is not None
+            else None,
         },
         "training": training,
         "inference": inference,
+        "server": server,
         "gpus": per_gpu,
         "throttle_s": (
             sum(g["throttle_s"] for g in per_gpu)

@@ -151,7 +151,12 @@ def render_summary(
         f"counter {human_energy(s['AEC']['energy_counter_j'])}, "
         f"integrated {human_energy(s['AEC']['energy_integrated_j'])}",
     )
-    for key, label in (("token_j", "J/token"), ("sample_j", "J/sample"), ("request_j", "J/request")):
+    for key, label in (
+        ("token_j", "J/token"),
+        ("sample_j", "J/sample"),
+        ("request_j", "J/request"),
+        ("generated_token_j", "J/generated token (server)"),
+    ):
         if s["energy_per"][key] is not None:
             t.add_row(f"  {label}", num(s["energy_per"][key], ".4g"), "J")
     t.add_row(

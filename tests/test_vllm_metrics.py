@@ -1,0 +1,207 @@
+"""vLLM /metrics: exposition text made by prometheus_client with vLLM's names, types and labels."""
+
+import json
+import socket
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from effmon_vllm.metrics import MetricsFormatError, VllmMetricsSource, histogram_quantile, parse  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest  # noqa: E402
+
+from effmon.plugins import SourceOptions  # noqa: E402
+from tests.conftest import run_effmon  # noqa: E402
+
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LABELS = ["model_name", "engine"]
+
+
+def registry(renamed: bool = False):
+    """A registry shaped like vLLM's: two engines, current or deprecated names."""
+    reg = CollectorRegistry()
+    m = {
+        "running": Gauge("vllm:num_requests_running", "running", LABELS, registry=reg),
+        "waiting": Gauge("vllm:num_requests_waiting", "waiting", LABELS, registry=reg),
+        "kv": Gauge("vllm:gpu_cache_usage_perc" if renamed else "vllm:kv_cache_usage_perc", "kv", LABELS, registry=reg),
+        "prompt": Counter("vllm:prompt_tokens", "prompt", LABELS, registry=reg),
+        "gen": Counter("vllm:generation_tokens", "gen", LABELS, registry=reg),
+        "preempt": Counter("vllm:num_preemptions", "preemptions", LABELS, registry=reg),
+        "ttft": Histogram("vllm:time_to_first_token_seconds", "ttft", LABELS, buckets=BUCKETS, registry=reg),
+        "itl": Histogram(
+            "vllm:time_per_output_token_seconds" if renamed else "vllm:inter_token_latency_seconds",
+            "itl",
+            LABELS,
+            buckets=BUCKETS,
+            registry=reg,
+        ),
+        "e2e": Histogram("vllm:e2e_request_latency_seconds", "e2e", LABELS, buckets=BUCKETS, registry=reg),
+        "other": Gauge("vllm:some_future_metric", "unknown to effmon", LABELS, registry=reg),
+    }
+    return reg, m
+
+
+def by_hand(observations, bounds=BUCKETS):
+    """Cumulative bucket counts of a list of observations, computed here without effmon."""
+    out = {b: float(sum(1 for x in observations if x <= b)) for b in bounds}
+    out[float("inf")] = float(len(observations))
+    return out
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["current-names", "deprecated-names"])
+def test_sums_over_engines_and_accepts_both_names(renamed):
+    reg, m = registry(renamed)
+    for engine, running, kv, gen in (("0", 3, 0.25, 1000), ("1", 5, 0.5, 500)):
+        labels = {"model_name": "m", "engine": engine}
+        m["running"].labels(**labels).set(running)
+        m["kv"].labels(**labels).set(kv)
+        m["gen"].labels(**labels).inc(gen)
+        for x in (0.02, 0.03, 0.2):
+            m["itl"].labels(**labels).observe(x)
+    values, hists, unknown = parse(generate_latest(reg).decode())
+    assert values["running"] == 8
+    assert values["kv_cache_usage"] == pytest.approx(0.75)
+    assert values["generation_tokens_total"] == 1500
+    assert hists["itl"] == by_hand([0.02, 0.03, 0.2] * 2)
+    assert unknown == ["vllm:some_future_metric"]
+
+
+def test_histogram_quantile_interpolates_like_prometheus():
+    buckets = by_hand([0.02] * 50 + [0.2] * 50)  # half in (0.01, 0.025], half in (0.1, 0.25]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.025)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(0.01 + (0.025 - 0.01) * 25 / 50)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(0.1 + (0.25 - 0.1) * (99 - 50) / 50)
+    assert histogram_quantile(0.5, {}) is None
+
+
+def test_window_percentiles_come_from_bucket_differences(monkeypatch):
+    reg, m = registry()
+    labels = {"model_name": "m", "engine": "0"}
+    old = [0.02] * 100  # before the window
+    new = [0.3, 0.4, 0.45, 0.6, 0.9]  # after
+    for x in old:
+        m["ttft"].labels(**labels).observe(x)
+    src = VllmMetricsSource(SourceOptions(extra={"metrics_url": "http://unused", "window_s": 30}))
+    texts = iter([generate_latest(reg).decode()])
+    monkeypatch.setattr(src, "_fetch", lambda: next(texts))
+    src.read("scrape", 1000.0)
+    for x in new:
+        m["ttft"].labels(**labels).observe(x)
+    texts = iter([generate_latest(reg).decode()])
+    monkeypatch.setattr(src, "_fetch", lambda: next(texts))
+    row = src.read("scrape", 1010.0)[0].values
+    assert row["ttft_p50_s"] == pytest.approx(histogram_quantile(0.5, by_hand(new)))
+    assert row["ttft_p50_s"] > 0.25  # the old, fast requests are out of the window
+    texts = iter([generate_latest(reg).decode()])
+    monkeypatch.setattr(src, "_fetch", lambda: next(texts))
+    row = src.read("scrape", 1050.0)[0].values  # the window (1020, 1050] holds no new request
+    assert row["ttft_p50_s"] is None
+    latest = [0.011, 0.012, 0.013]
+    for x in latest:
+        m["ttft"].labels(**labels).observe(x)
+    texts = iter([generate_latest(reg).decode()])
+    monkeypatch.setattr(src, "_fetch", lambda: next(texts))
+    row = src.read("scrape", 1055.0)[0].values
+    assert row["ttft_p50_s"] == pytest.approx(histogram_quantile(0.5, by_hand(latest)))
+
+
+def test_malformed_text_is_a_clear_error():
+    with pytest.raises(MetricsFormatError, match="malformed"):
+        parse("vllm:num_requests_running{engine=0 3\n")
+
+
+def test_attach_url_against_a_real_metrics_endpoint(tmp_path):
+    from prometheus_client import start_http_server
+
+    reg, m = registry()
+    labels = {"model_name": "m", "engine": "0"}
+    m["running"].labels(**labels).set(2)
+    m["ttft"].labels(**labels).observe(5.0)  # before attaching: outside every window effmon sees
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=reg)
+    import os
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path / "h"
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "effmon",
+                "attach",
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "--headless",
+                "--duration",
+                "4",
+            ],
+            env=dict(os.environ, EFFMON_HOME=str(home)),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2.0)
+        m["gen"].labels(**labels).inc(100)
+        for x in (0.05, 0.07, 0.2):
+            m["ttft"].labels(**labels).observe(x)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, err
+    session = sorted((home / "sessions").glob("*.effmon"))[0]
+    from effmon.store import SessionReader
+
+    with SessionReader(session) as r:
+        rows = r.dicts("serving")
+        assert r.meta()["mode"] == "url"
+    assert len(rows) >= 2 and rows[-1]["running"] == 2 and rows[-1]["generation_tokens_total"] == 100
+    assert rows[-1]["ttft_p50_s"] == pytest.approx(histogram_quantile(0.5, by_hand([0.05, 0.07, 0.2])))
+
+
+def test_attach_url_to_something_that_is_not_vllm(tmp_path):
+    import http.server
+    import threading
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        res = run_effmon(
+            "attach",
+            "--url",
+            f"http://127.0.0.1:{httpd.server_port}",
+            "--headless",
+            "--duration",
+            "2",
+            env_home=tmp_path / "h",
+        )
+    finally:
+        httpd.shutdown()
+    assert res.returncode == 2
+    assert "HTTP 404" in res.stderr and "vLLM" in res.stderr and "Traceback" not in res.stderr
+    assert json.dumps  # the session of the failed attach is kept (marked failed)
+    assert list((tmp_path / "h" / "sessions").glob("*.effmon"))
+
+
+def test_joules_per_generated_token_from_server_counters(tmp_path):
+    """GPU energy over the window divided by the server's generated tokens, checked by hand."""
+    from effmon.declare import CORE_ENTITIES, Row
+    from effmon.metrics import compute
+    from effmon.store import SessionReader, SessionWriter
+
+    path = tmp_path / "s.effmon"
+    w = SessionWriter(path, CORE_ENTITIES, {"name": "s", "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3"}]})
+    rows = []
+    for k in range(11):  # 10 s at 300 W, the server generating 50 tokens/s
+        t = 100.0 + k
+        rows.append(Row("gpu", {"t": t, "gpu": 0, "power_w": 300.0, "mem_used_bytes": 1, "mem_total_bytes": 2}))
+        rows.append(Row("serving", {"t": t, "generation_tokens_total": 1000.0 + 50 * k}))
+    w.write(rows)
+    w.close()
+    with SessionReader(path) as r:
+        s = compute(r)
+    assert s["server"]["generation_tokens"] == 500
+    assert s["energy_per"]["generated_token_j"] == pytest.approx(300.0 * 10 / 500)
