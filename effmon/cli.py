@@ -183,6 +183,39 @@ def build_parser() -> argparse.ArgumentParser:
     pshow.add_argument("preset")
     pshow.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
+    srv = sub.add_parser(
+        "serve",
+        help="start an inference server from a preset (vLLM, transformers serve), watch it, optionally load it",
+        description="Start a server from a preset, wait until it is healthy (showing its log), record it with this "
+        "machine's GPUs, and show the dashboard (or, with --load, drive it with the load generator and print the "
+        "figures). Ctrl-C stops the load, then the server (SIGTERM, then SIGKILL), then saves the session.",
+        epilog="examples:\n  effmon serve tiny-cpu --load --requests 50\n"
+        "  effmon serve qwen2.5-7b-awq --set port=8001\n"
+        "  effmon serve llama3.1-8b-fp8 --load --rate 4 --duration 120 --slo ttft=200ms,tpot=50ms\n"
+        "  effmon presets show qwen2.5-7b-gptq-int4      # the exact command",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    srv.add_argument("preset", help="a serving preset (see `effmon presets`) or a .toml file")
+    srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
+    srv.add_argument(
+        "--timeout",
+        type=_positive,
+        default=600.0,
+        metavar="S",
+        help="how long to wait for the server to become healthy (default: 600 s)",
+    )
+    srv.add_argument("--headless", action="store_true", help="no dashboard: serve until Ctrl-C")
+    srv.add_argument("--load", action="store_true", help="drive the server with the load generator, then stop it")
+    srv.add_argument("--concurrency", type=int, default=None, help="--load: requests in flight (default 8)")
+    srv.add_argument("--rate", type=_positive, help="--load: Poisson arrivals per second")
+    srv.add_argument("--requests", type=int, help="--load: number of requests (default 100)")
+    srv.add_argument("--duration", type=_positive, help="--load: seconds of load")
+    srv.add_argument("--prompt-tokens", type=int, default=64)
+    srv.add_argument("--output-tokens", type=int, default=64)
+    srv.add_argument("--slo", help="--load: goodput SLO, e.g. ttft=200ms,tpot=50ms")
+    srv.add_argument("--name", help="session name")
+    srv.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
     ld = sub.add_parser(
         "load",
         help="drive an OpenAI-compatible server with streamed requests; TTFT, ITL, TPOT, E2E, throughput, goodput",
@@ -312,6 +345,8 @@ def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.Arg
             return _cmd_attach(args)
         if args.cmd == "presets":
             return _cmd_presets(args)
+        if args.cmd == "serve":
+            return _cmd_serve(args)
         if args.cmd == "load":
             from effmon.load_cli import cmd_load
 
@@ -521,6 +556,8 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
             preset = load(args.preset, args.set)
         except PresetError as exc:
             raise RecordError(str(exc), EXIT_USAGE) from None
+        if preset.kind != "train":
+            raise RecordError(f"preset {preset.name} is a serving preset: effmon serve {preset.name}", EXIT_USAGE)
     elif args.set:
         raise RecordError("--set changes a preset's fields; with a command, pass its own arguments", EXIT_USAGE)
     options = _record_options(args)
@@ -557,6 +594,36 @@ def _show_output_log(code: int) -> None:
     print(
         f"effmon: the command's output is in {log}; session {meta.get('name')} (exit {meta.get('exit_code')})",
         file=sys.stderr,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from effmon.load import LoadConfig, parse_slo
+    from effmon.presets import PresetError, load
+    from effmon.recorder import EXIT_USAGE, RecordError, RecordOptions
+    from effmon.serve import serve
+
+    try:
+        preset = load(args.preset, args.set)
+        slo = parse_slo(args.slo) if args.slo else (None, None)
+    except (PresetError, ValueError) as exc:
+        raise RecordError(str(exc), EXIT_USAGE) from None
+    cfg = None
+    if args.load:
+        cfg = LoadConfig(
+            url="",
+            concurrency=args.concurrency or 8,
+            rate=args.rate,
+            duration=args.duration,
+            requests=args.requests if args.requests is not None else (None if args.duration else 100),
+            prompt_tokens=args.prompt_tokens,
+            output_tokens=args.output_tokens,
+            slo_ttft_s=slo[0],
+            slo_tpot_s=slo[1],
+        )
+    dashboard = not args.load and not args.headless and sys.stdout.isatty() and sys.stdin.isatty()
+    return serve(
+        preset, RecordOptions(name=args.name, quiet=args.quiet), load=cfg, timeout_s=args.timeout, dashboard=dashboard
     )
 
 
@@ -614,18 +681,23 @@ def _cmd_presets(args: argparse.Namespace) -> int:
         if args.presets_cmd == "show":
             p = load(args.preset, args.set)
             console.print(f"[bold]{p.name}[/] ({p.path})\n{p.description}")
-            for key, value in p.train.items():
+            for key, value in p.fields.items():
                 console.print(f"  {key} = {value!r}")
             console.print("[bold]command:[/] " + shlex.join(p.command()), soft_wrap=True)
+            if p.kind == "serve":
+                console.print(f"run it with: effmon serve {p.name}   (server at {p.url})")
             return 0
-        table = Table(title="Presets (effmon run --preset NAME)", title_justify="left")
+        table = Table(title="Presets (effmon run --preset NAME / effmon serve NAME)", title_justify="left")
         table.add_column("name")
-        table.add_column("method")
+        table.add_column("kind")
+        table.add_column("method / precision")
         table.add_column("model")
-        table.add_column("description")
         for name in sorted(bundled()):
             p = load(name)
-            table.add_row(name, str(p.train.get("method")), str(p.train.get("model")), p.description)
+            how = p.fields.get("method") if p.kind == "train" else p.fields.get("precision")
+            table.add_row(
+                name, "effmon run" if p.kind == "train" else "effmon serve", str(how), str(p.fields.get("model"))
+            )
         console.print(table)
         return 0
     except PresetError as exc:

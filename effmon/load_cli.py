@@ -114,7 +114,7 @@ def cmd_load(args: Any) -> int:
     return 0
 
 
-def _print(s: dict[str, Any], args: Any) -> None:
+def _print(s: dict[str, Any], args: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -32,7 +32,23 @@ TRAIN_SCHEMA: dict[str, type] = {
     "lr": float,
     "output_dir": str,
 }
-TOP_SCHEMA: dict[str, type] = {"description": str, "kind": str, "train": dict}
+SERVE_SCHEMA: dict[str, type] = {
+    "engine": str,
+    "model": str,
+    "quantization": str,
+    "dtype": str,
+    "kv_cache_dtype": str,
+    "max_model_len": int,
+    "gpu_memory_utilization": float,
+    "tensor_parallel_size": int,
+    "port": int,
+    "precision": str,
+    "bits": int,
+    "extra_args": list,
+}
+SCHEMAS: dict[str, dict[str, type]] = {"train": TRAIN_SCHEMA, "serve": SERVE_SCHEMA}
+TOP_SCHEMA: dict[str, type] = {"description": str, "kind": str, "train": dict, "serve": dict}
+ENGINES = ("vllm", "transformers")
 METHODS = ("lora", "rslora", "dora", "pissa", "full")
 
 
@@ -46,10 +62,18 @@ class Preset:
     path: Path
     description: str
     kind: str
-    train: dict[str, Any]
+    fields: dict[str, Any]
 
-    def command(self, python: str | None = None, output_dir: str | None = None) -> list[str]:
-        t = dict(self.train)
+    @property
+    def train(self) -> dict[str, Any]:
+        return self.fields
+
+    def command(
+        self, python: str | None = None, output_dir: str | None = None, model_dir: str | None = None
+    ) -> list[str]:
+        if self.kind == "serve":
+            return self._serve_command(model_dir)
+        t = dict(self.fields)
         argv = [python or sys.executable, "-m", "effmon.recipes.finetune"]
         for key in (
             "model",
@@ -67,6 +91,41 @@ class Preset:
                 argv += [f"--{key.replace('_', '-')}", str(t[key])]
         argv += ["--output-dir", str(t.get("output_dir") or output_dir or "effmon-finetune-out")]
         return argv
+
+    def _serve_command(self, model_dir: str | None) -> list[str]:
+        f = self.fields
+        if f.get("engine") == "transformers":
+            # the model is pinned (positional), so the server loads it before it reports healthy
+            model = model_dir or str(f.get("model"))
+            return [
+                "transformers",
+                "serve",
+                model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(f.get("port", 8000)),
+                "--device",
+                "cpu",
+                *[str(a) for a in f.get("extra_args", [])],
+            ]
+        argv = ["vllm", "serve", str(f["model"]), "--host", "127.0.0.1", "--port", str(f.get("port", 8000))]
+        for key, flag in (
+            ("dtype", "--dtype"),
+            ("quantization", "--quantization"),
+            ("kv_cache_dtype", "--kv-cache-dtype"),
+            ("max_model_len", "--max-model-len"),
+            ("gpu_memory_utilization", "--gpu-memory-utilization"),
+            ("tensor_parallel_size", "--tensor-parallel-size"),
+        ):
+            value = f.get(key)
+            if value not in (None, ""):
+                argv += [flag, str(value)]
+        return argv + [str(a) for a in f.get("extra_args", [])]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.fields.get('port', 8000)}"
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -110,26 +169,28 @@ def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
             raise PresetError(f"{where(key)}: unknown key {key!r}; known: {', '.join(TOP_SCHEMA)}")
         if not isinstance(value, TOP_SCHEMA[key]):
             raise PresetError(f"{where(key)}: {key!r} must be a {TOP_SCHEMA[key].__name__}, got {value!r}")
-    train = dict(data.get("train") or {})
-    for key, value in train.items():
-        _check(key, value, where(key))
+    kind = data.get("kind", "train")
+    if kind not in SCHEMAS:
+        raise PresetError(f"{where('kind')}: kind {kind!r} is not one of {', '.join(SCHEMAS)}")
+    schema = SCHEMAS[kind]
+    fields = dict(data.get(kind) or {})
+    for key, value in fields.items():
+        _check(key, value, where(key), schema, kind)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep:
             raise PresetError(f"--set {item!r}: use KEY=VALUE, e.g. --set r=16")
-        if key not in TRAIN_SCHEMA:
-            raise PresetError(f"--set {key}: unknown key; known: {', '.join(TRAIN_SCHEMA)}")
-        train[key] = _convert(key, raw.strip())
-    if data.get("kind", "train") != "train":
-        raise PresetError(f"{where('kind')}: kind {data.get('kind')!r} is not supported yet (only 'train')")
-    return Preset(path.stem, path, str(data.get("description", "")), "train", train)
+        if key not in schema:
+            raise PresetError(f"--set {key}: unknown key; known: {', '.join(schema)}")
+        fields[key] = _convert(key, raw.strip(), schema, kind)
+    return Preset(path.stem, path, str(data.get("description", "")), kind, fields)
 
 
-def _check(key: str, value: Any, where: str) -> None:
-    if key not in TRAIN_SCHEMA:
-        raise PresetError(f"{where}: unknown key {key!r} in [train]; known: {', '.join(TRAIN_SCHEMA)}")
-    typ = TRAIN_SCHEMA[key]
+def _check(key: str, value: Any, where: str, schema: dict[str, type] = TRAIN_SCHEMA, kind: str = "train") -> None:
+    if key not in schema:
+        raise PresetError(f"{where}: unknown key {key!r} in [{kind}]; known: {', '.join(schema)}")
+    typ = schema[key]
     ok = (
         isinstance(value, typ)
         and not isinstance(value, bool)
@@ -139,13 +200,15 @@ def _check(key: str, value: Any, where: str) -> None:
         raise PresetError(f"{where}: {key!r} must be {typ.__name__}, got {value!r} ({type(value).__name__})")
     if key == "method" and value not in METHODS:
         raise PresetError(f"{where}: method {value!r} is not one of {', '.join(METHODS)}")
+    if key == "engine" and value not in ENGINES:
+        raise PresetError(f"{where}: engine {value!r} is not one of {', '.join(ENGINES)}")
 
 
-def _convert(key: str, raw: str) -> Any:
-    typ = TRAIN_SCHEMA[key]
+def _convert(key: str, raw: str, schema: dict[str, type] = TRAIN_SCHEMA, kind: str = "train") -> Any:
+    typ = schema[key]
     try:
-        value = typ(raw)
+        value: Any = raw.split() if typ is list else typ(raw)
     except ValueError:
         raise PresetError(f"--set {key}={raw}: {key} must be {typ.__name__}") from None
-    _check(key, value, f"--set {key}")
+    _check(key, value, f"--set {key}", schema, kind)
     return value
