@@ -163,3 +163,40 @@ def test_training_and_serving_presets_are_not_mixed(tmp_path):
     assert res.returncode == 2 and "effmon serve tiny-cpu" in res.stderr
     res = run_effmon("serve", "lora-tiny", env_home=tmp_path / "h")
     assert res.returncode == 2 and "effmon run --preset lora-tiny" in res.stderr
+
+
+@pytest.mark.skipif(not HAVE_TSERVE, reason="needs transformers[serving]")
+def test_ctrl_c_stops_the_server_and_keeps_the_session(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+
+    home = tmp_path / "h"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "effmon", "serve", "tiny-cpu", "--set", f"port={port}", "--headless"],
+        env=dict(os.environ, EFFMON_HOME=str(home)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    session = sorted((home / "sessions").glob("*.effmon"))[0]
+    with SessionReader(session) as r:
+        meta = r.meta()
+    assert meta["status"] == "interrupted"
+    assert not psutil.pid_exists(meta["pid"]) or psutil.Process(meta["pid"]).status() == psutil.STATUS_ZOMBIE

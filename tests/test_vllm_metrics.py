@@ -205,3 +205,4 @@ def test_joules_per_generated_token_from_server_counters(tmp_path):
         s = compute(r)
     assert s["server"]["generation_tokens"] == 500
     assert s["energy_per"]["generated_token_j"] == pytest.approx(300.0 * 10 / 500)
+    assert s["IT"] == pytest.approx(50.0) and s["run_kind"] == "inference"

@@ -573,12 +573,16 @@ def compute(
                 "source": "server /metrics counters",
             }
 
-    run_kind = meta.get("run_kind") or (
-        "training"
-        if steps and (not requests or sum_step_time >= (inference or {}).get("busy_time_s", 0))
-        else "inference"
-        if requests
-        else "monitoring"
+    run_kind = (
+        meta.get("run_kind")
+        or ("inference" if server and not steps else None)
+        or (
+            "training"
+            if steps and (not requests or sum_step_time >= (inference or {}).get("busy_time_s", 0))
+            else "inference"
+            if requests
+            else "monitoring"
+        )
     )
 
     if no_gpu:
@@ -607,6 +611,9 @@ def compute(
     tt = per_param(sum(tokens), sum_step_time) if steps else None
     st = per_param(sum(samples), sum_step_time) if steps else None
     it = inference["generated_tokens_per_s"] if inference else None
+    if it is None and server is not None:  # watched through /metrics only: the server's own counters
+        it = server["generation_tokens_per_s"]
+        notes.append("IT from the server's generation-token counter (effmon attach --url), not client requests")
     if steps and not n_params:
         notes.append("TT and ST are null: the model's parameter count is unknown (give --params N)")
 

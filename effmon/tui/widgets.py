@@ -140,6 +140,8 @@ def efficiency_text(snap: Snapshot) -> Text:
     parts.append(("AEC", _na(s["AEC"]["watts"], ".0f", " W")))
     if s["energy_per"]["token_j"] is not None:
         parts.append(("J/token", f"{s['energy_per']['token_j']:.3g}"))
+    elif s["energy_per"].get("generated_token_j") is not None:
+        parts.append(("J/gen token", f"{s['energy_per']['generated_token_j']:.3g}"))
     text = Text()
     for k, v in parts:
         text.append(f"{k} ", style="bold")
