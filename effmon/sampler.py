@@ -119,6 +119,13 @@ class Sampler:
             if rows:
                 self.sink(rows)
 
+    def retry_now(self, source_name: str) -> None:
+        """Read a source's channels at the next tick, whatever their back-off (e.g. its server just came up)."""
+        now = self.clock.now()
+        for source, state in self.channels:
+            if source.name == source_name:
+                state.origin, state.n = now, 0
+
     def status(self) -> list[dict[str, Any]]:
         return [state.snapshot() for _, state in self.channels]
 

@@ -138,6 +138,11 @@ def serve(
 
         model_dir = str(ensure(effmon_home() / "models" / "tiny-llama"))
     argv = preset.command(model_dir=model_dir)
+    if f.get("engine") == "vllm":  # vLLM serves Prometheus metrics: scrape them into the session too
+        from effmon.plugins import load_registry
+
+        options.registry = options.registry or load_registry()
+        options.sources = [n for n, s in options.registry.sources.items() if s.live] + ["vllm_metrics"]
     recorder = Recorder(
         "serve",
         options,
@@ -150,6 +155,7 @@ def serve(
             "preset": {"name": preset.name, "path": str(preset.path), **f},
         },
     )
+    recorder.source_options.extra.update(metrics_url=preset.url + "/metrics", wait_for_server=True)
     recorder.open()
     assert recorder.sampler is not None and recorder.writer is not None
     log_path = recorder.path.with_suffix(".log")
@@ -209,6 +215,7 @@ def serve(
                 shown = len(lines)
                 time.sleep(0.5)
             say(f"effmon serve: healthy at {preset.url} after {time.monotonic() - started:.1f} s")
+            recorder.sampler.retry_now("vllm_metrics")
             if load is not None:
                 load.url = preset.url
                 load.model = load.model if load.model != "default" else (model_dir or str(f.get("model")))

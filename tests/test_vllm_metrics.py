@@ -206,3 +206,20 @@ def test_joules_per_generated_token_from_server_counters(tmp_path):
     assert s["server"]["generation_tokens"] == 500
     assert s["energy_per"]["generated_token_j"] == pytest.approx(300.0 * 10 / 500)
     assert s["IT"] == pytest.approx(50.0) and s["run_kind"] == "inference"
+
+
+def test_a_source_waiting_for_its_server_is_read_as_soon_as_asked():
+    """effmon serve opens the /metrics source before the server is up; once healthy it is retried at once."""
+    from effmon.clock import VirtualClock
+    from effmon.sampler import Sampler
+
+    src = VllmMetricsSource(SourceOptions(extra={"metrics_url": "http://127.0.0.1:9/metrics", "wait_for_server": True}))
+    assert src.open().meta["serving"]["metrics_url"].endswith("/metrics")
+    clock = VirtualClock(0.0)
+    sampler = Sampler([src], lambda rows: None, clock=clock)
+    for t in (0.0, 1.0, 2.0, 3.0, 5.0):
+        sampler.tick(t)
+    state = sampler.channels[0][1]
+    assert state.failures >= 3 and state.next_due > 5.0  # backing off: the server is not there
+    sampler.retry_now("vllm_metrics")
+    assert state.next_due <= clock.now()

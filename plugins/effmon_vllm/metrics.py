@@ -112,6 +112,7 @@ class VllmMetricsSource:
     def __init__(self, options: SourceOptions):
         self.url = str(options.extra.get("metrics_url") or "")
         self.window_s = float(options.extra.get("window_s", 60.0))
+        self.wait_for_server = bool(options.extra.get("wait_for_server", False))
         self.channels = {"scrape": 1.0}
         self.history: deque[tuple[float, dict[str, dict[float, float]]]] = deque()
         self.previous: tuple[float, dict[str, float]] | None = None
@@ -129,6 +130,8 @@ class VllmMetricsSource:
     def open(self) -> SourceInfo:
         if not self.url:
             raise SourceUnavailable("no --url given")
+        if self.wait_for_server:  # effmon serve opens it before the server is up: reads fail until it is
+            return SourceInfo(meta={"serving": {"metrics_url": self.url, "window_s": self.window_s}})
         try:
             values, hists, unknown = parse(self._fetch())
         except (ConnectionError, MetricsFormatError) as exc:
