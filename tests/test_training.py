@@ -282,3 +282,30 @@ def test_torchrun_ranks_report_into_one_session(tmp_path):
     per_rank_time = sum(s["t_end"] - s["t_start"] for s in steps) / 2  # ranks step at the same time
     assert doc["training"]["ranks"] == 2
     assert doc["training"]["tokens_per_s"] == pytest.approx(sum(s["tokens"] for s in steps) / per_rank_time)
+
+
+def test_ddp_communication_time_is_measured_apart(tmp_path):
+    """A Trainer under DDP (two CPU ranks, gloo): each step carries its time in gradient all-reduce, and the
+    export splits AL into computation + communication as the benchmark defines it."""
+    import shutil
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    script = tmp_path / "ddp.py"
+    script.write_text("import sys\nsys.argv = [sys.argv[0], '--steps', '6', '--batch-size', '2', '--output-dir', "
+                      f"{str(tmp_path / 'out')!r}]\nfrom effmon.recipes.finetune import main\nraise SystemExit(main())\n")
+    home = tmp_path / "h"
+    res = run_effmon("run", "--headless", "--", torchrun, "--standalone", "--nproc_per_node", "2", str(script),
+                     env_home=home, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with SessionReader(session_of(home)) as r:
+        steps = r.dicts("train_step")
+    assert len(steps) == 12 and {s["rank"] for s in steps} == {0, 1}
+    assert all(s["comm_s"] is not None and 0 < s["comm_s"] < s["t_end"] - s["t_start"] + 1.0 for s in steps)
+    doc = json.loads(run_effmon("report", str(session_of(home)), "-f", "efficientllm", env_home=home).stdout)
+    rl = doc["request_level"]
+    assert len(rl["communication_times"]) == len(rl["latencies"]) == 12
+    for lat, comp, comm in zip(rl["latencies"], rl["computation_times"], rl["communication_times"]):
+        assert comp + comm == pytest.approx(lat)
+    assert doc["effmon"]["training"]["communication_measured"] is True

@@ -52,7 +52,7 @@ def patch(module: Any) -> None:
         original_init(self, *args, **kwargs)
         try:
             _enable_token_count(self.args)
-            self.add_callback(make_callback())
+            self.add_callback(make_callback(self))
         except Exception as exc:  # never break training
             sys.stderr.write(f"effmon: could not instrument this Trainer ({exc})\n")
 
@@ -114,10 +114,52 @@ def describe_model(model: Any) -> dict[str, Any]:
     return info
 
 
-def make_callback() -> Any:
+class CommTimer:
+    """Time in DDP gradient all-reduce, per step: a comm hook doing what DDP's default one does
+    (average the bucket over ranks) and timing each bucket from launch to completion."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.installed = False
+        self.failed = False
+
+    def install(self, wrapped: Any) -> None:
+        try:
+            import torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel
+        except ImportError:
+            return
+        if self.installed or not isinstance(wrapped, DistributedDataParallel) or not dist.is_initialized():
+            return
+
+        def timed_allreduce(state: Any, bucket: Any) -> Any:
+            t0 = time.perf_counter()
+            tensor = bucket.buffer().div_(dist.get_world_size())
+            fut = dist.all_reduce(tensor, async_op=True).get_future()
+
+            def done(f: Any) -> Any:
+                self.seconds += time.perf_counter() - t0
+                return f.value()[0]
+
+            return fut.then(done)
+
+        timed_allreduce.__annotations__ = {}  # DDP checks annotations; string ones (postponed) fail its check
+        wrapped.register_comm_hook(None, timed_allreduce)
+        self.installed = True
+
+    def take(self) -> float | None:
+        if not self.installed:
+            return None
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+def make_callback(trainer: Any = None) -> Any:
     from transformers import TrainerCallback
 
     import effmon.track as et
+
+    comm = CommTimer()
 
     class EffmonCallback(TrainerCallback):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -132,6 +174,13 @@ def make_callback() -> Any:
             et.model_info(**info)
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if trainer is not None and not comm.installed and not comm.failed:
+                # DDP wraps the model once training has started: hook it before the first backward pass
+                try:
+                    comm.install(getattr(trainer, "model_wrapped", None))
+                except Exception as exc:
+                    comm.failed = True
+                    sys.stderr.write(f"effmon: communication time is off ({exc})\n")
             # A step's wall time runs from the previous step's end: data loading, logging and callbacks
             # between steps belong to the run's throughput, as they do in the Trainer's own runtime.
             self.t_start = self.last_end if self.last_end is not None else time.time()
@@ -145,7 +194,13 @@ def make_callback() -> Any:
             samples = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
             self.last_end = time.time()
             et.record_step(
-                self.t_start, self.last_end, tokens=tokens, samples=samples, step=state.global_step, epoch=state.epoch
+                self.t_start,
+                self.last_end,
+                tokens=tokens,
+                samples=samples,
+                step=state.global_step,
+                epoch=state.epoch,
+                comm_s=comm.take(),
             )
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
