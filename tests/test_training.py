@@ -293,11 +293,24 @@ def test_ddp_communication_time_is_measured_apart(tmp_path):
     if torchrun is None:
         pytest.skip("torchrun is not on PATH")
     script = tmp_path / "ddp.py"
-    script.write_text("import sys\nsys.argv = [sys.argv[0], '--steps', '6', '--batch-size', '2', '--output-dir', "
-                      f"{str(tmp_path / 'out')!r}]\nfrom effmon.recipes.finetune import main\nraise SystemExit(main())\n")
+    out = str(tmp_path / "out")
+    script.write_text(
+        f"import sys\nsys.argv = [sys.argv[0], '--steps', '6', '--batch-size', '2', '--output-dir', "
+        f"{out!r}]\nfrom effmon.recipes.finetune import main\nraise SystemExit(main())\n"
+    )
     home = tmp_path / "h"
-    res = run_effmon("run", "--headless", "--", torchrun, "--standalone", "--nproc_per_node", "2", str(script),
-                     env_home=home, timeout=300)
+    res = run_effmon(
+        "run",
+        "--headless",
+        "--",
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        env_home=home,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     with SessionReader(session_of(home)) as r:
         steps = r.dicts("train_step")

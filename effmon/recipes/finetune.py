@@ -88,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
         Trainer,
         TrainingArguments,
     )
@@ -98,18 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model: Any
     if args.model == "tiny":
+        from effmon.recipes.tiny_model import tiny_llama
+
         tokenizer = tiny_tokenizer(corpus(512))
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=256,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model = LlamaForCausalLM(config)
+        model = tiny_llama(tokenizer, max_positions=256)
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(args.model)

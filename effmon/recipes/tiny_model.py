@@ -5,33 +5,39 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 
 
-def ensure(directory: Path) -> Path:
-    if (directory / "config.json").exists() and (directory / "tokenizer.json").exists():
-        return directory
+def tiny_llama(tokenizer: Any, max_positions: int = 512) -> Any:
+    """A two-layer, 64-wide Llama with random weights for ``tokenizer``: seconds on a CPU."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from effmon.recipes.finetune import corpus, tiny_tokenizer
-
-    tok = tiny_tokenizer(corpus(512))
-    tok.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
-        vocab_size=len(tok),
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
+    return LlamaForCausalLM(config)
+
+
+def ensure(directory: Path) -> Path:
+    if (directory / "config.json").exists() and (directory / "tokenizer.json").exists():
+        return directory
+    from effmon.recipes.finetune import corpus, tiny_tokenizer
+
+    tok = tiny_tokenizer(corpus(512))
+    tok.chat_template = CHAT_TEMPLATE
     directory.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(config).save_pretrained(directory)
+    tiny_llama(tok).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
 
