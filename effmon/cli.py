@@ -271,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     path = ses_sub.add_parser("path", help="print the path of a session file")
     path.add_argument("session")
 
+    cmp = sub.add_parser(
+        "compare",
+        help="compare runs side by side: deltas, ratios, min-max normalisation, radar chart",
+        description="Compare sessions or exported JSON files (--format efficientllm / json) against the first.",
+    )
+    cmp.add_argument(
+        "runs", nargs="+", help="sessions (name, prefix, path, 'last') or .json exports; the first is the baseline"
+    )
+    cmp.add_argument("--format", "-f", choices=["table", "md", "html", "json"], default="table")
+    cmp.add_argument("-o", "--output")
+
     src = sub.add_parser("sources", help="list data sources and the metrics they declare")
     src.add_argument("--metrics", action="store_true", help="also list every metric with unit and meaning")
 
@@ -287,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rpt.add_argument("session", help="name, unique prefix, path, or 'last'")
     rpt.add_argument(
-        "--format", "-f", default="table", choices=["table", "efficientllm", "efficientllm-pretrain", "json", "csv"]
+        "--format",
+        "-f",
+        default="table",
+        choices=["table", "efficientllm", "efficientllm-pretrain", "json", "csv", "md", "html"],
     )
     rpt.add_argument("-o", "--output", help="write to this file (default: standard output)")
     win = rpt.add_mutually_exclusive_group()
@@ -357,6 +371,10 @@ def _dispatch(args: argparse.Namespace, command: list[str], parser: argparse.Arg
             return _cmd_replay(args)
         if args.cmd == "sessions":
             return _cmd_sessions(args)
+        if args.cmd == "compare":
+            from effmon.report.compare import cmd_compare
+
+            return cmd_compare(args)
         if args.cmd == "sources":
             return _cmd_sources(args)
         if args.cmd == "report":

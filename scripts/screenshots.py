@@ -72,6 +72,81 @@ def to_png(svg: Path, size: tuple[int, int]) -> Path | None:
     return png
 
 
+def reports(session: Path, out_dir: Path) -> None:
+    """A rendered report page and a compare radar chart (LoRA fine-tune vs batched generation)."""
+    import json
+
+    from effmon.report.compare import compare, load_run, radar_png
+
+    with tempfile.TemporaryDirectory() as tmp:
+        html = Path(tmp) / "report.html"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "effmon",
+                "report",
+                str(session),
+                "--phase",
+                "lora_finetune",
+                "-f",
+                "html",
+                "-o",
+                str(html),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium:
+            with tempfile.TemporaryDirectory() as profile:
+                subprocess.run(
+                    [
+                        chromium,
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-quic",
+                        "--no-first-run",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--disable-sync",
+                        f"--user-data-dir={profile}",
+                        "--hide-scrollbars",
+                        "--window-size=1200,2200",
+                        f"--screenshot={out_dir / 'report-page.png'}",
+                        html.as_uri(),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+            print("wrote screenshots/report-page.png")
+        runs = []
+        for phase in ("lora_finetune", "generate", "matmul_bf16"):
+            out = Path(tmp) / f"{phase}.json"
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "effmon",
+                    "report",
+                    str(session),
+                    "--phase",
+                    phase,
+                    "-f",
+                    "efficientllm",
+                    "-o",
+                    str(out),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            runs.append(load_run(str(out)))
+        (out_dir / "compare-radar.png").write_bytes(radar_png(compare(runs)))
+        print("wrote screenshots/compare-radar.png", json.dumps([r["name"] for r in runs]))
+
+
 def main() -> None:
     from effmon.recorder import RecordOptions, record_replay
     from effmon.trace import bundled_trace_path
@@ -82,6 +157,7 @@ def main() -> None:
         os.environ["EFFMON_HOME"] = home
         record_replay(str(bundled_trace_path()), RecordOptions(name="h100", quiet=True), as_fast_as_possible=True)
         session = Path(home) / "sessions" / "h100.effmon"
+        reports(session, out_dir)
         for name, offset, size, keys in SHOTS:
             svg = out_dir / f"{name}.svg"
             asyncio.run(render(session, offset, size, keys, svg))

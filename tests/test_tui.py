@@ -166,6 +166,8 @@ def test_report_key_writes_the_efficientllm_json(phases_session, tmp_path):
     run(go())
     files = list(tmp_path.glob("*.efficientllm.json"))
     assert len(files) == 1
+    html = list(tmp_path.glob("*.html"))
+    assert len(html) == 1 and "EfficientLLM metrics" in html[0].read_text()
     doc = json.loads(files[0].read_text())
     assert doc["total_time"] == pytest.approx(90.0, abs=0.01) and doc["AEC"] > 0
 

@@ -39,7 +39,7 @@ def _load(args: Any) -> tuple[Any, dict[str, Any]]:
         perf=args.perf,
         baseline_precision=baseline_precision,
         baseline_perf=args.baseline_perf,
-        with_series=args.format in ("efficientllm", "json"),
+        with_series=args.format in ("efficientllm", "json", "md", "html"),
     )
     return reader, summary
 
@@ -48,6 +48,9 @@ def cmd_report(args: Any) -> int:
     from effmon.metrics import MetricsError
     from effmon.report import formats
 
+    if args.format in ("md", "html") and not args.output:
+        print(f"effmon: error: --format {args.format} writes a file: give -o report.{args.format}", file=sys.stderr)
+        return 2
     if args.output:
         out_dir = Path(args.output).expanduser().resolve().parent
         if not out_dir.is_dir():
@@ -62,6 +65,12 @@ def cmd_report(args: Any) -> int:
         print(f"effmon: error: {exc}", file=sys.stderr)
         return 2
     with reader:
+        if args.format in ("md", "html"):
+            from effmon.report.document import write
+
+            out = write(reader, summary, args.format, Path(args.output))
+            print(f"effmon: wrote {args.format} report of {summary['session']['name']} to {out}", file=sys.stderr)
+            return 0
         if args.format == "table":
             from rich.console import Console
 

@@ -380,6 +380,7 @@ class EffmonApp(App[None]):
 
     @work(thread=True, group="report")
     def _write_report(self) -> None:
+        """The report of the session so far: the same code as `effmon report` (HTML and EfficientLLM JSON)."""
         import json
 
         from effmon.metrics import MetricsError, compute
@@ -392,11 +393,18 @@ class EffmonApp(App[None]):
                 lo, hi = reader.time_range()
                 end = min(self.cursor, hi) if self.cursor is not None and hi is not None else hi
                 summary = compute(reader, Window(lo, end, "so far", lo, hi))  # type: ignore[arg-type]
-            out_dir = self.report_dir or self.view.path.parent.parent / "reports"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            out = out_dir / f"{self.view.path.stem}-{time.strftime('%H%M%S')}.efficientllm.json"
-            out.write_text(json.dumps(efficientllm(summary)) + "\n")
-            self.call_from_thread(self.notify, f"report written: {out}")
+                out_dir = self.report_dir or self.view.path.parent.parent / "reports"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                stem = out_dir / f"{self.view.path.stem}-{time.strftime('%H%M%S')}"
+                Path(f"{stem}.efficientllm.json").write_text(json.dumps(efficientllm(summary)) + "\n")
+                html_note = ""
+                try:
+                    from effmon.report.document import write
+
+                    write(reader, summary, "html", Path(f"{stem}.html"))
+                except ImportError:
+                    html_note = " (no HTML: pip install 'effmon[report]' for plots)"
+            self.call_from_thread(self.notify, f"report written: {stem}.html / .efficientllm.json{html_note}")
         except (MetricsError, OSError) as exc:
             self.call_from_thread(self.notify, f"no report: {exc}", severity="error")
 

@@ -1,0 +1,263 @@
+"""``effmon compare A B [C ...]``: runs side by side, deltas and ratios against the first (the baseline), the
+benchmark's min-max normalisation (higher is better on every axis) and a radar chart of it.
+
+Inputs are sessions or exported JSON (``--format efficientllm`` or ``--format json``). A metric a run lacks is
+N/A with the reason, never dropped and never zero-filled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# key, label, unit, higher is better
+AXES = (
+    ("AMU", "AMU", "GiB", False),
+    ("PCU", "PCU", "ratio", True),
+    ("AL", "AL", "s", False),
+    ("TT", "TT", "tokens/param/s", True),
+    ("ST", "ST", "samples/param/s", True),
+    ("IT", "IT", "tokens/s", True),
+    ("AEC", "AEC", "W", False),
+    ("J_per_token", "J/token", "J", False),
+    ("MCR", "MCR", "", True),
+)
+
+
+class CompareError(Exception):
+    pass
+
+
+def _from_summary(s: dict[str, Any], name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "values": {
+            "AMU": s["AMU"]["gib"],
+            "PCU": s["PCU"]["value"],
+            "AL": s["AL"]["value"],
+            "TT": s["TT"],
+            "ST": s["ST"],
+            "IT": s["IT"],
+            "AEC": s["AEC"]["watts"],
+            "J_per_token": s["energy_per"]["token_j"] or s["energy_per"].get("generated_token_j"),
+            "MCR": s["MCR"]["value"],
+        },
+        "gpu": ", ".join(sorted({str(g.get("name")) for g in s.get("gpus") or []})) or "none",
+    }
+
+
+def load_run(ref: str, perf: dict[str, float] | None = None) -> dict[str, Any]:
+    path = Path(ref)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            raise CompareError(f"{ref}: not JSON ({exc})") from None
+        if "effmon" in doc and "AMU" in doc and not isinstance(doc["AMU"], dict):  # efficientllm export
+            e = doc["effmon"]
+            return {
+                "name": path.stem,  # an export names the run by its file (several can come from one session)
+                "values": {
+                    "AMU": doc.get("AMU"),
+                    "PCU": doc.get("PCU"),
+                    "AL": doc.get("AL"),
+                    "TT": doc.get("TT"),
+                    "ST": doc.get("ST"),
+                    "IT": doc.get("IT"),
+                    "AEC": doc.get("AEC"),
+                    "J_per_token": (e.get("energy_per") or {}).get("token_j"),
+                    "MCR": doc.get("MCR"),
+                },
+                "gpu": ", ".join(sorted({str(g.get("name")) for g in e.get("gpus") or []})) or "none",
+            }
+        if "AMU" in doc and isinstance(doc["AMU"], dict):  # effmon's own json
+            return _from_summary(doc, path.stem)
+        raise CompareError(f"{ref}: not an effmon export (use --format efficientllm or json)")
+    from effmon.metrics import MetricsError, compute
+    from effmon.sessions import resolve
+    from effmon.store import SessionReader
+
+    try:
+        with SessionReader(resolve(ref)) as reader:
+            return _from_summary(compute(reader, with_series=False), reader.meta().get("name", ref))
+    except MetricsError as exc:
+        raise CompareError(f"{ref}: {exc}") from None
+
+
+def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(runs) < 2:
+        raise CompareError("compare needs at least two runs: effmon compare BASELINE OTHER [...]")
+    base = runs[0]["values"]
+    rows = []
+    for key, label, unit, higher in AXES:
+        vals = [r["values"].get(key) for r in runs]
+        present = [v for v in vals if v is not None]
+        lo, hi = (min(present), max(present)) if present else (None, None)
+        norm: list[float | None] = []
+        for v in vals:
+            if v is None or lo is None or hi is None:
+                norm.append(None)
+            elif hi == lo:
+                norm.append(1.0)
+            else:
+                norm.append((v - lo) / (hi - lo) if higher else (hi - v) / (hi - lo))
+        rows.append(
+            {
+                "metric": label,
+                "key": key,
+                "unit": unit,
+                "higher_is_better": higher,
+                "values": vals,
+                "delta": [None if v is None or base.get(key) is None else v - base[key] for v in vals],
+                "ratio": [None if v is None or not base.get(key) else v / base[key] for v in vals],
+                "normalized": norm,
+                "missing": [r["name"] for r, v in zip(runs, vals) if v is None],
+            }
+        )
+    return {
+        "runs": [r["name"] for r in runs],
+        "gpus": [r["gpu"] for r in runs],
+        "baseline": runs[0]["name"],
+        "metrics": rows,
+        "normalization": "min-max across the runs; lower-is-better metrics flipped so higher is better",
+    }
+
+
+def radar_png(result: dict[str, Any]) -> bytes:
+    import io
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = [m for m in result["metrics"] if any(v is not None for v in m["normalized"])]
+    angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
+    fig = plt.figure(figsize=(6, 6))
+    ax = fig.add_subplot(projection="polar")
+    for i, name in enumerate(result["runs"]):
+        vals = [m["normalized"][i] if m["normalized"][i] is not None else 0.0 for m in axes]
+        ax.plot(angles + angles[:1], vals + vals[:1], lw=1.5, label=name)
+        ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
+    ax.set_xticks(angles)
+    ax.set_xticklabels([m["metric"] for m in axes])
+    ax.set_ylim(0, 1)
+    ax.set_title("min-max normalised, higher is better", fontsize=9)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
+    gaps = [
+        f"{name}: {', '.join(m['metric'] for m in axes if m['normalized'][i] is None)}"
+        for i, name in enumerate(result["runs"])
+        if any(m["normalized"][i] is None for m in axes)
+    ]
+    if gaps:  # never a silent zero: say which points sit at the centre because the run has no value
+        fig.text(0.02, 0.01, "N/A (drawn at the centre) - " + "; ".join(gaps), fontsize=7, color="#57606a")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _cell(v: Any, spec: str = ".4g") -> str:
+    return "N/A" if v is None else format(v, spec)
+
+
+def markdown(result: dict[str, Any], out: Path) -> None:
+    img = out.with_name(out.stem + "_radar.png")
+    img.write_bytes(radar_png(result))
+    runs = result["runs"]
+    lines = [
+        "# effmon compare",
+        "",
+        f"Baseline: **{result['baseline']}**. {result['normalization']}.",
+        "",
+        "| metric | unit | " + " | ".join(runs) + " | " + " | ".join(f"Δ {r}" for r in runs[1:]) + " |",
+        "|---|---|" + "---|" * (2 * len(runs) - 1),
+    ]
+    for m in result["metrics"]:
+        lines.append(
+            f"| {m['metric']} | {m['unit']} | "
+            + " | ".join(_cell(v) for v in m["values"])
+            + " | "
+            + " | ".join(_cell(d) for d in m["delta"][1:])
+            + " |"
+        )
+    lines += ["", f"![radar chart]({img.name})", ""]
+    out.write_text("\n".join(lines), encoding="utf-8")
+
+
+def html_doc(result: dict[str, Any], out: Path) -> None:
+    import base64
+    import html as h
+
+    from effmon.report.document import CSS
+
+    runs = result["runs"]
+    head = "".join(f"<th>{h.escape(x)}</th>" for x in ["metric", "unit", *runs, *[f"ratio {r}" for r in runs[1:]]])
+    body = "".join(
+        "<tr>"
+        + f"<td>{m['metric']}</td><td>{m['unit']}</td>"
+        + "".join(f"<td class='num'>{_cell(v)}</td>" for v in m["values"])
+        + "".join(f"<td class='num'>{_cell(x, '.3f')}</td>" for x in m["ratio"][1:])
+        + "</tr>"
+        for m in result["metrics"]
+    )
+    img = base64.b64encode(radar_png(result)).decode()
+    out.write_text(
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>effmon compare</title>"
+        f"<style>{CSS}</style></head><body><h1>effmon compare</h1><p>Baseline: <b>{h.escape(result['baseline'])}"
+        f"</b>. {h.escape(result['normalization'])}.</p><table><tr>{head}</tr>{body}</table>"
+        f"<h2>Radar</h2><img alt='radar chart' src='data:image/png;base64,{img}'></body></html>",
+        encoding="utf-8",
+    )
+
+
+def cmd_compare(args: Any) -> int:
+    import sys
+
+    try:
+        runs = [load_run(ref) for ref in args.runs]
+        result = compare(runs)
+    except (CompareError, Exception) as exc:  # noqa: BLE001 - one line for any input problem
+        from effmon.sessions import SessionNotFound
+        from effmon.store import StoreError
+
+        if not isinstance(exc, (CompareError, SessionNotFound, StoreError)):
+            raise
+        print(f"effmon: error: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        text = json.dumps(result, indent=2)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+        else:
+            print(text)
+        return 0
+    if args.format in ("md", "html"):
+        if not args.output:
+            print(
+                f"effmon: error: --format {args.format} writes a file: give -o compare.{args.format}", file=sys.stderr
+            )
+            return 2
+        (markdown if args.format == "md" else html_doc)(result, Path(args.output))
+        print(f"effmon: wrote {args.output}", file=sys.stderr)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"effmon compare (baseline: {result['baseline']})", title_justify="left")
+    t.add_column("metric")
+    for r in result["runs"]:
+        t.add_column(r, justify="right")
+    for r in result["runs"][1:]:
+        t.add_column(f"ratio {r}", justify="right")
+    for m in result["metrics"]:
+        t.add_row(
+            f"{m['metric']} ({m['unit']})" if m["unit"] else m["metric"],
+            *(_cell(v) for v in m["values"]),
+            *(_cell(x, ".3f") for x in m["ratio"][1:]),
+        )
+    Console().print(t)
+    return 0
