@@ -31,7 +31,7 @@ def main() -> None:
         size = path.stat().st_size
         gpu_hours = args.gpus * args.seconds / 3600
         rows = []
-        for fmt in ("table", "efficientllm", "json", "csv"):
+        for fmt in ("table", "efficientllm", "json", "csv", "html"):
             code = (
                 "import sys, time, resource, io, contextlib\n"
                 "from effmon.cli import main\n"

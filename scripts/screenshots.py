@@ -41,12 +41,11 @@ async def render(session: Path, offset: float, size: tuple[int, int], keys: list
         app.save_screenshot(filename=out.name, path=str(out.parent))
 
 
-def to_png(svg: Path, size: tuple[int, int]) -> Path | None:
+def chromium_png(uri: str, png: Path, width: int, height: int) -> bool:
+    """Headless Chromium's screenshot of a page (flags for a machine with no network)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
-        return None
-    png = svg.with_suffix(".png")
-    width, height = size[0] * 12 + 40, size[1] * 24 + 70
+        return False
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [
@@ -63,13 +62,18 @@ def to_png(svg: Path, size: tuple[int, int]) -> Path | None:
                 "--hide-scrollbars",
                 f"--window-size={width},{height}",
                 f"--screenshot={png}",
-                svg.as_uri(),
+                uri,
             ],
             check=True,
             capture_output=True,
             timeout=120,
         )
-    return png
+    return True
+
+
+def to_png(svg: Path, size: tuple[int, int]) -> Path | None:
+    png = svg.with_suffix(".png")
+    return png if chromium_png(svg.as_uri(), png, size[0] * 12 + 40, size[1] * 24 + 70) else None
 
 
 def reports(session: Path, out_dir: Path) -> None:
@@ -97,30 +101,7 @@ def reports(session: Path, out_dir: Path) -> None:
             check=True,
             capture_output=True,
         )
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        if chromium:
-            with tempfile.TemporaryDirectory() as profile:
-                subprocess.run(
-                    [
-                        chromium,
-                        "--headless",
-                        "--no-sandbox",
-                        "--disable-gpu",
-                        "--disable-quic",
-                        "--no-first-run",
-                        "--disable-background-networking",
-                        "--disable-component-update",
-                        "--disable-sync",
-                        f"--user-data-dir={profile}",
-                        "--hide-scrollbars",
-                        "--window-size=1200,2200",
-                        f"--screenshot={out_dir / 'report-page.png'}",
-                        html.as_uri(),
-                    ],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
+        if chromium_png(html.as_uri(), out_dir / "report-page.png", 1200, 2200):
             print("wrote screenshots/report-page.png")
         runs = []
         for phase in ("lora_finetune", "generate", "matmul_bf16"):
