@@ -193,3 +193,20 @@ def test_chromium_renders_the_html_report_without_console_errors(phases_session,
     assert png.read_bytes().startswith(PNG)
     console_errors = [line for line in res.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
     assert console_errors == []
+
+
+def test_a_session_from_a_newer_schema_is_refused_with_the_fix(tmp_path):
+    import sqlite3
+
+    home = tmp_path / "h"
+    assert run_effmon("record", "-q", "--name", "future", "--replay", str(PHASES_TRACE), "--as-fast-as-possible",
+                      env_home=home).returncode == 0
+    path = home / "sessions" / "future.effmon"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    res = run_effmon("report", str(path), "-f", "html", "-o", str(tmp_path / "r.html"), env_home=home)
+    assert res.returncode == 2
+    assert "newer effmon (schema 99" in res.stderr and "pip install -U effmon" in res.stderr
+    assert not (tmp_path / "r.html").exists()
