@@ -603,8 +603,8 @@ def record_url(url: str, options: RecordOptions, *, window_s: float = 60.0, dura
 class BackgroundRecording:
     """Record this machine on background threads while something else (the dashboard) runs."""
 
-    def __init__(self, options: RecordOptions, slug: str = "top"):
-        self.recorder = Recorder("top", options, slug=slug, extra_meta={"command": ["effmon", "top"]})
+    def __init__(self, options: RecordOptions, slug: str = "top", recorder: Recorder | None = None):
+        self.recorder = recorder or Recorder("top", options, slug=slug, extra_meta={"command": ["effmon", "top"]})
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -620,11 +620,13 @@ class BackgroundRecording:
         while not self._stop.wait(FLUSH_EVERY_S):
             self.recorder.flush()
 
-    def stop(self, status: str = "complete", reason: str = "the dashboard was closed") -> None:
+    def stop(
+        self, status: str = "complete", reason: str = "the dashboard was closed", exit_code: int | None = None
+    ) -> None:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join(5)
-        self.recorder.finish(status, None, reason)
+        self.recorder.finish(status, exit_code, reason)
 
 
 def _report_end(recorder: Recorder, what: str, options: RecordOptions) -> None:

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from effmon.recorder import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
-    FLUSH_EVERY_S,
+    BackgroundRecording,
     Recorder,
     RecordError,
     RecordOptions,
@@ -156,7 +155,8 @@ def serve(
         },
     )
     recorder.source_options.extra.update(metrics_url=preset.url + "/metrics", wait_for_server=True)
-    recorder.open()
+    recording = BackgroundRecording(options, recorder=recorder)
+    recording.start()  # the sampler watches the server's process tree as soon as it exists
     assert recorder.sampler is not None and recorder.writer is not None
     log_path = recorder.path.with_suffix(".log")
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the server
@@ -168,19 +168,10 @@ def serve(
         server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     except OSError as exc:
         log.close()
-        recorder.finish("failed", None, f"could not start the server: {exc}")
+        recording.stop("failed", f"could not start the server: {exc}")
         raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_ERROR) from None
     recorder.watched.append(server.pid)
     recorder.writer.set_meta(pid=server.pid, watched_pids=[server.pid])
-    recorder.sampler.start()
-    stop_flush = threading.Event()
-
-    def flush_loop() -> None:
-        while not stop_flush.wait(FLUSH_EVERY_S):
-            recorder.flush()
-
-    flusher = threading.Thread(target=flush_loop, daemon=True)
-    flusher.start()
     say = (lambda msg: None) if options.quiet else (lambda msg: print(msg, file=sys.stderr))
     status, reason, code = "complete", "the server was stopped", 0
     try:
@@ -261,9 +252,7 @@ def serve(
     finally:
         _stop_server(server)
         log.close()
-        stop_flush.set()
-        flusher.join(5)
-        recorder.finish(status, server.returncode, reason)
+        recording.stop(status, reason, server.returncode)
         say(f"effmon serve: session {recorder.path.stem} saved; report it with: effmon report {recorder.path.stem}")
 
 

@@ -204,6 +204,7 @@ class SessionReader:
                 "upgrade effmon: pip install -U effmon"
             )
         self.schema_version = version
+        self._entities: dict[str, Entity] | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -218,6 +219,9 @@ class SessionReader:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
 
     def entities(self) -> dict[str, Entity]:
+        """The session's entities and metric declarations; fixed when the session was created, read once."""
+        if self._entities is not None:
+            return self._entities
         metrics: dict[str, list[Metric]] = {}
         for ent, name, unit, kind, desc in self.db.execute(
             "SELECT entity, name, unit, kind, description FROM metrics ORDER BY rowid"
@@ -226,11 +230,11 @@ class SessionReader:
         out = {}
         for name, keys, span, desc in self.db.execute("SELECT name, keys, span, description FROM entities"):
             out[name] = Entity(name, tuple(json.loads(keys)), tuple(metrics.get(name, ())), desc, bool(span))
+        self._entities = out
         return out
 
     def has(self, entity: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (_table(entity),))
-        return row.fetchone() is not None
+        return entity in self.entities()  # every table a writer creates is registered in `entities`
 
     def count(self, entity: str) -> int:
         if not self.has(entity):

@@ -79,8 +79,8 @@ class HostSource:
                         pass
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
-        live = {m.pid for m in members}
-        for pid in [p for p in self._procs if p not in live and p not in self.options.watched_pids()]:
+        keep = {m.pid for m in members} | set(self.options.watched_pids())
+        for pid in [p for p in self._procs if p not in keep]:
             del self._procs[pid]
         return Row("watched", totals)
 
