@@ -74,7 +74,7 @@ def main() -> None:
                 "<= 2 %",
             )
         )
-        import effmon.trace as tr
+        import effmon.sources.trace as tr
         from benchmarks.bench_sampler import replay_bench  # noqa: F401  (same synthetic shape)
 
         lines = [json.loads(x) for x in tr.bundled_trace_path().read_text().splitlines()]

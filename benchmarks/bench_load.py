@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from effmon.load import LoadConfig, run_load, summarize  # noqa: E402
+from effmon.serving.load import LoadConfig, run_load, summarize  # noqa: E402
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from effmon.clock import VirtualClock  # noqa: E402
+from effmon.core.clock import VirtualClock  # noqa: E402
+from effmon.core.sampler import Sampler  # noqa: E402
 from effmon.plugins import SourceOptions  # noqa: E402
-from effmon.recorder import LiveState  # noqa: E402
-from effmon.sampler import Sampler  # noqa: E402
+from effmon.recording import LiveState  # noqa: E402
 
 
 def time_ticks(source, ticks: int, tick_s: float, start: float, sink=None) -> list[float]:
@@ -40,9 +40,9 @@ def time_ticks(source, ticks: int, tick_s: float, start: float, sink=None) -> li
 def replay_bench(gpus: int, ticks: int) -> list[tuple[str, float, float]]:
     import json
 
-    from effmon.energy import EnergyIntegrator
+    from effmon.core.energy import EnergyIntegrator
     from effmon.sources.replay import ReplaySource
-    from effmon.trace import Trace, _phases, bundled_trace_path
+    from effmon.sources.trace import Trace, _phases, bundled_trace_path
 
     lines = [json.loads(x) for x in bundled_trace_path().read_text().splitlines()]
     meta = lines[0]

@@ -51,7 +51,7 @@ def main() -> None:
             env=env,
             check=True,
         )
-        from effmon.store import SessionReader
+        from effmon.core.store import SessionReader
 
         with SessionReader(Path(tmp) / "sessions" / "load.effmon") as r:
             print("| GPU | seconds | counter delta J | integrated J | difference |\n|---|---|---|---|---|")

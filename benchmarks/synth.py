@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from effmon.declare import CORE_ENTITIES, GPM_ACTIVITY, Row
-from effmon.energy import EnergyIntegrator
-from effmon.store import SessionWriter
-from effmon.trace import bundled_trace_path
+from effmon.core.declare import CORE_ENTITIES, GPM_ACTIVITY, Row
+from effmon.core.energy import EnergyIntegrator
+from effmon.core.store import SessionWriter
+from effmon.sources.trace import bundled_trace_path
 
 GPU_KEYS = ("mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w", "sm_clock_mhz", "temp_c")
 GPM_KEYS = GPM_ACTIVITY

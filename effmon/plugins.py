@@ -18,80 +18,46 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import pluggy
 
-from effmon.declare import Entity, Row
+from effmon.core.declare import Entity, M, Metric, Row
+from effmon.core.source import (
+    EngineSpec,
+    Source,
+    SourceInfo,
+    SourceOptions,
+    SourceSpec,
+    SourceUnavailable,
+    hookimpl,
+    hookspec,
+)
 
-hookspec = pluggy.HookspecMarker("effmon")
-hookimpl = pluggy.HookimplMarker("effmon")
-
-
-class SourceUnavailable(Exception):
-    """Raised by ``Source.open`` when the source cannot run here (no driver, no GPU...).
-
-    The message is shown to the user as a one-line notice; recording goes on without it.
-    """
-
-
-@dataclass
-class SourceOptions:
-    """What a source may need to know about the recording it serves."""
-
-    tick_s: float = 0.1
-    """Interval of the every-tick channels (default 10 Hz)."""
-    slow_s: float = 1.0
-    """Interval of expensive channels (energy counter, per-process utilisation)."""
-    host_s: float = 1.0
-    watched_pids: Callable[[], list[int]] = lambda: []
-    replay_path: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SourceInfo:
-    """What a source found when it opened: kept in the session's metadata."""
-
-    gpus: list[dict[str, Any]] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    unsupported: dict[str, str] = field(default_factory=dict)
-    """metric (``entity.name``) -> why it reads N/A on this machine."""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-class Source(Protocol):
-    """A running data source. ``channels`` maps a channel name to its interval in seconds.
-
-    The sampler calls ``read(channel, now)`` when a channel is due; it returns rows that
-    carry their own time stamps. ``read`` may raise: the sampler marks the channel failed
-    and retries with back-off. Each channel should do one cheap thing.
-    """
-
-    name: str
-    channels: dict[str, float]
-
-    def open(self) -> SourceInfo: ...
-
-    def read(self, channel: str, now: float) -> list[Row]: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    name: str
-    description: str
-    entities: tuple[Entity, ...]
-    factory: Callable[[SourceOptions], Source]
-    live: bool = True
-    """True: used by default when recording this machine. Replay-like sources say False."""
+__all__ = [
+    "EngineSpec",
+    "Entity",
+    "M",
+    "Metric",
+    "Registry",
+    "Row",
+    "Source",
+    "SourceInfo",
+    "SourceOptions",
+    "SourceSpec",
+    "SourceUnavailable",
+    "hookimpl",
+    "load_registry",
+]
 
 
 class HookSpecs:
     @hookspec
     def effmon_register_sources(self, register: Callable[[SourceSpec], None]) -> None:
         """Register data sources by calling ``register(SourceSpec(...))``."""
+
+    @hookspec
+    def effmon_register_engines(self, register: Callable[[EngineSpec], None]) -> None:
+        """Register serving engines by calling ``register(EngineSpec(...))``."""
 
     @hookspec
     def effmon_launch_env(self, env: dict[str, str]) -> None:
@@ -104,6 +70,7 @@ class Registry:
     sources: dict[str, SourceSpec]
     load_errors: list[str]
     plugin_manager: pluggy.PluginManager | None = None
+    engines: dict[str, EngineSpec] = field(default_factory=dict)
 
     def launch_env(self, env: dict[str, str]) -> dict[str, str]:
         """The environment for a launched command, with what every plugin adds."""
@@ -114,6 +81,12 @@ class Registry:
                 except Exception as exc:
                     self.load_errors.append(f"plugin {impl.plugin_name!r} failed in effmon_launch_env: {exc}")
         return env
+
+    def live_sources(self) -> list[str]:
+        return [name for name, spec in self.sources.items() if spec.live]
+
+    def with_role(self, role: str) -> list[str]:
+        return [name for name, spec in self.sources.items() if spec.role == role]
 
     def entities(self) -> dict[str, Entity]:
         out: dict[str, Entity] = {}
@@ -153,4 +126,10 @@ def load_registry(*, entry_points: bool = True, extra_plugins: tuple[object, ...
             impl.function(register=register)
         except Exception as exc:
             errors.append(f"plugin {impl.plugin_name!r} failed to register sources: {type(exc).__name__}: {exc}")
-    return Registry(sources, errors, pm)
+    engines: dict[str, EngineSpec] = {}
+    for impl in reversed(pm.hook.effmon_register_engines.get_hookimpls()):
+        try:
+            impl.function(register=lambda spec: engines.setdefault(spec.name, spec))
+        except Exception as exc:
+            errors.append(f"plugin {impl.plugin_name!r} failed to register engines: {type(exc).__name__}: {exc}")
+    return Registry(sources, errors, pm, engines)

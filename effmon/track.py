@@ -53,7 +53,6 @@ class _Tracker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._last: dict[str, Any] | None = None
         if self.enabled:
             self.emit(
                 {
@@ -152,7 +151,6 @@ def record_step(
         "rank": tr.rank,
         **extra,
     }
-    tr._last = event
     tr.emit(event)
 
 

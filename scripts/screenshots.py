@@ -28,7 +28,7 @@ SHOTS = (
 
 
 async def render(session: Path, offset: float, size: tuple[int, int], keys: list[str], out: Path) -> None:
-    from effmon.store import SessionReader
+    from effmon.core.store import SessionReader
     from effmon.tui.app import make_app
 
     with SessionReader(session) as r:
@@ -129,8 +129,8 @@ def reports(session: Path, out_dir: Path) -> None:
 
 
 def main() -> None:
-    from effmon.recorder import RecordOptions, record_replay
-    from effmon.trace import bundled_trace_path
+    from effmon.recording import RecordOptions, record_replay
+    from effmon.sources.trace import bundled_trace_path
 
     out_dir = ROOT / "screenshots"
     out_dir.mkdir(exist_ok=True)

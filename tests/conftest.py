@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_TRACES = REPO.parent / "shared" / "traces"
-PHASES_TRACE = SHARED_TRACES / "h100_phases.jsonl"
+PHASES_TRACE = REPO / "effmon" / "data" / "h100_phases.jsonl"
+"""The real H100 trace the package ships (effmon demo replays it)."""
+TRAINER_TRACE = Path(__file__).resolve().parent / "data" / "h100_lora_trainer.jsonl"
+"""A real transformers Trainer LoRA run on an H100: step durations and NVML without GPM."""
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -39,8 +41,8 @@ def run_effmon(*args: str, env_home: Path | None = None, timeout: float = 120, *
 @pytest.fixture(scope="session")
 def phases_session(tmp_path_factory) -> Path:
     """The real H100 trace replayed as fast as possible into a session (shared, read-only)."""
-    from effmon.recorder import RecordOptions, record_replay
-    from effmon.sessions import resolve
+    from effmon.core.sessions import resolve
+    from effmon.recording import RecordOptions, record_replay
 
     h = tmp_path_factory.mktemp("home")
     old = os.environ.get("EFFMON_HOME")

@@ -21,8 +21,8 @@ def test_import_effmon_and_cli_is_light():
 
 def test_recording_and_metrics_modules_are_light():
     loaded = _loaded_after(
-        "import effmon.recorder, effmon.metrics, effmon.report.formats, effmon.sources.nvml, "
-        "effmon.sources.host, effmon.sources.replay, effmon.store, effmon.sampler"
+        "import effmon.recording, effmon.metrics, effmon.report.formats, effmon.sources.nvml, "
+        "effmon.sources.host, effmon.sources.replay, effmon.core.store, effmon.core.sampler"
     )
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-from effmon.load import LoadConfig, run_load, summarize  # noqa: E402
+from effmon.core.store import SessionReader  # noqa: E402
 from effmon.metrics.series import percentile  # noqa: E402
-from effmon.store import SessionReader  # noqa: E402
+from effmon.serving.load import LoadConfig, run_load, summarize  # noqa: E402
 from tests.conftest import REPO, run_effmon  # noqa: E402
 
 
@@ -186,6 +186,6 @@ def test_prompts_file_and_session_rows(server, tmp_path):
     assert res.returncode == 0, res.stderr
     session = sorted((home / "sessions").glob("*.effmon"))[0]
     with SessionReader(session) as r:
-        rows = r.dicts("request")
+        rows = r.rows("request")
         assert r.meta()["run_kind"] == "inference" and r.meta()["load_summary"]["succeeded"] == 10
     assert len(rows) == 10 and all(x["generated_tokens"] == 4 and x["ttft_s"] is not None for x in rows)

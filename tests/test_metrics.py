@@ -1,16 +1,25 @@
 """EfficientLLM metrics against figures computed by hand from the real H100 trace."""
 
+import itertools
 import json
 from importlib import resources
 
 import jsonschema
 import pytest
 
-from effmon.metrics import compute, resolve_window
-from effmon.metrics.engine import MetricsError, mcr, precision_bits
-from effmon.report.formats import efficientllm
-from effmon.store import SessionReader
-from tests.conftest import PHASES_TRACE, run_effmon, trace_lines
+from effmon.core.store import SessionReader
+from effmon.metrics import (
+    IncrementalAggregation,
+    MetricsError,
+    Options,
+    evaluate,
+    mcr,
+    precision_bits,
+    resolve_window,
+    so_far,
+)
+from effmon.report.formats import efficientllm, effmon_json
+from tests.conftest import PHASES_TRACE, TRAINER_TRACE, run_effmon, trace_lines
 
 GIB = 2**30
 
@@ -36,7 +45,7 @@ def hand_average(field, a, b, rows=None):
     pts = [(x["t"], x[field]) for x in rows]
 
     def at(t):
-        for (t0, v0), (t1, v1) in zip(pts, pts[1:]):
+        for (t0, v0), (t1, v1) in itertools.pairwise(pts):
             if t0 <= t <= t1:
                 return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
         raise AssertionError("edge outside the samples")
@@ -47,9 +56,10 @@ def hand_average(field, a, b, rows=None):
     return area / (b - a)
 
 
-def summary(session, phase=None, window=None, **kw):
+def summary(session, phase=None, window=None, **options):
+    """The effmon JSON document of a window (what `effmon report --format json` prints)."""
     with SessionReader(session) as r:
-        return compute(r, resolve_window(r, window, phase), **kw)
+        return effmon_json(evaluate(r, resolve_window(r, window, phase), options=Options(**options)))
 
 
 def test_aec_of_the_matmul_phase(phases_session):
@@ -121,8 +131,8 @@ def test_irregular_sampling_moves_time_weighted_results_only_by_sampling_error(t
         kept.append(line)
     sparse = tmp_path / "sparse.jsonl"
     sparse.write_text("\n".join(kept) + "\n")
-    from effmon.recorder import RecordOptions, record_replay
-    from effmon.sessions import resolve
+    from effmon.core.sessions import resolve
+    from effmon.recording import RecordOptions, record_replay
 
     assert record_replay(str(sparse), RecordOptions(name="sparse", quiet=True), as_fast_as_possible=True) == 0
     thin = resolve("sparse")
@@ -160,7 +170,8 @@ def test_efficientllm_export_validates_against_the_schema(phases_session, tmp_pa
 
 def test_schema_rejects_a_broken_record(phases_session):
     schema = json.loads((resources.files("effmon") / "schemas" / "efficientllm.schema.json").read_text())
-    doc = efficientllm(summary(phases_session, "generate"))
+    with SessionReader(phases_session) as r:
+        doc = efficientllm(evaluate(r, resolve_window(r, None, "generate")))
     del doc["time_series"]["power_consumption"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, schema)
@@ -208,15 +219,13 @@ def test_pretrain_shape(phases_session):
 
 
 def test_per_param_throughput_is_null_with_a_reason_when_params_are_unknown(tmp_path):
-    from tests.conftest import SHARED_TRACES
-
     home = tmp_path / "h"
     assert (
         run_effmon(
             "record",
             "-q",
             "--replay",
-            str(SHARED_TRACES / "h100_lora_trainer.jsonl"),
+            str(TRAINER_TRACE),
             "--as-fast-as-possible",
             env_home=home,
         ).returncode
@@ -256,8 +265,8 @@ def test_bad_report_input(phases_session, args, words):
 
 
 def test_empty_session_and_session_without_gpu(tmp_path):
-    from effmon.declare import CORE_ENTITIES
-    from effmon.store import SessionWriter
+    from effmon.core.declare import CORE_ENTITIES
+    from effmon.core.store import SessionWriter
 
     (tmp_path / "h" / "sessions").mkdir(parents=True)
     w = SessionWriter(tmp_path / "h" / "sessions" / "empty.effmon", CORE_ENTITIES, {"name": "empty"})
@@ -298,56 +307,62 @@ def test_window_is_relative_to_the_session_start(phases_session):
             resolve_window(r, "30:10")
 
 
-def test_incremental_cache_gives_the_same_numbers_as_a_full_computation(phases_session):
-    """The dashboard's running metrics (cached, extended each refresh) equal a from-scratch compute."""
-    from effmon.metrics.engine import ComputeCache, Window
+PICKS = (
+    lambda s: s.value("AMU"),
+    lambda s: s.value("PCU"),
+    lambda s: s.value("AEC"),
+    lambda s: s.value("energy_integrated_j"),
+    lambda s: s.value("energy_counter_j"),
+    lambda s: s.value("tensor_active"),
+    lambda s: s.value("AL"),
+    lambda s: s.value("J_per_step"),
+    lambda s: s.gpus[0].power_max_w,
+    lambda s: s.gpus[0].samples,
+    lambda s: s.gpus[0].throttle_s,
+    lambda s: s.gpus[0].sm_clock_avg_mhz,
+)
 
-    cache = ComputeCache()
+
+def test_incremental_aggregation_gives_the_same_numbers_as_the_exact_one(phases_session):
+    """The dashboard's running metrics (extended each refresh) equal a from-scratch evaluation, to the bit,
+    at window ends that fall between samples and repeat."""
     with SessionReader(phases_session) as r:
+        agg = IncrementalAggregation(r)
         lo, hi = r.time_range()
         for end in (lo + 5, lo + 20.05, lo + 47.3, lo + 47.3, lo + 80, hi):
-            w = Window(lo, end, "so far", lo, end)
-            fast = compute(r, w, with_series=False, cache=cache)
-            full = compute(r, w, with_series=False)
-            for pick in (
-                lambda s: s["AMU"]["gib"],
-                lambda s: s["PCU"]["value"],
-                lambda s: s["AEC"]["watts"],
-                lambda s: s["AEC"]["energy_integrated_j"],
-                lambda s: s["gpus"][0]["power_max_w"],
-                lambda s: s["PCU"]["tensor_active"],
-                lambda s: s["AL"]["value"],
-            ):
-                a, b = pick(fast), pick(full)
-                assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+            fast = evaluate(r, so_far(lo, end), aggregation=agg, with_series=False)
+            full = evaluate(r, so_far(lo, end), with_series=False)
+            for pick in PICKS:
+                assert pick(fast) == pick(full)
 
 
-def test_incremental_cache_trims_consumed_rows_and_stays_exact(tmp_path):
-    """Over a long session the cache drops rows it has integrated: same numbers, bounded memory."""
+def test_incremental_aggregation_refuses_windows_it_cannot_answer(phases_session):
+    with SessionReader(phases_session) as r:
+        lo, hi = r.time_range()
+        agg = IncrementalAggregation(r)
+        evaluate(r, so_far(lo, lo + 30), aggregation=agg, with_series=False)
+        with pytest.raises(ValueError, match="back in time"):
+            evaluate(r, so_far(lo, lo + 10), aggregation=agg, with_series=False)
+        with pytest.raises(ValueError, match="session start"):
+            evaluate(r, resolve_window(r, "10:20"), aggregation=IncrementalAggregation(r), with_series=False)
+
+
+def test_incremental_aggregation_stays_exact_and_flat_over_a_long_session(tmp_path):
+    """Over a long session the running sums hold no consumed rows: same numbers, bounded memory."""
     import sys
     from pathlib import Path
-
-    from effmon.metrics.engine import ComputeCache, Window
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.synth import make_session
 
     session = make_session(tmp_path / "long.effmon", gpus=2, seconds=3000)
-    cache = ComputeCache()
     with SessionReader(session) as r:
+        agg = IncrementalAggregation(r)
         lo, hi = r.time_range()
         for end in [lo + 30 * k for k in range(1, 100)] + [hi]:
-            fast = compute(r, Window(lo, end, "so far", lo, end), with_series=False, cache=cache)
-        full = compute(r, Window(lo, hi, "so far", lo, hi), with_series=False)
-    assert sum(cache.dropped.values()) > 0
-    assert len(cache.series["gpu"][1][0]["t"]) < 5000  # most of the 30,000 rows are gone
-    for pick in (
-        lambda s: s["AMU"]["gib"],
-        lambda s: s["PCU"]["value"],
-        lambda s: s["AEC"]["watts"],
-        lambda s: s["gpus"][0]["power_max_w"],
-        lambda s: s["gpus"][1]["samples"],
-        lambda s: s["gpus"][0]["throttle_s"],
-        lambda s: s["PCU"]["tensor_active"],
-    ):
-        assert pick(fast) == pytest.approx(pick(full), rel=1e-9)
+            fast = evaluate(r, so_far(lo, end), aggregation=agg, with_series=False)
+        full = evaluate(r, so_far(lo, hi), with_series=False)
+        held = sum(len(i.pending or ()) for i in agg._instances["gpu"].values())  # noqa: SLF001
+    assert held < 2000  # the 60,000 GPU rows were folded into running sums, only the look-ahead is kept
+    for pick in PICKS:
+        assert pick(fast) == pytest.approx(pick(full), rel=1e-12)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from effmon.store import SessionReader
+from effmon.core.store import SessionReader
 from tests.conftest import PHASES_TRACE, REPO, run_effmon
 
 
@@ -39,7 +39,7 @@ def test_record_command_returns_its_exit_code_and_keeps_the_session(tmp_path):
         assert meta["status"] == "complete" and meta["exit_code"] == 3
         assert meta["command"][0] == sys.executable
         assert r.count("host") >= 5
-        watched = r.dicts("watched")
+        watched = r.rows("watched")
         assert watched and watched[0]["pid"] == meta["pid"]
         assert max(w["rss_bytes"] for w in watched) > 1_000_000
 
@@ -154,8 +154,8 @@ def test_kill_9_loses_at_most_a_second(tmp_path):
             child.kill()
     path = only_session(home)
     with SessionReader(path) as r:
-        last = max(t for (t,) in r.rows("host", ["t"]))
-        first = min(t for (t,) in r.rows("host", ["t"]))
+        last = max(x["t"] for x in r.rows("host"))
+        first = min(x["t"] for x in r.rows("host"))
         assert r.meta()["status"] == "recording"
     assert killed_at - last <= 1.0, f"lost {killed_at - last:.2f} s of samples"
     assert last - first >= 2.0
@@ -267,7 +267,7 @@ def test_a_reader_sees_a_live_session_while_it_is_written(tmp_path):
                     [
                         sys.executable,
                         "-c",
-                        "import sys; from effmon.store import SessionReader; "
+                        "import sys; from effmon.core.store import SessionReader; "
                         "r = SessionReader(sys.argv[1]); print(r.count('gpu'), r.meta()['status'])",
                         str(path),
                     ],
@@ -282,7 +282,8 @@ def test_a_reader_sees_a_live_session_while_it_is_written(tmp_path):
     finally:
         proc.wait(30)
     live = [n for n, status in counts if status == "recording"]
-    assert len(live) >= 3 and live == sorted(live) and live[-1] > live[0] > 0
+    grown = sorted({n for n in live if n})  # the very first look may come before the first sample
+    assert len(grown) >= 3 and live == sorted(live)
     assert live[-1] < 1003
 
 

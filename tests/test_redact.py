@@ -1,4 +1,4 @@
-from effmon.redact import REDACTED, redact_argv, redact_env
+from effmon.core.redact import REDACTED, redact_argv, redact_env
 
 
 def test_arguments_with_secrets_are_redacted():

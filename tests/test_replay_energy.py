@@ -1,6 +1,6 @@
 """Replay of the real H100 trace, and energy integration checked against its counter."""
 
-from effmon.store import SessionReader
+from effmon.core.store import SessionReader
 from tests.conftest import PHASES_TRACE, trace_lines
 
 
@@ -14,7 +14,7 @@ def test_replay_holds_every_reading_step_request_and_phase(phases_session):
         assert r.count("gpu") == sum(1 for x in lines if x["kind"] == "gpu")
         assert r.count("train_step") == sum(1 for x in lines if x["kind"] == "train_step") == 159
         assert r.count("request") == 5
-        assert [p["name"] for p in r.dicts("phase")] == [
+        assert [p["name"] for p in r.rows("phase")] == [
             "idle",
             "matmul_bf16",
             "idle2",
@@ -29,13 +29,13 @@ def test_replay_holds_every_reading_step_request_and_phase(phases_session):
         assert meta["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
         # the replayed values are the trace's own
         gpu = lines[1]
-        row = r.dicts("gpu", "t = ?", (gpu["t"],))[0]
+        row = [x for x in r.rows("gpu") if x["t"] == gpu["t"]][0]
         assert row["power_w"] == gpu["power_w"] and row["mem_used_bytes"] == gpu["mem_used_bytes"]
 
 
 def test_energy_counter_is_read_rarely_but_covers_the_session(phases_session):
     with SessionReader(phases_session) as r:
-        energy = r.dicts("gpu_energy")
+        energy = r.rows("gpu_energy")
         gpu_rows = r.count("gpu")
     duration = energy[-1]["t"] - energy[0]["t"]
     assert len(energy) < gpu_rows / 5  # ~1 Hz against ~10 Hz
@@ -56,7 +56,7 @@ def test_integrated_energy_matches_the_counter_and_a_hand_computation(phases_ses
     assert abs(right - 30832.4) < 0.1
     assert abs(by_hand - counter_delta) / counter_delta < 2.5e-4
     with SessionReader(phases_session) as r:
-        last = r.dicts("gpu_energy")[-1]
+        last = r.rows("gpu_energy")[-1]
     assert abs(last["energy_integrated_j"] - by_hand) < 1e-6
     assert abs(last["energy_counter_delta_j"] - counter_delta) < 1e-6
     assert abs(last["energy_integrated_j"] - last["energy_counter_delta_j"]) / counter_delta < 2.5e-4
@@ -65,7 +65,7 @@ def test_integrated_energy_matches_the_counter_and_a_hand_computation(phases_ses
 def test_every_counter_read_carries_both_figures_over_the_same_interval(phases_session):
     lines = [x for x in trace_lines() if x["kind"] == "gpu"]
     with SessionReader(phases_session) as r:
-        energy = r.dicts("gpu_energy")
+        energy = r.rows("gpu_energy")
     mid = energy[len(energy) // 2]
     upto = [x for x in lines if x["t"] <= mid["t"]]
     assert abs(mid["energy_integrated_j"] - _trapezoid([x["t"] for x in upto], [x["power_w"] for x in upto])) < 1e-6
@@ -75,13 +75,13 @@ def test_every_counter_read_carries_both_figures_over_the_same_interval(phases_s
 def test_replay_at_speed_runs_in_real_time(home):
     import time
 
-    from effmon.recorder import RecordOptions, record_replay
+    from effmon.recording import RecordOptions, record_replay
 
     t0 = time.monotonic()
     assert record_replay(str(PHASES_TRACE), RecordOptions(name="fast", quiet=True), speed=50) == 0
     elapsed = time.monotonic() - t0
     assert 1.0 < elapsed < 10.0  # 103 s of trace at 50x ~ 2 s
-    from effmon.sessions import resolve
+    from effmon.core.sessions import resolve
 
     with SessionReader(resolve("fast")) as r:
         assert r.count("gpu") == 1003 and r.count("train_step") == 159

@@ -2,6 +2,7 @@
 
 import base64
 import html.parser
+import itertools
 import json
 import re
 import shutil
@@ -116,7 +117,7 @@ def test_compare_two_phases_deltas_and_ranks(tmp_path):
 
     def avg(phase, field="power_w"):
         rows = [x for x in trace_lines() if x["kind"] == "gpu" and x.get("phase") == phase and x.get(field) is not None]
-        area = sum((a[field] + b[field]) / 2 * (b["t"] - a["t"]) for a, b in zip(rows, rows[1:]))
+        area = sum((a[field] + b[field]) / 2 * (b["t"] - a["t"]) for a, b in itertools.pairwise(rows))
         return area / (rows[-1]["t"] - rows[0]["t"])
 
     avg_power = avg
@@ -199,8 +200,12 @@ def test_a_session_from_a_newer_schema_is_refused_with_the_fix(tmp_path):
     import sqlite3
 
     home = tmp_path / "h"
-    assert run_effmon("record", "-q", "--name", "future", "--replay", str(PHASES_TRACE), "--as-fast-as-possible",
-                      env_home=home).returncode == 0
+    assert (
+        run_effmon(
+            "record", "-q", "--name", "future", "--replay", str(PHASES_TRACE), "--as-fast-as-possible", env_home=home
+        ).returncode
+        == 0
+    )
     path = home / "sessions" / "future.effmon"
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 99")

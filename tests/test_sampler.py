@@ -1,9 +1,10 @@
+import itertools
 import threading
 import time
 
-from effmon.clock import VirtualClock
-from effmon.declare import Row
-from effmon.sampler import Sampler
+from effmon.core.clock import VirtualClock
+from effmon.core.declare import Row
+from effmon.core.sampler import Sampler
 
 
 class CountingSource:
@@ -70,7 +71,7 @@ def test_failing_source_backs_off_and_others_keep_their_rate():
     assert "device went away" in status["bad"]["last_error"]
     # back-off 1 s, 2 s, 4 s between the failed reads, then back to 10 Hz
     t = bad.calls["fast"]
-    assert [round(b - a, 6) for a, b in zip(t[:4], t[1:4])] == [1.0, 2.0, 4.0]
+    assert [round(b - a, 6) for a, b in itertools.pairwise(t[:4])] == [1.0, 2.0, 4.0]
     assert status["bad"]["state"] == "ok"
     assert len(t) > 4 + (20 - 7) * 10 - 2
 

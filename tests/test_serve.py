@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
+from effmon.core.store import SessionReader
 from effmon.presets import bundled, load
-from effmon.store import SessionReader
 from tests.conftest import run_effmon
 
 HAVE_TSERVE = shutil.which("transformers") is not None and importlib.util.find_spec("fastapi") is not None
@@ -71,7 +71,7 @@ def test_serve_tiny_cpu_with_load_end_to_end(tmp_path):
     session = sorted((home / "sessions").glob("*.effmon"))[0]
     with SessionReader(session) as r:
         meta = r.meta()
-        rows = r.dicts("request")
+        rows = r.rows("request")
     assert meta["status"] == "complete" and meta["precision_bits"] == 32
     assert len(rows) == 10
     for row in rows:

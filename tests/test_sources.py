@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from effmon.clock import VirtualClock
-from effmon.declare import Entity, M, Row
+from effmon.core.clock import VirtualClock
+from effmon.core.declare import Entity, M, Row
+from effmon.core.store import SessionReader
 from effmon.plugins import SourceInfo, SourceSpec, hookimpl, load_registry
-from effmon.recorder import Recorder, RecordOptions
-from effmon.store import SessionReader
+from effmon.recording import Recording, RecordOptions
 
 
 class FanSource:
@@ -54,7 +54,7 @@ def test_a_third_party_source_is_recorded_with_its_declared_metrics(home):
     reg = load_registry(entry_points=False, extra_plugins=(FanPlugin(), BrokenPlugin()))
     assert "fans" in reg.sources
     assert any("failed to register" in e and "oops" in e for e in reg.load_errors)
-    rec = Recorder("command", RecordOptions(name="fans", sources=["fans"], quiet=True, registry=reg))
+    rec = Recording("command", RecordOptions(name="fans", sources=("fans",), quiet=True), registry=reg)
     clock = VirtualClock(100.0)
     rec.open(clock=clock)
     rec.sampler.run(until=lambda now: now >= 102.0)
@@ -85,7 +85,7 @@ def trace_driver(monkeypatch):
 
 def test_nvml_source_reads_cheap_gauges_every_tick_and_expensive_calls_rarely(home, trace_driver):
     clock, nv = trace_driver
-    rec = Recorder("command", RecordOptions(name="nvml", sources=["nvml"], quiet=True))
+    rec = Recording("command", RecordOptions(name="nvml", sources=("nvml",), quiet=True))
     rec.open(clock=clock)
     rec.sampler.run(until=lambda now: now >= 1020.0)  # 20 s at 10 Hz
     rec.finish("complete")
@@ -101,30 +101,31 @@ def test_nvml_source_reads_cheap_gauges_every_tick_and_expensive_calls_rarely(ho
         assert {g["name"] for g in meta["gpus"]} == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"}
         assert "gpu.mem_clock_mhz@0" in meta["unsupported"]
         assert "gpu_gpm.*@1" in meta["unsupported"] and "gpu_energy.energy_counter_j@1" in meta["unsupported"]
-        rows = r.dicts("gpu", "gpu = 0")
+        rows = [x for x in r.rows("gpu") if x["gpu"] == 0]
         assert len(rows) == 202 and all(x["mem_clock_mhz"] is None for x in rows)
         assert rows[0]["power_limit_w"] == 700.0
-        gpm = r.dicts("gpu_gpm")
+        gpm = r.rows("gpu_gpm")
         assert gpm and {x["gpu"] for x in gpm} == {0}  # GPU 1 has no GPM
-        energy = r.dicts("gpu_energy", "gpu = 1")
+        energy = [x for x in r.rows("gpu_energy") if x["gpu"] == 1]
         assert energy and all(x["energy_counter_j"] is None for x in energy)
         assert energy[-1]["energy_integrated_j"] > 0  # integrated power still gives energy
-        procs = r.dicts("gpu_process")
+        procs = r.rows("gpu_process")
         assert procs and procs[0]["pid"] == 4242 and procs[0]["sm_util_pct"] is not None
 
 
 def test_nvml_source_report_names_gpm_where_present_and_nvml_util_elsewhere(home, trace_driver):
-    from effmon.metrics import compute
+    from effmon.metrics import evaluate
 
     clock, nv = trace_driver
-    rec = Recorder("command", RecordOptions(name="nvml2", sources=["nvml"], quiet=True))
+    rec = Recording("command", RecordOptions(name="nvml2", sources=("nvml",), quiet=True))
     rec.open(clock=clock)
     rec.sampler.run(until=lambda now: now >= 1015.0)
     rec.finish("complete")
     with SessionReader(rec.path) as r:
-        s = compute(r)
-    by_gpu = {g["index"]: g for g in s["gpus"]}
-    assert by_gpu[0]["pcu_source"] == "nvml_gpm_sm_active"
-    assert by_gpu[1]["pcu_source"] == "nvml_utilization_gpu"
-    assert by_gpu[1]["energy_counter_j"] is None and by_gpu[1]["energy_integrated_j"] > 0
-    assert s["AEC"]["energy_counter_j"] is None  # not every GPU has a counter: the sum would lie
+        s = evaluate(r)
+    by_gpu = {g.index: g for g in s.gpus}
+    assert by_gpu[0].pcu_source == "nvml_gpm_sm_active"
+    assert by_gpu[1].pcu_source == "nvml_utilization_gpu"
+    assert by_gpu[1].energy_counter_j is None and by_gpu[1].energy_integrated_j > 0
+    assert s.value("energy_counter_j") is None  # not every GPU has a counter: the sum would lie
+    assert "energy counter" in s.result("energy_counter_j").reason

@@ -64,7 +64,7 @@ def test_demo_in_tmux_at_80x24(tmp_path):
         (tmp_path / "home" / "sessions").glob("*-demo-h100.effmon")
     )
     assert len(sessions) == 1
-    from effmon.store import SessionReader
+    from effmon.core.store import SessionReader
 
     with SessionReader(sessions[0]) as r:
         assert r.meta()["status"] in ("complete", "interrupted") and r.count("gpu") > 50

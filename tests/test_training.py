@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from effmon.store import SessionReader
+from effmon.core.store import SessionReader
 from tests.conftest import run_effmon
 
 pytest.importorskip("transformers")
@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
 def test_every_step_is_recorded_with_the_trainers_token_count(runs, method):
     path, log = runs[method]
     with SessionReader(path) as r:
-        steps = sorted(r.dicts("train_step"), key=lambda s: s["step"])
+        steps = sorted(r.rows("train_step"), key=lambda s: s["step"])
         meta = r.meta()
     assert [s["step"] for s in steps] == list(range(1, 41))  # every one of the preset's 40 steps
     assert sum(s["tokens"] for s in steps) == log["num_input_tokens_seen"]
@@ -67,7 +67,7 @@ def test_tokens_per_second_agree_with_the_trainers_log_history(runs, method):
         last["train_runtime"] - first["train_runtime"]
     )
     with SessionReader(path) as r:
-        steps = sorted(r.dicts("train_step"), key=lambda s: s["step"])
+        steps = sorted(r.rows("train_step"), key=lambda s: s["step"])
     later = [s for s in steps if first["step"] < s["step"] <= last["step"]]
     effmon_tps = sum(s["tokens"] for s in later) / sum(s["t_end"] - s["t_start"] for s in later)
     assert effmon_tps == pytest.approx(trainer_tps, rel=0.02)
@@ -119,7 +119,7 @@ def test_a_plain_pytorch_loop_with_effmon_track(tmp_path):
     res = run_effmon("run", "--headless", "--", sys.executable, str(script), "30", "0", env_home=home)
     assert res.returncode == 0, res.stderr
     with SessionReader(session_of(home)) as r:
-        steps = r.dicts("train_step")
+        steps = r.rows("train_step")
     assert len(steps) == 30 and all(s["tokens"] == 128 and s["loss"] is not None for s in steps)
 
 
@@ -140,7 +140,7 @@ def test_attach_late_gets_the_history_since_start(tmp_path):
         proc.wait(60)
     assert res.returncode == 0, res.stderr
     with SessionReader(session_of(home)) as r:
-        steps = sorted(s["step"] for s in r.dicts("train_step"))
+        steps = sorted(s["step"] for s in r.rows("train_step"))
         assert r.meta()["mode"] == "pid"
     assert steps == list(range(1, 41))  # the 20 steps before attaching too
 
@@ -273,7 +273,7 @@ def test_torchrun_ranks_report_into_one_session(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     with SessionReader(session_of(home)) as r:
-        steps = r.dicts("train_step")
+        steps = r.rows("train_step")
         ranks = r.meta()["ranks"]
     assert sorted({s["rank"] for s in steps}) == [0, 1]
     assert sum(1 for s in steps if s["rank"] == 0) == sum(1 for s in steps if s["rank"] == 1) == 10
@@ -313,12 +313,12 @@ def test_ddp_communication_time_is_measured_apart(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     with SessionReader(session_of(home)) as r:
-        steps = r.dicts("train_step")
+        steps = r.rows("train_step")
     assert len(steps) == 12 and {s["rank"] for s in steps} == {0, 1}
     assert all(s["comm_s"] is not None and 0 < s["comm_s"] < s["t_end"] - s["t_start"] + 1.0 for s in steps)
     doc = json.loads(run_effmon("report", str(session_of(home)), "-f", "efficientllm", env_home=home).stdout)
     rl = doc["request_level"]
     assert len(rl["communication_times"]) == len(rl["latencies"]) == 12
-    for lat, comp, comm in zip(rl["latencies"], rl["computation_times"], rl["communication_times"]):
+    for lat, comp, comm in zip(rl["latencies"], rl["computation_times"], rl["communication_times"], strict=True):
         assert comp + comm == pytest.approx(lat)
     assert doc["effmon"]["training"]["communication_measured"] is True

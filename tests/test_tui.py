@@ -1,6 +1,7 @@
 """The dashboard driven by Pilot on sessions replayed from the real H100 trace."""
 
 import asyncio
+import itertools
 import json
 
 import pytest
@@ -9,7 +10,7 @@ pytest.importorskip("textual")
 
 from textual.widgets import ContentSwitcher, DataTable, Input, Static  # noqa: E402
 
-from effmon.store import SessionReader  # noqa: E402
+from effmon.core.store import SessionReader  # noqa: E402
 from effmon.tui.app import HelpScreen, make_app  # noqa: E402
 
 
@@ -54,8 +55,7 @@ def test_every_panel_shows_the_replayed_lora_phase(phases_session):
 
 
 def test_efficiency_strip_matches_the_report(phases_session):
-    from effmon.metrics import compute
-    from effmon.metrics.engine import Window
+    from effmon.metrics import evaluate, so_far
 
     async def go():
         app = app_at(phases_session, 70.0)
@@ -63,10 +63,11 @@ def test_efficiency_strip_matches_the_report(phases_session):
             await pilot.pause()
             with SessionReader(phases_session) as r:
                 lo, _ = r.time_range()
-                s = compute(r, Window(lo, lo + 70.0, "x", lo, lo + 70.0), with_series=False)
+                s = evaluate(r, so_far(lo, lo + 70.0), with_series=False)
             eff = text_of(app, "#efficiency")
-            assert f"AMU {s['AMU']['gib']:.1f} GiB" in eff
-            assert f"AEC {s['AEC']['watts']:.0f} W" in eff
+            assert f"AMU {s.value('AMU'):.1f} GiB" in eff
+            assert f"AEC {s.value('AEC'):.0f} W" in eff
+            assert f"J/step {s.value('J_per_step'):.3g}" in eff
 
     run(go())
 
@@ -212,7 +213,7 @@ def test_eight_gpus_at_80x24_collapse_and_nothing_overlaps(tmp_path):
             assert len(cards) == 8
             compact = all(c.has_class("compact") for c in cards)
             regions = [app.query_one(s).region for s in ("#header", "#gpus", "#panels", "#efficiency", "#lower")]
-            for a, b in zip(regions, regions[1:]):
+            for a, b in itertools.pairwise(regions):
                 assert a.bottom <= b.y, (a, b)
             assert regions[-1].bottom <= size[1] - 1  # the footer stays visible
             assert all(r.right <= size[0] for r in regions)
@@ -255,9 +256,9 @@ def test_a_session_without_gpu_says_so_and_points_to_the_demo(tmp_path):
 
 
 def test_failing_source_shows_its_error_in_help(tmp_path, monkeypatch):
-    from effmon.clock import VirtualClock
+    from effmon.core.clock import VirtualClock
     from effmon.plugins import SourceInfo, SourceSpec, hookimpl, load_registry
-    from effmon.recorder import Recorder, RecordOptions
+    from effmon.recording import Recording, RecordOptions
 
     class Flaky:
         name = "flaky"
@@ -282,13 +283,15 @@ def test_failing_source_shows_its_error_in_help(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EFFMON_HOME", str(tmp_path))
     reg = load_registry(entry_points=False, extra_plugins=(Plugin(),))
-    rec = Recorder(
-        "command", RecordOptions(name="flaky", sources=["flaky", "replay"], quiet=True, registry=reg), replay_path=None
-    )
     from effmon.sources.replay import ReplaySource
     from tests.conftest import PHASES_TRACE
 
-    rec.source_options.replay_path = str(PHASES_TRACE)
+    rec = Recording(
+        "command",
+        RecordOptions(name="flaky", sources=("flaky", "replay"), quiet=True),
+        registry=reg,
+        replay_path=str(PHASES_TRACE),
+    )
     sources = [Flaky(None), ReplaySource(rec.source_options)]
     rec.open(clock=VirtualClock(sources[1].start_time), sources=sources)
     rec.sampler.run(until=lambda now: now >= sources[1].start_time + 5)

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from effmon.store import SessionReader  # noqa: E402
+from effmon.core.store import SessionReader  # noqa: E402
 from effmon.tui.app import make_app  # noqa: E402
 
 LORA_AT = 60.0  # seconds into h100_phases.jsonl: the LoRA fine-tune

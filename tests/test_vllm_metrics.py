@@ -153,10 +153,10 @@ def test_attach_url_against_a_real_metrics_endpoint(tmp_path):
         server.shutdown()
     assert proc.returncode == 0, err
     session = sorted((home / "sessions").glob("*.effmon"))[0]
-    from effmon.store import SessionReader
+    from effmon.core.store import SessionReader
 
     with SessionReader(session) as r:
-        rows = r.dicts("serving")
+        rows = r.rows("serving")
         assert r.meta()["mode"] == "url"
     assert len(rows) >= 2 and rows[-1]["running"] == 2 and rows[-1]["generation_tokens_total"] == 100
     assert rows[-1]["ttft_p50_s"] == pytest.approx(histogram_quantile(0.5, by_hand([0.05, 0.07, 0.2])))
@@ -188,9 +188,9 @@ def test_attach_url_to_something_that_is_not_vllm(tmp_path):
 
 def test_joules_per_generated_token_from_server_counters(tmp_path):
     """GPU energy over the window divided by the server's generated tokens, checked by hand."""
-    from effmon.declare import CORE_ENTITIES, Row
-    from effmon.metrics import compute
-    from effmon.store import SessionReader, SessionWriter
+    from effmon.core.declare import CORE_ENTITIES, Row
+    from effmon.core.store import SessionReader, SessionWriter
+    from effmon.metrics import evaluate
 
     path = tmp_path / "s.effmon"
     w = SessionWriter(path, CORE_ENTITIES, {"name": "s", "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3"}]})
@@ -202,16 +202,16 @@ def test_joules_per_generated_token_from_server_counters(tmp_path):
     w.write(rows)
     w.close()
     with SessionReader(path) as r:
-        s = compute(r)
-    assert s["server"]["generation_tokens"] == 500
-    assert s["energy_per"]["generated_token_j"] == pytest.approx(300.0 * 10 / 500)
-    assert s["IT"] == pytest.approx(50.0) and s["run_kind"] == "inference"
+        s = evaluate(r)
+    assert s.server.generation_tokens == 500
+    assert s.value("J_per_generated_token") == pytest.approx(300.0 * 10 / 500)
+    assert s.value("IT") == pytest.approx(50.0) and s.run_kind == "inference"
 
 
 def test_a_source_waiting_for_its_server_is_read_as_soon_as_asked():
     """effmon serve opens the /metrics source before the server is up; once healthy it is retried at once."""
-    from effmon.clock import VirtualClock
-    from effmon.sampler import Sampler
+    from effmon.core.clock import VirtualClock
+    from effmon.core.sampler import Sampler
 
     src = VllmMetricsSource(SourceOptions(extra={"metrics_url": "http://127.0.0.1:9/metrics", "wait_for_server": True}))
     assert src.open().meta["serving"]["metrics_url"].endswith("/metrics")

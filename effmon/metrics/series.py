@@ -1,109 +1,129 @@
-"""Time-weighted integrals over irregularly sampled series.
+"""Time-weighted integrals over irregularly sampled series (float64 arrays, NaN = no reading).
 
-Every average here is (1/T) ∫ x(t) dt with the trapezoid rule over the actual sample
-times, clipped to the window by linear interpolation at its edges: dropping or adding
-samples moves the result only by the sampling error, unlike a plain mean of samples.
-Missing readings (None) are skipped and the neighbours joined.
+Every average here is (1/T) ∫ x(t) dt with the trapezoid rule over the actual sample times, clipped to
+the window by linear interpolation at its edges: dropping or adding samples moves the result only by the
+sampling error, unlike a plain mean of samples. Missing readings are skipped and their neighbours joined.
+
+Sums run left to right (``np.cumsum``, not numpy's pairwise ``sum``), so a result is the same number
+whether it is computed here at once or extended sample by sample (``metrics.aggregate``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
-def _clean(ts: Sequence[float], xs: Sequence[float | None]) -> tuple[Sequence[float], Sequence[float]]:
-    """Drop missing readings; samples must come in time order (the store returns them so)."""
-    if None not in xs:
-        return ts, xs  # type: ignore[return-value]
-    pairs = [(t, x) for t, x in zip(ts, xs) if x is not None]
-    if not pairs:
-        return [], []
-    t_out, x_out = zip(*pairs)
-    return t_out, x_out
+def clean(t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop missing readings; samples come in time order (the store returns them so)."""
+    import numpy as np
+
+    ok = ~np.isnan(x)
+    if ok.all():
+        return t, x
+    return t[ok], x[ok]
 
 
-def _interp(t: float, t0: float, x0: float, t1: float, x1: float) -> float:
-    return x0 if t1 == t0 else x0 + (x1 - x0) * (t - t0) / (t1 - t0)
+def interp(at: float, t0: float, x0: float, t1: float, x1: float) -> float:
+    return x0 if t1 == t0 else x0 + (x1 - x0) * (at - t0) / (t1 - t0)
+
+
+def running_sum(terms: np.ndarray, start: float = 0.0) -> float:
+    """``start + terms[0] + terms[1] + ...`` strictly left to right."""
+    import numpy as np
+
+    if not len(terms):
+        return start
+    if start == 0.0:
+        return float(np.cumsum(terms)[-1])
+    return float(np.cumsum(np.concatenate(([start], terms)))[-1])
+
+
+def pair_terms(t: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Twice the trapezoid area of each pair of neighbouring samples."""
+    return (x[:-1] + x[1:]) * (t[1:] - t[:-1])
 
 
 def integrate(
-    ts: Sequence[float], xs: Sequence[float | None], start: float | None = None, end: float | None = None
+    t: np.ndarray, x: np.ndarray, start: float | None = None, end: float | None = None
 ) -> tuple[float, float]:
     """∫ x dt over [start, end] ∩ [first sample, last sample]; returns (integral, covered seconds)."""
-    import bisect
+    import numpy as np
 
-    t, x = _clean(ts, xs)
+    t, x = clean(t, x)
     if len(t) < 2:
         return 0.0, 0.0
-    lo = t[0] if start is None else max(start, t[0])
-    hi = t[-1] if end is None else min(end, t[-1])
+    first, last = float(t[0]), float(t[-1])
+    lo = first if start is None else max(start, first)
+    hi = last if end is None else min(end, last)
     if hi <= lo:
         return 0.0, 0.0
-    i0 = bisect.bisect_left(t, lo)  # first sample at or after lo
-    i1 = bisect.bisect_right(t, hi) - 1  # last sample at or before hi
-    total = 0.0
-    if i0 <= i1:
-        tt, xx = t[i0 : i1 + 1], x[i0 : i1 + 1]
-        total = sum((xa + xb) * (tb - ta) for ta, tb, xa, xb in zip(tt, tt[1:], xx, xx[1:])) / 2.0
-        if t[i0] > lo:  # the piece from lo to the first sample inside
-            y = _interp(lo, t[i0 - 1], x[i0 - 1], t[i0], x[i0])
-            total += (y + x[i0]) / 2.0 * (t[i0] - lo)
-        if t[i1] < hi:
-            y = _interp(hi, t[i1], x[i1], t[i1 + 1], x[i1 + 1])
-            total += (x[i1] + y) / 2.0 * (hi - t[i1])
-    else:  # lo and hi fall between the same two samples
+    i0 = int(np.searchsorted(t, lo, "left"))  # first sample at or after lo
+    i1 = int(np.searchsorted(t, hi, "right")) - 1  # last sample at or before hi
+    if i0 > i1:  # lo and hi fall between the same two samples
         k = i1
-        ya, yb = _interp(lo, t[k], x[k], t[k + 1], x[k + 1]), _interp(hi, t[k], x[k], t[k + 1], x[k + 1])
-        total = (ya + yb) / 2.0 * (hi - lo)
+        tk, xk, tn, xn = float(t[k]), float(x[k]), float(t[k + 1]), float(x[k + 1])
+        ya, yb = interp(lo, tk, xk, tn, xn), interp(hi, tk, xk, tn, xn)
+        return (ya + yb) / 2.0 * (hi - lo), hi - lo
+    total = running_sum(pair_terms(t[i0 : i1 + 1], x[i0 : i1 + 1])) / 2.0
+    if t[i0] > lo:  # the piece from lo to the first sample inside
+        y = interp(lo, float(t[i0 - 1]), float(x[i0 - 1]), float(t[i0]), float(x[i0]))
+        total += (y + float(x[i0])) / 2.0 * (float(t[i0]) - lo)
+    if t[i1] < hi:
+        y = interp(hi, float(t[i1]), float(x[i1]), float(t[i1 + 1]), float(x[i1 + 1]))
+        total += (float(x[i1]) + y) / 2.0 * (hi - float(t[i1]))
     return total, hi - lo
 
 
-def time_average(
-    ts: Sequence[float], xs: Sequence[float | None], start: float | None = None, end: float | None = None
-) -> float | None:
+def time_average(t: np.ndarray, x: np.ndarray, start: float | None = None, end: float | None = None) -> float | None:
     """Time-weighted mean over the window; the single value if only one sample lies in it."""
-    area, covered = integrate(ts, xs, start, end)
+    area, covered = integrate(t, x, start, end)
     if covered > 0:
         return area / covered
-    t, x = _clean(ts, xs)
-    inside = [v for tv, v in zip(t, x) if (start is None or tv >= start) and (end is None or tv <= end)]
-    return inside[0] if len(inside) == 1 else None
+    t, x = clean(t, x)
+    inside = x[((t >= start) if start is not None else True) & ((t <= end) if end is not None else True)]
+    return float(inside[0]) if len(inside) == 1 else None
 
 
-def value_at(ts: Sequence[float], xs: Sequence[float | None], at: float) -> float | None:
+def value_at(t: np.ndarray, x: np.ndarray, at: float) -> float | None:
     """Linear interpolation of the series at ``at``; None outside the samples."""
-    t, x = _clean(ts, xs)
-    if not t or at < t[0] or at > t[-1]:
+    import numpy as np
+
+    t, x = clean(t, x)
+    if not len(t) or at < t[0] or at > t[-1]:
         return None
-    import bisect
-
-    i = bisect.bisect_left(t, at)
+    i = int(np.searchsorted(t, at, "left"))
     if t[i] == at:
-        return x[i]
-    return _interp(at, t[i - 1], x[i - 1], t[i], x[i])
+        return float(x[i])
+    return interp(at, float(t[i - 1]), float(x[i - 1]), float(t[i]), float(x[i]))
 
 
-def time_where(
-    ts: Sequence[float], flags: Sequence[bool | None], start: float | None = None, end: float | None = None
-) -> float:
+def interval_terms(t: np.ndarray, flags: np.ndarray, start: float | None, end: float | None) -> np.ndarray:
+    """Each flagged sample's share of [start, end]: it holds until the next sample."""
+    import numpy as np
+
+    a = t[:-1] if start is None else np.maximum(t[:-1], start)
+    b = t[1:] if end is None else np.minimum(t[1:], end)
+    held = b - a
+    return held[flags[:-1] & (held > 0)]
+
+
+def time_where(t: np.ndarray, flags: np.ndarray, start: float | None = None, end: float | None = None) -> float:
     """Seconds during which ``flag`` held, each sample holding until the next one."""
-    total = 0.0
-    for i in range(len(ts) - 1):
-        if not flags[i]:
-            continue
-        a = ts[i] if start is None else max(ts[i], start)
-        b = ts[i + 1] if end is None else min(ts[i + 1], end)
-        if b > a:
-            total += b - a
-    return total
+    if len(t) < 2:
+        return 0.0
+    return running_sum(interval_terms(t, flags, start, end))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear-interpolated percentile (as numpy's default), q in 0..100."""
-    if not values:
+    if not len(values):
         return None
     s = sorted(values)
     pos = (len(s) - 1) * q / 100.0
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return float(s[lo] + (s[hi] - s[lo]) * (pos - lo))

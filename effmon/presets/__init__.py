@@ -48,12 +48,22 @@ SERVE_SCHEMA: dict[str, type] = {
 }
 SCHEMAS: dict[str, dict[str, type]] = {"train": TRAIN_SCHEMA, "serve": SERVE_SCHEMA}
 TOP_SCHEMA: dict[str, type] = {"description": str, "kind": str, "train": dict, "serve": dict}
-ENGINES = ("vllm", "transformers")
 METHODS = ("lora", "rslora", "dora", "pissa", "full")
 
 
 class PresetError(Exception):
     pass
+
+
+def engine(name: str, where: str = "") -> Any:
+    """The serving engine a plugin registered under ``name`` (vLLM, transformers serve ...)."""
+    from effmon.plugins import load_registry
+
+    engines = load_registry().engines
+    if name not in engines:
+        prefix = f"{where}: " if where else ""
+        raise PresetError(f"{prefix}engine {name!r} is not one of {', '.join(engines) or 'none installed'}")
+    return engines[name]
 
 
 @dataclass
@@ -93,35 +103,7 @@ class Preset:
         return argv
 
     def _serve_command(self, model_dir: str | None) -> list[str]:
-        f = self.fields
-        if f.get("engine") == "transformers":
-            # the model is pinned (positional), so the server loads it before it reports healthy
-            model = model_dir or str(f.get("model"))
-            return [
-                "transformers",
-                "serve",
-                model,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(f.get("port", 8000)),
-                "--device",
-                "cpu",
-                *[str(a) for a in f.get("extra_args", [])],
-            ]
-        argv = ["vllm", "serve", str(f["model"]), "--host", "127.0.0.1", "--port", str(f.get("port", 8000))]
-        for key, flag in (
-            ("dtype", "--dtype"),
-            ("quantization", "--quantization"),
-            ("kv_cache_dtype", "--kv-cache-dtype"),
-            ("max_model_len", "--max-model-len"),
-            ("gpu_memory_utilization", "--gpu-memory-utilization"),
-            ("tensor_parallel_size", "--tensor-parallel-size"),
-        ):
-            value = f.get(key)
-            if value not in (None, ""):
-                argv += [flag, str(value)]
-        return argv + [str(a) for a in f.get("extra_args", [])]
+        return engine(str(self.fields.get("engine"))).command(self.fields, model_dir)
 
     @property
     def url(self) -> str:
@@ -200,8 +182,8 @@ def _check(key: str, value: Any, where: str, schema: dict[str, type] = TRAIN_SCH
         raise PresetError(f"{where}: {key!r} must be {typ.__name__}, got {value!r} ({type(value).__name__})")
     if key == "method" and value not in METHODS:
         raise PresetError(f"{where}: method {value!r} is not one of {', '.join(METHODS)}")
-    if key == "engine" and value not in ENGINES:
-        raise PresetError(f"{where}: engine {value!r} is not one of {', '.join(ENGINES)}")
+    if key == "engine":
+        engine(value, where)
 
 
 def _convert(key: str, raw: str, schema: dict[str, type] = TRAIN_SCHEMA, kind: str = "train") -> Any:

@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     enc = tokenizer(texts, truncation=True, max_length=args.seq_len, padding="max_length")
     data = [
-        {"input_ids": ids, "attention_mask": mask, "labels": [t if m else -100 for t, m in zip(ids, mask)]}
-        for ids, mask in zip(enc["input_ids"], enc["attention_mask"])
+        {"input_ids": ids, "attention_mask": mask, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=True)]}
+        for ids, mask in zip(enc["input_ids"], enc["attention_mask"], strict=True)
     ]
 
     if args.method != "full":

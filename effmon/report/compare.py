@@ -11,76 +11,64 @@ import json
 from pathlib import Path
 from typing import Any
 
-# key, label, unit, higher is better
-AXES = (
-    ("AMU", "AMU", "GiB", False),
-    ("PCU", "PCU", "ratio", True),
-    ("AL", "AL", "s", False),
-    ("TT", "TT", "tokens/param/s", True),
-    ("ST", "ST", "samples/param/s", True),
-    ("IT", "IT", "tokens/s", True),
-    ("AEC", "AEC", "W", False),
-    ("J_per_token", "J/token", "J", False),
-    ("MCR", "MCR", "", True),
-)
+from effmon.metrics import METRICS, MetricDef, Summary
 
 
 class CompareError(Exception):
     pass
 
 
-def _from_summary(s: dict[str, Any], name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "values": {
-            "AMU": s["AMU"]["gib"],
-            "PCU": s["PCU"]["value"],
-            "AL": s["AL"]["value"],
-            "TT": s["TT"],
-            "ST": s["ST"],
-            "IT": s["IT"],
-            "AEC": s["AEC"]["watts"],
-            "J_per_token": s["energy_per"]["token_j"] or s["energy_per"].get("generated_token_j"),
-            "MCR": s["MCR"]["value"],
-        },
-        "gpu": ", ".join(sorted({str(g.get("name")) for g in s.get("gpus") or []})) or "none",
-    }
+def axes() -> list[MetricDef]:
+    """The metrics compared, in order: every declaration with ``compare=True``."""
+    return [m for m in METRICS.values() if m.compare]
 
 
-def load_run(ref: str, perf: dict[str, float] | None = None) -> dict[str, Any]:
+def _gpu_names(gpus: list[Any]) -> str:
+    return ", ".join(sorted({str(g.get("name") if isinstance(g, dict) else g.name) for g in gpus or []})) or "none"
+
+
+def from_summary(s: Summary, name: str) -> dict[str, Any]:
+    return {"name": name, "values": {m.key: s.value(m.key) for m in axes()}, "gpu": _gpu_names(s.gpus)}
+
+
+def _at(doc: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(part)
+    return doc
+
+
+def _from_export(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """An EfficientLLM record (the benchmark's keys at the top, the rest under ``effmon``) or effmon JSON."""
+    record = "effmon" in doc and not isinstance(doc.get("AMU"), dict)
+    block = doc["effmon"] if record else doc
+    values = {}
+    for m in axes():
+        if record and m.efficientllm:
+            values[m.key] = doc.get(m.efficientllm)
+        else:
+            values[m.key] = _at(block, m.json) if m.json else None
+    return {"name": name, "values": values, "gpu": _gpu_names(block.get("gpus") or [])}
+
+
+def load_run(ref: str) -> dict[str, Any]:
     path = Path(ref)
     if path.suffix == ".json" and path.is_file():
         try:
             doc = json.loads(path.read_text())
         except ValueError as exc:
             raise CompareError(f"{ref}: not JSON ({exc})") from None
-        if "effmon" in doc and "AMU" in doc and not isinstance(doc["AMU"], dict):  # efficientllm export
-            e = doc["effmon"]
-            return {
-                "name": path.stem,  # an export names the run by its file (several can come from one session)
-                "values": {
-                    "AMU": doc.get("AMU"),
-                    "PCU": doc.get("PCU"),
-                    "AL": doc.get("AL"),
-                    "TT": doc.get("TT"),
-                    "ST": doc.get("ST"),
-                    "IT": doc.get("IT"),
-                    "AEC": doc.get("AEC"),
-                    "J_per_token": (e.get("energy_per") or {}).get("token_j"),
-                    "MCR": doc.get("MCR"),
-                },
-                "gpu": ", ".join(sorted({str(g.get("name")) for g in e.get("gpus") or []})) or "none",
-            }
-        if "AMU" in doc and isinstance(doc["AMU"], dict):  # effmon's own json
-            return _from_summary(doc, path.stem)
-        raise CompareError(f"{ref}: not an effmon export (use --format efficientllm or json)")
-    from effmon.metrics import MetricsError, compute
-    from effmon.sessions import resolve
-    from effmon.store import SessionReader
+        if not isinstance(doc, dict) or "AMU" not in doc:
+            raise CompareError(f"{ref}: not an effmon export (use --format efficientllm or json)")
+        return _from_export(doc, path.stem)  # an export names the run by its file (several can come from one session)
+    from effmon.core.sessions import resolve
+    from effmon.core.store import SessionReader
+    from effmon.metrics import MetricsError, evaluate
 
     try:
         with SessionReader(resolve(ref)) as reader:
-            return _from_summary(compute(reader, with_series=False), reader.meta().get("name", ref))
+            return from_summary(evaluate(reader, with_series=False), reader.meta().get("name", ref))
     except MetricsError as exc:
         raise CompareError(f"{ref}: {exc}") from None
 
@@ -90,7 +78,8 @@ def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
         raise CompareError("compare needs at least two runs: effmon compare BASELINE OTHER [...]")
     base = runs[0]["values"]
     rows = []
-    for key, label, unit, higher in AXES:
+    for m in axes():
+        key, label, unit, higher = m.key, m.label, m.unit, m.better == "higher"
         vals = [r["values"].get(key) for r in runs]
         present = [v for v in vals if v is not None]
         lo, hi = (min(present), max(present)) if present else (None, None)
@@ -112,7 +101,7 @@ def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "delta": [None if v is None or base.get(key) is None else v - base[key] for v in vals],
                 "ratio": [None if v is None or not base.get(key) else v / base[key] for v in vals],
                 "normalized": norm,
-                "missing": [r["name"] for r, v in zip(runs, vals) if v is None],
+                "missing": [r["name"] for r, v in zip(runs, vals, strict=True) if v is None],
             }
         )
     return {
@@ -212,52 +201,3 @@ def html_doc(result: dict[str, Any], out: Path) -> None:
         f"<h2>Radar</h2><img alt='radar chart' src='data:image/png;base64,{img}'></body></html>",
         encoding="utf-8",
     )
-
-
-def cmd_compare(args: Any) -> int:
-    import sys
-
-    try:
-        runs = [load_run(ref) for ref in args.runs]
-        result = compare(runs)
-    except (CompareError, Exception) as exc:  # noqa: BLE001 - one line for any input problem
-        from effmon.sessions import SessionNotFound
-        from effmon.store import StoreError
-
-        if not isinstance(exc, (CompareError, SessionNotFound, StoreError)):
-            raise
-        print(f"effmon: error: {exc}", file=sys.stderr)
-        return 2
-    if args.format == "json":
-        text = json.dumps(result, indent=2)
-        if args.output:
-            Path(args.output).write_text(text + "\n")
-        else:
-            print(text)
-        return 0
-    if args.format in ("md", "html"):
-        if not args.output:
-            print(
-                f"effmon: error: --format {args.format} writes a file: give -o compare.{args.format}", file=sys.stderr
-            )
-            return 2
-        (markdown if args.format == "md" else html_doc)(result, Path(args.output))
-        print(f"effmon: wrote {args.output}", file=sys.stderr)
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"effmon compare (baseline: {result['baseline']})", title_justify="left")
-    t.add_column("metric")
-    for r in result["runs"]:
-        t.add_column(r, justify="right")
-    for r in result["runs"][1:]:
-        t.add_column(f"ratio {r}", justify="right")
-    for m in result["metrics"]:
-        t.add_row(
-            f"{m['metric']} ({m['unit']})" if m["unit"] else m["metric"],
-            *(_cell(v) for v in m["values"]),
-            *(_cell(x, ".3f") for x in m["ratio"][1:]),
-        )
-    Console().print(t)
-    return 0

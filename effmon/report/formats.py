@@ -1,24 +1,28 @@
-"""Turn a computed summary (``effmon.metrics.compute``) into the export formats."""
+"""A ``Summary`` as export formats: effmon JSON, the EfficientLLM record (and its pretraining shape), CSV.
+
+Metric values and their places in the documents come from the metric declarations (``json``,
+``efficientllm``, ``unit_doc``): a metric declared once appears in every export without a change here.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from effmon.declare import GPM_ACTIVITY, GPU_COLUMNS
-from effmon.store import SessionReader
+from effmon.core.declare import GPM_ACTIVITY, GPU_COLUMNS
+from effmon.core.store import SessionReader
+from effmon.metrics import METRICS, Summary
 
-UNITS = {
-    "AMU": "GiB (2^30 bytes; the reference code's 'GB'), summed over GPUs",
-    "PCU": "ratio 0-1, time-averaged, mean over GPUs",
-    "AL": "s per training step, or s per request (end-to-end)",
-    "TT": "tokens / parameter / s",
-    "ST": "samples / parameter / s",
-    "IT": "generated tokens / s",
-    "AEC": "W (average power, summed over GPUs)",
-    "MCR": "dimensionless",
+if TYPE_CHECKING:
+    import numpy as np
+
+GROUPS = ("AMU", "PCU", "AL", "TT", "ST", "IT", "AEC", "MCR", "MFU", "energy_per", "efficiency")
+"""Top-level groups of metric values in the documents, in order."""
+
+SERIES_UNITS = {
     "total_time": "s",
     "time_series.memory_utilization": "GiB",
     "time_series.compute_utilization": "ratio 0-1",
@@ -29,10 +33,16 @@ UNITS = {
 }
 
 
-def _clean(obj: Any) -> Any:
+def units() -> dict[str, str]:
+    """What every number of the EfficientLLM record is measured in."""
+    declared = {m.efficientllm: m.unit_doc for m in METRICS.values() if m.efficientllm and m.unit_doc}
+    return {**declared, **SERIES_UNITS}
+
+
+def clean(obj: Any) -> Any:
     """JSON-safe: NaN/inf become null, private keys are dropped."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+        return {k: clean(v) for k, v in obj.items() if not str(k).startswith("_")}
     if isinstance(obj, (list, tuple)):
         if (
             obj
@@ -40,108 +50,145 @@ def _clean(obj: Any) -> Any:
             and not any(isinstance(v, float) and not math.isfinite(v) for v in obj if v is not None)
         ):
             return list(obj)  # a series of numbers: nothing inside to clean
-        return [_clean(v) for v in obj]
+        return [clean(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
 
 
-def efficientllm(summary: dict[str, Any]) -> dict[str, Any]:
-    """The reference inference monitor's object, plus an ``effmon`` object with what it lacks."""
-    kind = summary["run_kind"]
-    steps = summary["_steps"]
-    training, inference = summary["training"], summary["inference"]
-    series = summary["_series"] or {
-        "timestamps": [],
-        "memory_utilization": [],
-        "compute_utilization": [],
-        "power_consumption": [],
-    }
-    if kind == "inference" or (kind != "training" and inference):
-        latencies = summary["_latencies"]
-        computation = list(latencies)
-        communication: list[float] = []
-        tokens: list[int] = list(summary["_gen_tokens"])
-        samples = [1] * len(latencies)
-        num_requests = len(latencies)
-    else:
-        latencies = [s["t_end"] - s["t_start"] for s in steps]
-        comm = summary["_comm"]
-        communication = [float(c) for c in comm]
-        computation = [lat - c for lat, c in zip(latencies, communication)] if communication else list(latencies)
-        tokens = [s.get("tokens") or 0 for s in steps]
-        samples = [s.get("samples") or 0 for s in steps]
-        num_requests = len(steps)
-    out: dict[str, Any] = {
-        "AMU": summary["AMU"]["gib"],
-        "PCU": summary["PCU"]["value"],
-        "AL": summary["AL"]["value"],
-    }
-    primary = {
-        "training": "ST" if (summary.get("model") or {}).get("peft") or kind == "training" else "TT",
-        "inference": "IT",
-    }.get(kind)
-    for key in ("TT", "ST", "IT"):
-        if summary[key] is not None or key == primary:
-            out[key] = summary[key]
-    out.update(
+def metric_tree(s: Summary, groups: tuple[str, ...] = GROUPS) -> dict[str, Any]:
+    """Metric values placed where each declaration says, group by group."""
+    tree: dict[str, Any] = {g: None for g in groups}
+    for key, m in METRICS.items():
+        if m.json is None or m.json[0] not in tree:
+            continue
+        r = s.result(key)
+        if m.json_object:
+            tree[m.json[0]] = {m.json[-1]: r.value, **({"reason": r.reason} if r.reason else {}), **r.info}
+        elif len(m.json) == 1:
+            tree[m.json[0]] = r.value
+        else:
+            node = tree[m.json[0]] if isinstance(tree[m.json[0]], dict) else {}
+            node[m.json[1]] = r.value
+            tree[m.json[0]] = node
+    return {g: v for g, v in tree.items() if v is not None or any(m.json == (g,) for m in METRICS.values())}
+
+
+def window_dict(s: Summary) -> dict[str, Any]:
+    w = s.window
+    return {"label": w.label, "start": w.start, "end": w.end, "duration_s": w.duration, "relative_s": w.relative()}
+
+
+def _asdict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if obj is not None else None
+
+
+def effmon_json(s: Summary) -> dict[str, Any]:
+    """Everything effmon knows about the window."""
+    return clean(
         {
-            "AEC": summary["AEC"]["watts"],
-            "MCR": summary["MCR"]["value"],
-            "total_time": summary["window"]["duration_s"],
-            "num_requests": num_requests,
-            "time_series": {
-                k: series[k] for k in ("timestamps", "memory_utilization", "compute_utilization", "power_consumption")
-            },
-            "request_level": {
-                "latencies": latencies,
-                "tokens": tokens,
-                "samples": samples,
-                "generated_tokens": list(summary["_gen_tokens"]) if inference else [],
-                "computation_times": computation,
-                "communication_times": communication,
-            },
+            "effmon_version": s.effmon_version,
+            "session": s.session,
+            "run_kind": s.run_kind,
+            "window": window_dict(s),
+            "model": s.model,
+            **metric_tree(s),
+            "training": _asdict(s.training),
+            "inference": _asdict(s.inference),
+            "server": _asdict(s.server),
+            "gpus": [dataclasses.asdict(g) for g in s.gpus],
+            "throttle_s": s.value("throttle_s"),
+            "notes": s.notes,
         }
     )
+
+
+def _request_level(s: Summary) -> tuple[dict[str, list[Any]], int]:
+    kind = s.run_kind
+    if kind == "inference" or (kind != "training" and s.inference):
+        latencies = s.requests.latencies
+        return {
+            "latencies": latencies,
+            "tokens": s.requests.generated_tokens,
+            "samples": [1] * len(latencies),
+            "generated_tokens": s.requests.generated_tokens,
+            "computation_times": list(latencies),
+            "communication_times": [],
+        }, len(latencies)
+    rows = s.steps.rows
+    latencies = s.steps.times
+    communication = [float(c) for c in s.steps.comm if c is not None] if s.steps.comm_measured else []
+    return {
+        "latencies": latencies,
+        "tokens": [r.get("tokens") or 0 for r in rows],
+        "samples": [r.get("samples") or 0 for r in rows],
+        "generated_tokens": s.requests.generated_tokens if s.inference else [],
+        "computation_times": [lat - c for lat, c in zip(latencies, communication, strict=False)]
+        if communication
+        else list(latencies),
+        "communication_times": communication,
+    }, len(rows)
+
+
+def efficientllm(s: Summary) -> dict[str, Any]:
+    """The reference inference monitor's object, plus an ``effmon`` object with what it lacks."""
+    kind = s.run_kind
+    request_level, num_requests = _request_level(s)
+    primary = {"training": "ST", "inference": "IT"}.get(kind)
+    out: dict[str, Any] = {}
+    for m in METRICS.values():
+        if m.efficientllm and (
+            m.efficientllm not in ("TT", "ST", "IT") or s.value(m.key) is not None or m.efficientllm == primary
+        ):
+            out[m.efficientllm] = s.value(m.key)
+    ts = s.series
+    out.update(
+        {
+            "total_time": s.window.duration,
+            "num_requests": num_requests,
+            "time_series": {
+                "timestamps": ts.timestamps if ts else [],
+                "memory_utilization": ts.memory_utilization if ts else [],
+                "compute_utilization": ts.compute_utilization if ts else [],
+                "power_consumption": ts.power_consumption if ts else [],
+            },
+            "request_level": request_level,
+        }
+    )
+    training, inference = s.training, s.inference
+    tree = metric_tree(s, ("AMU", "PCU", "AL", "AEC", "MCR", "MFU", "energy_per", "efficiency"))
     out["effmon"] = {
-        "version": summary["effmon_version"],
-        "units": UNITS,
+        "version": s.effmon_version,
+        "units": units(),
         "run_kind": kind,
         "primary_throughput": primary,
-        "session": summary["session"],
-        "window": summary["window"],
-        "model": summary["model"],
+        "session": s.session,
+        "window": window_dict(s),
+        "model": s.model,
         "num_requests_counts": "requests" if num_requests and inference and kind != "training" else "training steps",
-        "AMU": summary["AMU"],
-        "PCU": summary["PCU"],
-        "AL": summary["AL"],
-        "AEC": summary["AEC"],
-        "MCR": summary["MCR"],
-        "MFU": summary["MFU"],
-        "energy_per": summary["energy_per"],
+        **tree,
         "throughput": {
-            "tokens_per_s": (training or {}).get("tokens_per_s"),
-            "samples_per_s": (training or {}).get("samples_per_s"),
-            "generated_tokens_per_s": (inference or {}).get("generated_tokens_per_s"),
-            "requests_per_s": (inference or {}).get("requests_per_s"),
+            "tokens_per_s": training.tokens_per_s if training else None,
+            "samples_per_s": training.samples_per_s if training else None,
+            "generated_tokens_per_s": inference.generated_tokens_per_s if inference else None,
+            "requests_per_s": inference.requests_per_s if inference else None,
         },
         "per_param_null_reason": None
-        if (summary["TT"] is not None or not training)
+        if (s.value("TT") is not None or not training)
         else "model parameter count unknown; give --params",
-        "training": training,
-        "inference": inference,
-        "gpus": summary["gpus"],
-        "throttle_s": summary["throttle_s"],
-        "notes": summary["notes"],
+        "training": _asdict(training),
+        "inference": _asdict(inference),
+        "gpus": [dataclasses.asdict(g) for g in s.gpus],
+        "throttle_s": s.value("throttle_s"),
+        "notes": s.notes,
     }
-    return _clean(out)
+    return clean(out)
 
 
-def efficientllm_pretrain(summary: dict[str, Any]) -> dict[str, Any]:
+def efficientllm_pretrain(s: Summary) -> dict[str, Any]:
     """The pretraining scripts' ``efficientllm_metrics.json`` shape."""
-    model = summary.get("model") or {}
-    loss = (summary.get("training") or {}).get("loss_last")
-    return _clean(
+    model = s.model or {}
+    return clean(
         {
             "model_type": model.get("type"),
             "model_size": model.get("size"),
@@ -149,55 +196,71 @@ def efficientllm_pretrain(summary: dict[str, Any]) -> dict[str, Any]:
             "context_length": model.get("context_length"),
             "metrics": {
                 "ppl": None,
-                "amu_gb": summary["AMU"]["gib"],
-                "al_seconds": summary["AL"]["value"],
-                "tt_tokens_per_param_per_sec": summary["TT"],
-                "aec_watts": summary["AEC"]["watts"],
+                "amu_gb": s.value("AMU"),
+                "al_seconds": s.value("AL"),
+                "tt_tokens_per_param_per_sec": s.value("TT"),
+                "aec_watts": s.value("AEC"),
             },
             "effmon": {
-                "version": summary["effmon_version"],
-                "window": summary["window"],
-                "train_loss_last": loss,
+                "version": s.effmon_version,
+                "window": window_dict(s),
+                "train_loss_last": s.training.loss_last if s.training else None,
                 "ppl_null_reason": "perplexity needs a validation set; effmon does not evaluate",
-                "st_samples_per_param_per_sec": summary["ST"],
-                "pcu_ratio": summary["PCU"]["value"],
-                "energy_j": summary["AEC"]["energy_j"],
-                "units": UNITS,
+                "st_samples_per_param_per_sec": s.value("ST"),
+                "pcu_ratio": s.value("PCU"),
+                "energy_j": s.value("energy_j"),
+                "units": units(),
             },
         }
     )
 
 
-def effmon_json(summary: dict[str, Any]) -> dict[str, Any]:
-    return _clean(summary)
-
-
 CSV_COLUMNS = ["t", "t_rel_s", "gpu", *GPU_COLUMNS, *GPM_ACTIVITY]
 
 
-def csv_text(reader: SessionReader, summary: dict[str, Any]) -> str:
-    """One row per GPU sample in the window; GPM columns hold the latest GPM reading at that time."""
-    w0, w1 = summary["window"]["start"], summary["window"]["end"]
-    s0 = w0 - summary["window"]["relative_s"][0]
-    gpm: dict[int, list[tuple[Any, ...]]] = {}
-    for row in reader.rows("gpu_gpm", ["gpu", "t", *GPM_ACTIVITY], order="gpu, t"):
-        gpm.setdefault(int(row[0]), []).append(row[1:])
+def _texts(values: np.ndarray, integer: bool) -> np.ndarray:
+    """Each value as the csv module writes it (repr of a float, an int as int, NULL empty), formatting
+    each distinct value once: most columns hold few."""
+    import numpy as np
+
+    distinct, where = np.unique(values, return_inverse=True)
+    texts = ["" if v != v else (str(int(v)) if integer and v.is_integer() else repr(v)) for v in distinct.tolist()]
+    return np.array(texts, dtype=object)[where.reshape(-1)]
+
+
+def csv_text(reader: SessionReader, window_start: float, window_end: float, session_start: float) -> str:
+    """One row per GPU sample in the window, in (time, GPU) order; the GPM columns hold the latest GPM
+    reading at that time."""
+    import numpy as np
+
+    gpu = reader.series("gpu", GPU_COLUMNS).by_key
+    gpm = reader.series("gpu_gpm", GPM_ACTIVITY).by_key
+    columns: dict[str, list[np.ndarray]] = {c: [] for c in CSV_COLUMNS}
+    for idx, s in sorted(gpu.items()):
+        inside = (s.t >= window_start) & (s.t <= window_end)
+        t = s.t[inside]
+        columns["t"].append(t)
+        columns["gpu"].append(np.full(len(t), float(idx)))
+        for c in GPU_COLUMNS:
+            columns[c].append(s[c][inside] if c in s else np.full(len(t), np.nan))
+        g = gpm.get(idx)
+        at = np.searchsorted(g.t, t, "right") - 1 if g is not None else np.full(len(t), -1)
+        for c in GPM_ACTIVITY:
+            held = np.full(len(t), np.nan)
+            if g is not None and c in g:
+                held[at >= 0] = g[c][at[at >= 0]]
+            columns[c].append(held)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    gpu_cols = list(GPU_COLUMNS)
-    pos: dict[int, int] = {}
-    none4 = (None,) * len(GPM_ACTIVITY)
-
-    def rows() -> Any:
-        for row in reader.rows("gpu", ["t", "gpu", *gpu_cols], "t >= ? AND t <= ?", (w0, w1), order="t, gpu"):
-            t, g = row[0], row[1]
-            series = gpm.get(g, ())
-            i = pos.get(g, 0)
-            while i < len(series) and series[i][0] <= t:
-                i += 1
-            pos[g] = i
-            yield (t, round(t - s0, 4), *row[1:], *(series[i - 1][1:] if i else none4))
-
-    writer.writerows(rows())
+    csv.writer(buf, lineterminator="\n").writerow(CSV_COLUMNS)
+    if not columns["t"] or not sum(len(a) for a in columns["t"]):
+        return buf.getvalue()
+    arrays = {c: np.concatenate(v) for c, v in columns.items() if c != "t_rel_s"}
+    order = np.lexsort((arrays["gpu"], arrays["t"]))
+    arrays = {c: a[order] for c, a in arrays.items()}
+    ent = reader.entities().get("gpu")
+    integer = {"gpu", *(m.name for m in ent.metrics if m.sql_type == "INTEGER")} if ent else {"gpu"}
+    rel = np.array([round(v - session_start, 4) for v in arrays["t"].tolist()])
+    texts = [_texts(rel if c == "t_rel_s" else arrays[c], c in integer) for c in CSV_COLUMNS]
+    buf.write("\n".join(map(",".join, zip(*texts, strict=True))))
+    buf.write("\n")
     return buf.getvalue()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from effmon.declare import GPU, GPU_ENERGY, GPU_GPM, GPU_PROCESS, HOST, PHASE, REQUEST, TRAIN_STEP, WATCHED
-from effmon.plugins import Source, SourceOptions, SourceSpec, hookimpl
+from effmon.core.declare import GPU, GPU_ENERGY, GPU_GPM, GPU_PROCESS, HOST, PHASE, REQUEST, TRAIN_STEP, WATCHED
+from effmon.core.source import Source, SourceOptions, SourceSpec, hookimpl
 
 
 def _nvml(options: SourceOptions) -> Source:

@@ -6,8 +6,8 @@ from typing import Any
 
 import psutil
 
-from effmon.declare import Row
-from effmon.plugins import SourceInfo, SourceOptions
+from effmon.core.declare import Row
+from effmon.core.source import SourceInfo, SourceOptions
 
 
 class HostSource:

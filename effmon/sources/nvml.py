@@ -13,8 +13,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from effmon.declare import Row
-from effmon.plugins import SourceInfo, SourceOptions, SourceUnavailable
+from effmon.core.declare import Row
+from effmon.core.source import SourceInfo, SourceOptions, SourceUnavailable
 
 # GPM metric ids (nvml.h): SM_UTIL=2, SM_OCCUPANCY=3, ANY_TENSOR_UTIL=5, DRAM_BW_UTIL=10,
 # PCIE_TX_PER_SEC=20, PCIE_RX_PER_SEC=21 (MiB/s).
@@ -77,25 +77,26 @@ class NvmlSource:
         info = SourceInfo()
         driver = _text(_try(nv.nvmlSystemGetDriverVersion))
         for index in range(count):
-            handle = nv.nvmlDeviceGetHandleByIndex(index)
-            gpu = _Gpu(index, handle)
+            gpu = _Gpu(index, nv.nvmlDeviceGetHandleByIndex(index))
             self._probe(gpu, info)
             self.gpus.append(gpu)
-            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
-            info.gpus.append(
-                {
-                    "index": index,
-                    "name": _text(_try(lambda: nv.nvmlDeviceGetName(handle))),
-                    "uuid": _text(_try(lambda: nv.nvmlDeviceGetUUID(handle))),
-                    "mem_total_bytes": getattr(mem, "total", None),
-                    "power_limit_w": gpu.power_limit_w,
-                    "max_sm_clock_mhz": _try(lambda: nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_SM)),
-                    "driver": driver,
-                    "gpm": gpu.gpm,
-                    "energy_counter": gpu.energy,
-                }
-            )
+            info.gpus.append(self._describe(gpu, driver))
         return info
+
+    def _describe(self, gpu: _Gpu, driver: Any) -> dict[str, Any]:
+        nv, h = self.nv, gpu.handle
+        mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+        return {
+            "index": gpu.index,
+            "name": _text(_try(lambda: nv.nvmlDeviceGetName(h))),
+            "uuid": _text(_try(lambda: nv.nvmlDeviceGetUUID(h))),
+            "mem_total_bytes": getattr(mem, "total", None),
+            "power_limit_w": gpu.power_limit_w,
+            "max_sm_clock_mhz": _try(lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
+            "driver": driver,
+            "gpm": gpu.gpm,
+            "energy_counter": gpu.energy,
+        }
 
     def _probe(self, gpu: _Gpu, info: SourceInfo) -> None:
         nv, h = self.nv, gpu.handle

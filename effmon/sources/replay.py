@@ -11,9 +11,9 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from effmon.declare import GPM_ACTIVITY, Row
-from effmon.plugins import SourceInfo, SourceOptions
-from effmon.trace import Trace, load_trace
+from effmon.core.declare import GPM_ACTIVITY, Row
+from effmon.core.source import SourceInfo, SourceOptions
+from effmon.sources.trace import Trace, load_trace
 
 _GPM = GPM_ACTIVITY
 _GPU = (

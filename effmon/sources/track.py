@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from effmon.declare import Row
-from effmon.plugins import SourceInfo, SourceOptions
+from effmon.core.declare import Row
+from effmon.core.source import SourceInfo, SourceOptions
 from effmon.track import track_path
 
 STEP_FIELDS = ("step", "tokens", "samples", "loss", "lr", "grad_norm", "epoch", "comm_s", "phase")

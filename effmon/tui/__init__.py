@@ -1,1 +1,1 @@
-"""The Textual dashboard: a thin view over a session (``effmon.view``). Only this package imports Textual."""
+"""The Textual dashboard: a thin view over a session (``effmon.tui.snapshot``). Only this package imports Textual."""

@@ -15,9 +15,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Sparkline, Static
 
-from effmon.fmt import human_bytes, human_duration
+from effmon.core.fmt import human_bytes, human_duration
+from effmon.tui.snapshot import CHART_METRICS, WINDOWS, SessionView, Snapshot
 from effmon.tui.widgets import GpuCardWidget, chart_renderable, efficiency_text, pairs_table
-from effmon.view import CHART_METRICS, WINDOWS, SessionView, Snapshot
 
 HELP = """\
 [b]Keys[/b]  (htop/nvitop habits where they exist)
@@ -383,16 +383,17 @@ class EffmonApp(App[None]):
         """The report of the session so far: the same code as `effmon report` (HTML and EfficientLLM JSON)."""
         import json
 
-        from effmon.metrics import MetricsError, compute
-        from effmon.metrics.engine import Window
+        from effmon.core.store import SessionReader
+        from effmon.metrics import MetricsError, Window, evaluate
         from effmon.report.formats import efficientllm
-        from effmon.store import SessionReader
 
         try:
             with SessionReader(self.view.path) as reader:
                 lo, hi = reader.time_range()
-                end = min(self.cursor, hi) if self.cursor is not None and hi is not None else hi
-                summary = compute(reader, Window(lo, end, "so far", lo, hi))  # type: ignore[arg-type]
+                if lo is None or hi is None:
+                    raise MetricsError("the session holds no samples yet")
+                end = min(self.cursor, hi) if self.cursor is not None else hi
+                summary = evaluate(reader, Window(lo, end, "so far", lo, hi))
                 out_dir = self.report_dir or self.view.path.parent.parent / "reports"
                 out_dir.mkdir(parents=True, exist_ok=True)
                 stem = out_dir / f"{self.view.path.stem}-{time.strftime('%H%M%S')}"

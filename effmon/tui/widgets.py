@@ -11,8 +11,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline, Static
 
-from effmon.fmt import human_energy
-from effmon.view import GpuCard, Snapshot
+from effmon.core.fmt import human_energy
+from effmon.tui.snapshot import GpuCard, Snapshot
 
 
 def _na(x: float | None, spec: str, unit: str = "") -> str:
@@ -121,31 +121,20 @@ def pairs_table(rows: list[tuple[str, str]], hint: str) -> Any:
 
 
 def efficiency_text(snap: Snapshot) -> Text:
+    """The running EfficientLLM figures: every metric declared for the strip, known or always shown."""
     s = snap.efficiency
     if s is None:
         return Text(f"EfficientLLM: {snap.efficiency_error or 'waiting for data'}", style="dim")
-    parts: list[tuple[str, str]] = [
-        ("AMU", _na(s["AMU"]["gib"], ".1f", " GiB")),
-        (
-            "PCU",
-            f"{s['PCU']['value']:.2f}" + (" SM" if s["PCU"]["source"] == "nvml_gpm_sm_active" else " util")
-            if s["PCU"]["value"] is not None
-            else "N/A",
-        ),
-        ("AL", _na(s["AL"]["value"], ".3g", " s")),
-    ]
-    for key in ("TT", "ST", "IT"):
-        if s[key] is not None:
-            parts.append((key, f"{s[key]:.3g}"))
-    parts.append(("AEC", _na(s["AEC"]["watts"], ".0f", " W")))
-    if s["energy_per"]["token_j"] is not None:
-        parts.append(("J/token", f"{s['energy_per']['token_j']:.3g}"))
-    elif s["energy_per"].get("generated_token_j") is not None:
-        parts.append(("J/gen token", f"{s['energy_per']['generated_token_j']:.3g}"))
     text = Text()
-    for k, v in parts:
-        text.append(f"{k} ", style="bold")
-        text.append(f"{v}  ")
+    for m, r in s.metrics("strip"):
+        if r.value is None:
+            value = "N/A"
+        elif callable(m.strip):
+            value = m.strip(r.value, s)
+        else:
+            value = str(m.strip).format(r.value)
+        text.append(f"{m.label} ", style="bold")
+        text.append(f"{value}  ")
     return text
 
 

@@ -9,8 +9,9 @@ if) ``transformers.trainer`` is imported. The callback reports through ``effmon.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from effmon.plugins import hookimpl
+from effmon.plugins import EngineSpec, hookimpl
 
 INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
 
@@ -19,3 +20,19 @@ INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
 def effmon_launch_env(env: dict[str, str]) -> None:
     current = env.get("PYTHONPATH")
     env["PYTHONPATH"] = INJECT_DIR + (os.pathsep + current if current else "")
+
+
+@hookimpl
+def effmon_register_engines(register: Callable[[EngineSpec], None]) -> None:
+    from effmon_transformers import engine
+
+    register(
+        EngineSpec(
+            "transformers",
+            "transformers serve on the CPU (or a GPU with --set extra_args)",
+            engine.command,
+            engine.available,
+            "transformers serve is not installed: pip install 'transformers[serving]'",
+            prepare=engine.prepare,
+        )
+    )

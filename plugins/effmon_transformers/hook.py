@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 TARGET = "transformers.trainer"
+PATCHED = "_effmon_patched"  # marks a Trainer class this hook already wraps
 
 
 class _TrainerFinder(importlib.abc.MetaPathFinder):
@@ -44,7 +45,7 @@ def install() -> None:
 
 def patch(module: Any) -> None:
     trainer_cls = getattr(module, "Trainer", None)
-    if trainer_cls is None or getattr(trainer_cls, "_effmon_patched", False):
+    if trainer_cls is None or getattr(trainer_cls, PATCHED, False):
         return
     original_init = trainer_cls.__init__
 
@@ -57,7 +58,7 @@ def patch(module: Any) -> None:
             sys.stderr.write(f"effmon: could not instrument this Trainer ({exc})\n")
 
     trainer_cls.__init__ = __init__
-    trainer_cls._effmon_patched = True
+    setattr(trainer_cls, PATCHED, True)
 
 
 def _enable_token_count(args: Any) -> None:

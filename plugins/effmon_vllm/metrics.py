@@ -10,13 +10,12 @@ the oldest scrape in the window, interpolated within a bucket as Prometheus' his
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
 from collections import deque
 from typing import Any
 
-from effmon.declare import Row
+from effmon.core.declare import Row
 from effmon.plugins import SourceInfo, SourceOptions, SourceUnavailable
 
 GAUGES = {
@@ -47,10 +46,10 @@ def parse(text: str) -> tuple[dict[str, float], dict[str, dict[float, float]], l
     Returns also the vLLM families it did not know (they are ignored, and listed for the help view)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    families: dict[str, Any] = {}
+    families: dict[str, Any] = {}  # name -> prometheus_client Metric
     try:
-        for fam in text_string_to_metric_families(text):
-            families[fam.name] = fam
+        for family in text_string_to_metric_families(text):
+            families[family.name] = family
     except (ValueError, TypeError, IndexError) as exc:
         raise MetricsFormatError(f"malformed Prometheus exposition text: {exc}") from None
     values: dict[str, float] = {}
@@ -65,11 +64,11 @@ def parse(text: str) -> tuple[dict[str, float], dict[str, dict[float, float]], l
     hists: dict[str, dict[float, float]] = {}
     for key, names in HISTOGRAMS.items():
         for name in names:
-            fam = families.get(name)
-            if fam is None or fam.type != "histogram":
+            hist: Any = families.get(name)
+            if hist is None or hist.type != "histogram":
                 continue
             buckets: dict[float, float] = {}
-            for s in fam.samples:
+            for s in hist.samples:
                 if s.name == name + "_bucket":
                     le = float(s.labels["le"])
                     buckets[le] = buckets.get(le, 0.0) + s.value
@@ -173,10 +172,3 @@ class VllmMetricsSource:
 
     def close(self) -> None:
         pass
-
-
-def scrape_once(url: str) -> dict[str, Any]:
-    """One scrape (for scripts): the summed values and the histograms."""
-    src = VllmMetricsSource(SourceOptions(extra={"metrics_url": url}))
-    values, hists, unknown = parse(src._fetch())
-    return {"values": values, "histograms": hists, "unknown": unknown, "t": time.time()}

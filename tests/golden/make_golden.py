@@ -34,15 +34,18 @@ REPORTS: list[tuple[str, list[str]]] = [
     ("generate.efficientllm.json", ["--phase", "generate", "--format", "efficientllm"]),
     ("window.json", ["--window", "10:60", "--format", "json"]),
     ("window.csv", ["--window", "10:60", "--format", "csv"]),
-    ("mcr.efficientllm.json", ["--format", "efficientllm", "--precision", "int4", "--perf", "0.4361",
-                               "--baseline-perf", "0.4719"]),
+    (
+        "mcr.efficientllm.json",
+        ["--format", "efficientllm", "--precision", "int4", "--perf", "0.4361", "--baseline-perf", "0.4719"],
+    ),
 ]
 
 
 def effmon(home: Path, *args: str) -> str:
     env = dict(os.environ, EFFMON_HOME=str(home), COLUMNS="120", NO_COLOR="1", TZ="UTC")
-    res = subprocess.run([sys.executable, "-m", "effmon", *args], capture_output=True, text=True, env=env,
-                         cwd=REPO, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "effmon", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
     if res.returncode != 0:
         raise RuntimeError(f"effmon {' '.join(args)} failed ({res.returncode}): {res.stderr}")
     return res.stdout
@@ -54,7 +57,7 @@ def normalise(text: str, home: Path) -> str:
     host = re.escape(socket.gethostname())
     text = re.sub(rf'"host": "{host}"', '"host": "<host>"', text)
     text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "<wall-clock>", text)
-    text = re.sub(r"(\(<home>[^ ]*) \([0-9.]+ [KMG]?B\)", r"\1 (<size>)", text)
+    text = re.sub(r"(<home>\S*) \([0-9.]+ [KMG]?B\)", r"\1 (<size>)", text)
     return text
 
 

@@ -57,69 +57,85 @@ def _number(obj: dict[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
-def load_trace(path: str | Path) -> Trace:
-    path = Path(path)
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TraceError(f"trace file not found: {path}; pass the path of a .jsonl trace") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceError(f"cannot read trace {path}: {exc}") from None
+
+
+def _parse(line: str, path: Path, lineno: int, last: bool) -> dict[str, Any]:
+    where = f"{path}:{lineno}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        if last:
+            raise TraceError(
+                f"{where}: the last line is cut off ({exc.msg}); the trace looks truncated. "
+                f"Keep the complete lines with: head -n {lineno - 1} {path} > fixed.jsonl"
+            ) from None
+        raise TraceError(f"{where}: not valid JSON ({exc.msg}); fix or remove that line") from None
+    if not isinstance(obj, dict):
+        raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if obj.get("kind") not in KINDS:
+        raise TraceError(f"{where}: unknown kind {obj.get('kind')!r}; expected one of {', '.join(KINDS)}")
+    return obj
+
+
+def _check_gpu(obj: dict[str, Any], where: str) -> None:
+    for key in GPU_FIELDS_REQUIRED:
+        _number(obj, key, where)
+
+
+def _check_step(obj: dict[str, Any], where: str) -> None:
+    if "t_start" in obj and "t_end" in obj:
+        obj["t_start"] = _number(obj, "t_start", where)
+        obj["t_end"] = _number(obj, "t_end", where)
+    else:
+        _number(obj, "secs", where)
+
+
+def _check_batch(obj: dict[str, Any], where: str) -> None:
+    _number(obj, "t_start", where)
+    _number(obj, "t_end", where)
+
+
+CHECKS = {"gpu": _check_gpu, "train_step": _check_step, "generate_batch": _check_batch}
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read and check a whole trace; the first bad line is named with how to fix it."""
+    path = Path(path)
+    text = _read(path)
     lines = text.splitlines()
     if not lines:
         raise TraceError(f'{path} is empty; a trace starts with a {{"kind": "meta"}} line')
     meta: dict[str, Any] | None = None
-    gpu: list[dict[str, Any]] = []
-    steps: list[dict[str, Any]] = []
-    batches: list[dict[str, Any]] = []
-    last_index = len(lines)
+    by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CHECKS}
     for lineno, line in enumerate(lines, 1):
-        where = f"{path}:{lineno}"
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == last_index and not text.endswith("\n"):
-                raise TraceError(
-                    f"{where}: the last line is cut off ({exc.msg}); the trace looks truncated. "
-                    f"Keep the complete lines with: head -n {lineno - 1} {path} > fixed.jsonl"
-                ) from None
-            raise TraceError(f"{where}: not valid JSON ({exc.msg}); fix or remove that line") from None
-        if not isinstance(obj, dict):
-            raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        kind = obj.get("kind")
-        if kind not in KINDS:
-            raise TraceError(f"{where}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-        if kind == "meta":
+        where = f"{path}:{lineno}"
+        obj = _parse(line, path, lineno, last=lineno == len(lines) and not text.endswith("\n"))
+        if obj["kind"] == "meta":
             if meta is not None:
                 raise TraceError(f"{where}: a second meta line; a trace has one, first")
             meta = obj
             continue
         if meta is None:
             raise TraceError(f'{where}: the first line must be the {{"kind": "meta"}} line')
-        if kind == "gpu":
-            for key in GPU_FIELDS_REQUIRED:
-                _number(obj, key, where)
-            gpu.append(obj)
-        elif kind == "train_step":
-            if "t_start" in obj and "t_end" in obj:
-                obj["t_start"] = _number(obj, "t_start", where)
-                obj["t_end"] = _number(obj, "t_end", where)
-            else:
-                _number(obj, "secs", where)
-            steps.append(obj)
-        else:
-            _number(obj, "t_start", where)
-            _number(obj, "t_end", where)
-            batches.append(obj)
+        CHECKS[obj["kind"]](obj, where)
+        by_kind[obj["kind"]].append(obj)
     if meta is None:
         raise TraceError(f"{path}: no meta line")
+    gpu, steps = by_kind["gpu"], by_kind["train_step"]
     if not gpu:
         raise TraceError(f"{path}: no gpu readings; a trace needs lines of kind 'gpu'")
     gpu.sort(key=lambda r: (r["t"], r["gpu"]))
     _place_steps_without_times(steps, gpu[0]["t"])
-    trace = Trace(str(path), meta, gpu, steps, batches)
+    trace = Trace(str(path), meta, gpu, steps, by_kind["generate_batch"])
     trace.phases = _phases(trace)
     return trace
 

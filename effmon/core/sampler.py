@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from effmon.clock import RealClock
-from effmon.declare import Row
-from effmon.plugins import Source
+from effmon.core.clock import RealClock
+from effmon.core.declare import Row
+from effmon.core.source import Source
 
 Sink = Callable[[list[Row]], None]
 

@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import Any
 
-from effmon.fmt import human_energy, num
+from effmon.core.fmt import human_energy, num
 
 
 def _table(recorder: Any) -> Any:

@@ -202,7 +202,8 @@ REQUEST = Entity(
 SERVING = Entity(
     "serving",
     keys=(),
-    description="An inference server's own metrics (vLLM /metrics), summed over engines; latencies over a window",
+    description="An inference server's own metrics, from its metrics endpoint (any engine plugin with the "
+    "server_metrics role fills it); latencies over a window",
     metrics=(
         M("running", "requests", "gauge", "Requests running"),
         M("waiting", "requests", "gauge", "Requests waiting"),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from effmon.core.declare import Row
 from effmon.metrics.series import percentile
 
 WORDS = (
@@ -98,15 +99,16 @@ def parse_slo(text: str) -> tuple[float | None, float | None]:
     return ttft, tpot
 
 
-async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
-    import aiohttp
+class StreamError(Exception):
+    """A streamed response that is not what an OpenAI-compatible server sends."""
 
+
+def _request(cfg: LoadConfig, prompt: str) -> tuple[str, dict[str, Any]]:
+    body: dict[str, Any]
     if cfg.endpoint == "chat":
-        path = "/v1/chat/completions"
-        body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}]}
+        path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]}
     else:
-        path = "/v1/completions"
-        body = {"prompt": prompt}
+        path, body = "/v1/completions", {"prompt": prompt}
     body.update(
         model=cfg.model,
         max_tokens=cfg.output_tokens,
@@ -114,52 +116,83 @@ async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
         temperature=0,
         stream_options={"include_usage": True},
     )
+    return cfg.url.rstrip("/") + path, body
+
+
+class _Stream:
+    """Reads a streamed response line by line into a ``RequestResult``: TTFT at the first chunk that carries
+    generated text, gaps between content chunks, the server's usage wherever it sends it."""
+
+    def __init__(self, res: RequestResult, endpoint: str, start: float):
+        self.res, self.endpoint, self.start = res, endpoint, start
+        self.last_content: float | None = None
+        self.finished = False
+
+    def feed(self, raw: bytes, now: float) -> bool:
+        """One line of the response; True once the server said the response is complete."""
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            return False
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.finished = True
+            return True
+        if self.res.first_chunk_s is None:
+            self.res.first_chunk_s = now - self.start
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise StreamError(data[:200].decode(errors="replace")) from None
+        self._chunk(chunk, now)
+        return False
+
+    def _chunk(self, chunk: Any, now: float) -> None:
+        if not isinstance(chunk, dict):
+            raise StreamError(f"a chunk that is not a JSON object: {str(chunk)[:200]}")
+        res = self.res
+        if res.response_id is None:
+            res.response_id = chunk.get("id")
+        usage = chunk.get("usage")
+        if usage:
+            if usage.get("completion_tokens") is not None:
+                res.output_tokens, res.tokens_from_usage = int(usage["completion_tokens"]), True
+            res.prompt_tokens = usage.get("prompt_tokens")
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") if self.endpoint == "chat" else choice.get("text")
+            if text:
+                self._content(now)
+            if choice.get("finish_reason"):
+                self.finished = True
+
+    def _content(self, now: float) -> None:
+        res = self.res
+        if res.ttft_s is None:
+            res.ttft_s = now - self.start
+        elif self.last_content is not None:
+            res.gaps.append(now - self.last_content)
+        self.last_content = now
+        res.chunks += 1
+
+
+async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
+    import aiohttp
+
+    url, body = _request(cfg, prompt)
     start_wall, start = time.time(), time.perf_counter()
     res = RequestResult(t_start=start_wall, t_end=start_wall)
-    last_content: float | None = None
-    finished = False
+    stream = _Stream(res, cfg.endpoint, start)
     try:
-        async with session.post(cfg.url.rstrip("/") + path, json=body) as resp:
+        async with session.post(url, json=body) as resp:
             if resp.status >= 400:
-                res.error = f"http_{resp.status}"
-                res.detail = (await resp.text())[:200]
+                res.error, res.detail = f"http_{resp.status}", (await resp.text())[:200]
                 return res
             async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    finished = True
+                if stream.feed(raw, time.perf_counter()):
                     break
-                now = time.perf_counter()
-                if res.first_chunk_s is None:
-                    res.first_chunk_s = now - start
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    res.error, res.detail = "bad_stream", data[:200].decode(errors="replace")
-                    return res
-                if res.response_id is None:
-                    res.response_id = chunk.get("id")
-                usage = chunk.get("usage")
-                if usage:
-                    if usage.get("completion_tokens") is not None:
-                        res.output_tokens, res.tokens_from_usage = int(usage["completion_tokens"]), True
-                    res.prompt_tokens = usage.get("prompt_tokens")
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content") if cfg.endpoint == "chat" else choice.get("text")
-                    if text:
-                        if res.ttft_s is None:
-                            res.ttft_s = now - start
-                        elif last_content is not None:
-                            res.gaps.append(now - last_content)
-                        last_content = now
-                        res.chunks += 1
-                    if choice.get("finish_reason"):
-                        finished = True
-            if not finished:
+            if not stream.finished:
                 res.error = "cut_off"  # the stream ended before the server said it was done
+    except StreamError as exc:
+        res.error, res.detail = "bad_stream", str(exc)
     except asyncio.TimeoutError:
         res.error = "timeout"
     except aiohttp.ClientConnectorError as exc:
@@ -274,3 +307,63 @@ def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> d
         },
         "first_error": next((f"{r.error}: {r.detail}" for r in results if not r.ok and r.detail), None),
     }
+
+
+def request_row(r: RequestResult) -> Row:
+    return Row(
+        "request",
+        {
+            "t_start": r.t_start,
+            "t_end": r.t_end,
+            "requests": 1,
+            "prompt_tokens": r.prompt_tokens,
+            "generated_tokens": r.output_tokens if r.ok else None,
+            "ttft_s": r.ttft_s,
+            "tpot_s": r.tpot_s,
+            "itl_mean_s": sum(r.gaps) / len(r.gaps) if r.gaps else None,
+            "chunks": r.chunks,
+            "error": r.error,
+            "phase": None,
+        },
+    )
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(
+        title=f"effmon load — {s['succeeded']} of {s['requests']} requests succeeded in {s['wall_s']:.1f} s",
+        title_justify="left",
+    )
+    t.add_column("latency")
+    for q in ("p50", "p90", "p95", "p99", "mean"):
+        t.add_column(q, justify="right")
+    for key, label in (
+        ("ttft_s", "TTFT (to first content)"),
+        ("itl_s", "ITL (per chunk)"),
+        ("tpot_s", "TPOT"),
+        ("e2e_s", "E2E"),
+    ):
+        t.add_row(
+            label,
+            *(
+                "N/A" if s[key][q] is None else f"{s[key][q] * 1000:.1f} ms"
+                for q in ("p50", "p90", "p95", "p99", "mean")
+            ),
+        )
+    console.print(t)
+    console.print(
+        f"throughput: {s['request_throughput'] or 0:.2f} requests/s, "
+        f"{s['output_token_throughput'] or 0:.1f} output tokens/s (tokens counted from {s['tokens_counted_from']})"
+    )
+    g = s["goodput"]
+    if g["slo_ttft_s"] is not None or g["slo_tpot_s"] is not None:
+        console.print(f"goodput: {g['requests']} requests within the SLO, {g['requests_per_s'] or 0:.2f}/s")
+    if s["errors"]:
+        console.print(
+            "[yellow]failed (not in the latency figures): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items()))
+            + "[/]"
+        )

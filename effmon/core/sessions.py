@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effmon.paths import sessions_dir
-from effmon.store import SUFFIX, SessionReader, StoreError
+from effmon.core.paths import sessions_dir
+from effmon.core.store import SUFFIX, SessionReader, StoreError
 
 
 class SessionNotFound(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from effmon.declare import Row
+from effmon.core.declare import Row
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""The ``effmon`` command line. Imports nothing heavy: each command imports what it needs.
+
+One module per command group, each with its options next to its handlers: ``record`` (record, run,
+attach, top, demo, replay), ``sessions`` (sessions, report, compare, sources, presets), ``serve``
+(serve, load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from effmon.cli import record, serve, sessions
+from effmon.cli.common import Handler, err
+
+EPILOG = """\
+examples:
+  effmon                                   live dashboard of this machine (same as: effmon top)
+  effmon demo                              replay a recorded H100 session (no GPU needed)
+  effmon replay last                       open the newest session in the dashboard
+  effmon record -- python train.py --lr 1e-4
+                                           record while a command runs; exits with its status
+  effmon record --pid 1234                 record while a running process lives
+  effmon record --replay trace.jsonl --speed 10
+  effmon sessions                          list recorded sessions
+  effmon sessions show last                one-screen summary of the newest session
+  effmon report last --format efficientllm -o run.json
+                                           EfficientLLM metrics (AMU, PCU, AL, TT/ST/IT, AEC, MCR)
+
+Sessions are stored in $EFFMON_HOME (default ~/.local/share/effmon).
+"""
+
+GROUPS = (record, sessions, serve)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    from effmon import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="effmon",
+        description="Live profiler for LLM training and inference efficiency: GPU memory, compute, "
+        "power and energy, latency and throughput; records sessions and exports EfficientLLM metrics.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"effmon {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    handlers: dict[str, Handler] = {}
+    for group in GROUPS:
+        handlers.update(group.register(sub))
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1 :]
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        if not sys.stdout.isatty():
+            parser.print_help()
+            print("\nNo GPU here? Try: effmon demo", file=sys.stderr)
+            return 0
+        args = parser.parse_args(["top"])
+    try:
+        return int(_dispatch(handlers[args.cmd], args, command) or 0)
+    except BrokenPipeError:
+        return 0
+
+
+def _dispatch(handler: Handler, args: argparse.Namespace, command: list[str]) -> int:
+    """Errors a user can fix end in one line and a non-zero status, never a traceback."""
+    from effmon.core.paths import HomeError
+    from effmon.core.sessions import SessionNotFound
+    from effmon.core.store import StoreError
+    from effmon.recording import RecordError
+
+    try:
+        return handler(args, command)
+    except RecordError as exc:
+        return err(str(exc), exc.code)
+    except (HomeError, SessionNotFound, StoreError) as exc:
+        return err(str(exc), 2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

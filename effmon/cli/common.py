@@ -1,0 +1,105 @@
+"""What every command group shares: argument types, the sampling options, errors, terminal checks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+Handler = Callable[[argparse.Namespace, list[str]], int]
+
+
+def size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}
+    t = text.strip().upper()
+    number = t.rstrip("KMGB")
+    unit = t[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 500MB or 2GB") from None
+    if unit not in units or not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 500MB or 2GB")
+    return int(value * units[unit])
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+    return value
+
+
+def add_rate_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument(
+        "--rate", type=positive, default=10.0, metavar="HZ", help="how often cheap GPU gauges are read (default: 10 Hz)"
+    )
+    g.add_argument(
+        "--slow-interval",
+        type=positive,
+        default=1.0,
+        metavar="S",
+        help="interval of expensive reads: energy counter, process utilisation, GPM (default: 1 s)",
+    )
+    g.add_argument(
+        "--host-interval",
+        type=positive,
+        default=1.0,
+        metavar="S",
+        help="interval of host and process-tree readings (default: 1 s)",
+    )
+    g.add_argument(
+        "--source",
+        action="append",
+        dest="sources",
+        metavar="NAME",
+        help="use only these sources (repeatable; default: every live source, see `effmon sources`)",
+    )
+    p.add_argument("--name", help="session name (default: date, time and command)")
+    p.add_argument(
+        "--max-size", type=size, metavar="SIZE", help="stop recording when the session file reaches SIZE (e.g. 500MB)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def record_options(args: argparse.Namespace, **overrides: Any) -> Any:
+    from effmon.recording import RecordOptions
+
+    values = {
+        "name": args.name,
+        "tick_s": 1.0 / args.rate,
+        "slow_s": args.slow_interval,
+        "host_s": args.host_interval,
+        "max_bytes": args.max_size,
+        "sources": tuple(args.sources) if args.sources else None,
+        "quiet": args.quiet,
+    }
+    return RecordOptions(**{**values, **overrides})
+
+
+def err(message: str, code: int) -> int:
+    print(f"effmon: error: {message}", file=sys.stderr)
+    return code
+
+
+def interactive() -> bool:
+    return sys.stdout.isatty() and sys.stdin.isatty()
+
+
+def need_terminal(what: str) -> int | None:
+    if interactive():
+        return None
+    return err(
+        f"{what} draws a dashboard and needs a terminal; use `effmon demo --headless`, "
+        "`effmon record` or `effmon report` in scripts",
+        2,
+    )
+
+
+def formatter() -> type[argparse.HelpFormatter]:
+    return argparse.RawDescriptionHelpFormatter

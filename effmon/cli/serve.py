@@ -1,0 +1,204 @@
+"""Commands that serve and load: ``serve`` (a server from a preset) and ``load`` (drive any server)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from effmon.cli.common import Handler, err, formatter, interactive, positive
+
+
+def register(sub: Any) -> dict[str, Handler]:
+    srv = sub.add_parser(
+        "serve",
+        help="start an inference server from a preset (vLLM, transformers serve), watch it, optionally load it",
+        description="Start a server from a preset, wait until it is healthy (showing its log), record it with this "
+        "machine's GPUs, and show the dashboard (or, with --load, drive it with the load generator and print the "
+        "figures). Ctrl-C stops the load, then the server (SIGTERM, then SIGKILL), then saves the session.",
+        epilog="examples:\n  effmon serve tiny-cpu --load --requests 50\n"
+        "  effmon serve qwen2.5-7b-awq --set port=8001\n"
+        "  effmon serve llama3.1-8b-fp8 --load --rate 4 --duration 120 --slo ttft=200ms,tpot=50ms\n"
+        "  effmon presets show qwen2.5-7b-gptq-int4      # the exact command",
+        formatter_class=formatter(),
+    )
+    srv.add_argument("preset", help="a serving preset (see `effmon presets`) or a .toml file")
+    srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
+    srv.add_argument(
+        "--timeout",
+        type=positive,
+        default=600.0,
+        metavar="S",
+        help="how long to wait for the server to become healthy (default: 600 s)",
+    )
+    srv.add_argument("--headless", action="store_true", help="no dashboard: serve until Ctrl-C")
+    srv.add_argument("--load", action="store_true", help="drive the server with the load generator, then stop it")
+    srv.add_argument("--concurrency", type=int, default=None, help="--load: requests in flight (default 8)")
+    srv.add_argument("--rate", type=positive, help="--load: Poisson arrivals per second")
+    srv.add_argument("--requests", type=int, help="--load: number of requests (default 100)")
+    srv.add_argument("--duration", type=positive, help="--load: seconds of load")
+    srv.add_argument("--prompt-tokens", type=int, default=64)
+    srv.add_argument("--output-tokens", type=int, default=64)
+    srv.add_argument("--slo", help="--load: goodput SLO, e.g. ttft=200ms,tpot=50ms")
+    srv.add_argument("--name", help="session name")
+    srv.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    ld = sub.add_parser(
+        "load",
+        help="drive an OpenAI-compatible server with streamed requests; TTFT, ITL, TPOT, E2E, throughput, goodput",
+        description="Load an OpenAI-compatible server (vLLM, transformers serve, SGLang, TGI, llama.cpp) and "
+        "measure on the client side. TTFT is timed to the first chunk that carries generated text; token counts "
+        "come from the server's usage when it sends them; ITL is per content chunk. Failed and cut-off requests "
+        "are counted apart and never enter the latency figures. The run is recorded as a session (with this "
+        "machine's GPUs), so `effmon report` gives IT, AL per request and joules per token.",
+        epilog="examples:\n  effmon load http://127.0.0.1:8000 --model my-model --concurrency 16 --requests 200\n"
+        "  effmon load http://127.0.0.1:8000 --rate 4 --duration 60 --slo ttft=200ms,tpot=50ms\n"
+        "  effmon load http://127.0.0.1:8000 --prompts prompts.jsonl --output-tokens 128",
+        formatter_class=formatter(),
+    )
+    ld.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    ld.add_argument("--model", default="default", help="model name sent with each request")
+    ld.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    mode = ld.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", type=int, default=None, help="requests in flight (closed loop; default 8)")
+    mode.add_argument("--rate", type=positive, help="Poisson arrivals per second (open loop)")
+    ld.add_argument("--max-concurrency", type=int, default=0, help="with --rate: cap on requests in flight")
+    stop_group = ld.add_mutually_exclusive_group()
+    stop_group.add_argument("--requests", type=int, help="send this many requests (default: 100)")
+    stop_group.add_argument("--duration", type=positive, help="send requests for this many seconds")
+    ld.add_argument("--prompt-tokens", type=int, default=64, help="length of random prompts, in words (~tokens)")
+    ld.add_argument("--output-tokens", type=int, default=64, help="max_tokens of each request")
+    ld.add_argument("--prompts", help='a JSONL file of prompts ({"prompt": ...} or {"text": ...} a line)')
+    ld.add_argument("--slo", help="goodput SLO, e.g. ttft=200ms,tpot=50ms")
+    ld.add_argument("--timeout", type=positive, default=120.0, help="per-request timeout in s (default: 120)")
+    ld.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    ld.add_argument("--name", help="session name")
+    ld.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    return {"serve": cmd_serve, "load": cmd_load}
+
+
+def cmd_serve(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.presets import PresetError, load
+    from effmon.recording import EXIT_USAGE, RecordError, RecordOptions
+    from effmon.serving.load import LoadConfig, parse_slo
+    from effmon.serving.serve import serve
+
+    try:
+        preset = load(args.preset, args.set)
+        slo = parse_slo(args.slo) if args.slo else (None, None)
+    except (PresetError, ValueError) as exc:
+        raise RecordError(str(exc), EXIT_USAGE) from None
+    cfg = None
+    if args.load:
+        cfg = LoadConfig(
+            url="",
+            concurrency=args.concurrency or 8,
+            rate=args.rate,
+            duration=args.duration,
+            requests=args.requests if args.requests is not None else (None if args.duration else 100),
+            prompt_tokens=args.prompt_tokens,
+            output_tokens=args.output_tokens,
+            slo_ttft_s=slo[0],
+            slo_tpot_s=slo[1],
+        )
+    dashboard = None
+    if not args.load and not args.headless and interactive():
+
+        def dashboard(path: Path) -> None:
+            from effmon.tui.app import make_app
+
+            make_app(path, mode="live").run()
+
+    return serve(
+        preset, RecordOptions(name=args.name, quiet=args.quiet), load=cfg, timeout_s=args.timeout, dashboard=dashboard
+    )
+
+
+def _prompts(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--prompts {path}: no such file")
+    prompts = []
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise ValueError(f'{path}:{lineno}: not JSON; one {{"prompt": ...}} object a line') from None
+        text = obj.get("prompt") or obj.get("text") if isinstance(obj, dict) else None
+        if not text:
+            raise ValueError(f"{path}:{lineno}: no 'prompt' or 'text' field")
+        prompts.append(str(text))
+    if not prompts:
+        raise ValueError(f"--prompts {path}: the file holds no prompts")
+    return prompts
+
+
+def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.recording import Recording, RecordOptions
+    from effmon.serving.load import LoadConfig, parse_slo, print_summary, request_row, run_load, summarize
+
+    try:
+        slo_ttft, slo_tpot = parse_slo(args.slo) if args.slo else (None, None)
+        prompts = _prompts(args.prompts) if args.prompts else None
+    except ValueError as exc:
+        return err(str(exc), 2)
+    if not args.url.startswith(("http://", "https://")):
+        return err(f"{args.url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000", 2)
+    concurrency = args.concurrency if args.concurrency is not None else (args.max_concurrency if args.rate else 8)
+    cfg = LoadConfig(
+        url=args.url,
+        model=args.model,
+        endpoint=args.endpoint,
+        concurrency=concurrency,
+        rate=args.rate,
+        duration=args.duration,
+        requests=args.requests if args.requests is not None else (None if args.duration else 100),
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        prompts=prompts,
+        slo_ttft_s=slo_ttft,
+        slo_tpot_s=slo_tpot,
+        timeout_s=args.timeout,
+    )
+    rec = Recording(
+        "load",
+        RecordOptions(name=args.name, quiet=True),
+        slug="load",
+        meta={
+            "command": ["effmon", "load", args.url],
+            "run_kind": "inference",
+            "load": {k: v for k, v in vars(cfg).items() if k != "prompts"},
+        },
+    )
+    with rec:
+        path = rec.open()
+        rec.start()
+        if not args.quiet:
+            how = f"rate {cfg.rate}/s" if cfg.rate else f"concurrency {cfg.concurrency}"
+            until = f"{cfg.duration:g} s" if cfg.duration else f"{cfg.requests} requests"
+            print(f"effmon load: {args.url} ({args.endpoint}), {how}, {until}; recording {path.stem}", file=sys.stderr)
+        status = "complete"
+        try:
+            results, wall = asyncio.run(run_load(cfg, on_result=lambda r: rec.add([request_row(r)])))
+        except KeyboardInterrupt:
+            status, results, wall = "interrupted", [], 0.0
+        summary = summarize(results, wall, cfg)
+        rec.set_meta(load_summary=summary)
+        rec.finish(status, "the load ended")
+    print_summary(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["succeeded"] == 0:
+        hint = summary["first_error"] or ", ".join(summary["errors"])
+        print(
+            f"effmon: error: no request succeeded ({hint}). Is {args.url} an OpenAI-compatible server? "
+            f"Try --endpoint {'completions' if args.endpoint == 'chat' else 'chat'} or check --model.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,310 @@
+"""The typed inputs of every metric: per-GPU reductions, training steps, requests and server counters of a
+window, each built through an ``Aggregation`` (exact for reports, incremental for the dashboard)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from effmon.core.declare import GPM_ACTIVITY
+from effmon.metrics.aggregate import Aggregation
+from effmon.metrics.series import percentile
+from effmon.metrics.window import Window
+
+GIB = float(1 << 30)
+
+# Clock-event reason bits that slow the GPU down (nvml.h); GpuIdle (0x1) and app-clock settings are not throttling.
+THROTTLE_BITS = {
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+}
+THROTTLE_MASK = sum(THROTTLE_BITS)
+
+PCU_FROM_GPM = "nvml_gpm_sm_active"
+PCU_FROM_UTIL = "nvml_utilization_gpu"
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+@dataclass
+class GpuStats:
+    """One GPU over a window. Field order is the order of the exports' per-GPU objects."""
+
+    index: int
+    name: str | None
+    samples: int
+    mem_used_avg_bytes: float | None
+    mem_used_avg_gib: float | None
+    mem_used_max_bytes: Any
+    mem_total_bytes: Any
+    mem_used_fraction: float | None
+    util_gpu_avg_pct: float | None
+    util_mem_avg_pct: float | None
+    sm_active_avg_pct: float | None
+    sm_occupancy_avg_pct: float | None
+    tensor_active_avg_pct: float | None
+    dram_bw_avg_pct: float | None
+    pcu: float | None
+    pcu_source: str | None
+    power_avg_w: float | None
+    power_max_w: Any
+    power_limit_w: Any
+    energy_integrated_j: float
+    energy_covered_s: float
+    energy_counter_j: float | None
+    energy_counter_window: list[float] | None
+    energy_integral_vs_counter: float | None
+    sm_clock_avg_mhz: float | None
+    sm_clock_max_mhz: Any
+    mem_clock_avg_mhz: float | None
+    temp_max_c: Any
+    max_sm_clock_mhz: Any
+    throttle_s: float | None
+    throttle_reasons_seen: list[str] | None
+
+
+def gpu_stats(agg: Aggregation, index: int, window: Window, info: dict[str, Any]) -> GpuStats:
+    def r(column: str, entity: str = "gpu") -> Any:
+        return agg.reduce(entity, index, column, window)
+
+    mem, power = r("mem_used_bytes"), r("power_w")
+    mem_total = r("mem_total_bytes").last or info.get("mem_total_bytes")
+    gpm = {c: r(c, "gpu_gpm").average for c in GPM_ACTIVITY}
+    util = r("util_gpu_pct").average
+    pcu, source = (
+        (gpm["sm_active_pct"] / 100.0, PCU_FROM_GPM)
+        if gpm["sm_active_pct"] is not None
+        else (util / 100.0, PCU_FROM_UTIL)
+        if util is not None
+        else (None, None)
+    )
+    counter = agg.counter("gpu_energy", index, "energy_counter_j", window)
+    vs_counter = None
+    if counter is not None and counter.delta and power.integral:
+        between = agg.integral_between("gpu", index, "power_w", counter.start, counter.end)
+        vs_counter = None if between is None else (between - counter.delta) / counter.delta
+    flags = agg.flag_time("gpu", index, "clock_event_reasons", THROTTLE_MASK, window)
+    sm_clock = r("sm_clock_mhz")
+    return GpuStats(
+        index=index,
+        name=info.get("name"),
+        samples=agg.samples("gpu", index, window),
+        mem_used_avg_bytes=mem.average,
+        mem_used_avg_gib=mem.average / GIB if mem.average is not None else None,
+        mem_used_max_bytes=mem.maximum,
+        mem_total_bytes=mem_total,
+        mem_used_fraction=_div(mem.average, mem_total),
+        util_gpu_avg_pct=util,
+        util_mem_avg_pct=r("util_mem_pct").average,
+        sm_active_avg_pct=gpm["sm_active_pct"],
+        sm_occupancy_avg_pct=gpm["sm_occupancy_pct"],
+        tensor_active_avg_pct=gpm["tensor_active_pct"],
+        dram_bw_avg_pct=gpm["dram_bw_pct"],
+        pcu=pcu,
+        pcu_source=source,
+        power_avg_w=power.integral / power.covered if power.covered else power.average,
+        power_max_w=power.maximum,
+        power_limit_w=r("power_limit_w").last or info.get("power_limit_w"),
+        energy_integrated_j=power.integral,
+        energy_covered_s=power.covered,
+        energy_counter_j=counter.delta if counter else None,
+        energy_counter_window=[counter.start, counter.end] if counter else None,
+        energy_integral_vs_counter=vs_counter,
+        sm_clock_avg_mhz=sm_clock.average,
+        sm_clock_max_mhz=sm_clock.maximum,
+        mem_clock_avg_mhz=r("mem_clock_mhz").average,
+        temp_max_c=r("temp_c").maximum,
+        max_sm_clock_mhz=info.get("max_sm_clock_mhz"),
+        throttle_s=flags.seconds if flags else None,
+        throttle_reasons_seen=[n for bit, n in THROTTLE_BITS.items() if flags.bits & bit] if flags else None,
+    )
+
+
+def all_gpu_stats(agg: Aggregation, window: Window, meta: dict[str, Any]) -> list[GpuStats]:
+    info = {g.get("index"): g for g in meta.get("gpus") or []}
+    return [gpu_stats(agg, idx, window, info.get(idx, {})) for idx in agg.keys("gpu", window)]
+
+
+@dataclass
+class TrainingStats:
+    steps: int
+    step_time_sum_s: float
+    step_time_mean_s: float
+    ranks: int
+    step_time_p50_s: float | None
+    step_time_p95_s: float | None
+    tokens: int
+    samples: int
+    tokens_per_s: float | None
+    samples_per_s: float | None
+    communication_measured: bool
+    communication_s_sum: float | None
+    loss_first: float | None
+    loss_last: float | None
+
+
+@dataclass
+class Steps:
+    """A window's training steps, in (start, rank) order, with what the exports list per step."""
+
+    rows: list[dict[str, Any]]
+
+    @property
+    def times(self) -> list[float]:
+        return [r["t_end"] - r["t_start"] for r in self.rows]
+
+    @property
+    def comm(self) -> list[float | None]:
+        return [r.get("comm_s") for r in self.rows]
+
+    @property
+    def comm_measured(self) -> bool:
+        return bool(self.rows) and all(c is not None for c in self.comm)
+
+    @property
+    def ranks(self) -> int:
+        return max(1, len({r.get("rank") or 0 for r in self.rows}))
+
+
+def training_stats(steps: Steps, notes: list[str]) -> TrainingStats | None:
+    """Ranks of a distributed run take their steps at the same time: tokens and samples add up over ranks,
+    time does not. The run's step time is the per-rank total, averaged over ranks."""
+    if not steps.rows:
+        return None
+    times = steps.times
+    sum_time = sum(times) / steps.ranks
+    tokens = sum(r.get("tokens") or 0 for r in steps.rows)
+    samples = sum(r.get("samples") or 0 for r in steps.rows)
+    if steps.ranks > 1:
+        notes.append(f"{steps.ranks} ranks: tokens and samples summed over ranks, step time averaged over ranks")
+    measured = steps.comm_measured
+    if not measured:
+        notes.append("AL (training): communication time was not measured apart; step wall time includes it")
+    return TrainingStats(
+        steps=len(steps.rows),
+        step_time_sum_s=sum_time,
+        step_time_mean_s=sum(times) / len(times),
+        ranks=steps.ranks,
+        step_time_p50_s=percentile(times, 50),
+        step_time_p95_s=percentile(times, 95),
+        tokens=tokens,
+        samples=samples,
+        tokens_per_s=tokens / sum_time if sum_time else None,
+        samples_per_s=samples / sum_time if sum_time else None,
+        communication_measured=measured,
+        communication_s_sum=sum(c for c in steps.comm if c is not None) if measured else None,
+        loss_first=steps.rows[0].get("loss"),
+        loss_last=steps.rows[-1].get("loss"),
+    )
+
+
+@dataclass
+class Requests:
+    """A window's inference requests that succeeded (failed ones are counted apart), one entry per request
+    (a row may stand for a batch of identical requests)."""
+
+    rows: list[dict[str, Any]]
+    failed: Counter[str]
+
+    def each(self, column: str, default: Any = None) -> list[Any]:
+        out: list[Any] = []
+        for r in self.rows:
+            out += [r.get(column) if r.get(column) is not None else default] * int(r.get("requests") or 1)
+        return out
+
+    @property
+    def latencies(self) -> list[float]:
+        out: list[float] = []
+        for r in self.rows:
+            out += [r["t_end"] - r["t_start"]] * int(r.get("requests") or 1)
+        return out
+
+    @property
+    def generated_tokens(self) -> list[int]:
+        return [int(x) for x in self.each("generated_tokens", 0)]
+
+
+def split_requests(rows: list[dict[str, Any]]) -> Requests:
+    ok = sorted((r for r in rows if not r.get("error")), key=lambda r: r["t_start"])
+    return Requests(ok, Counter(str(r["error"]) for r in rows if r.get("error")))
+
+
+@dataclass
+class InferenceStats:
+    requests: int
+    generated_tokens: int
+    prompt_tokens: int
+    busy_time_s: float
+    generated_tokens_per_s: float | None
+    requests_per_s: float | None
+    latency_mean_s: float | None
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    latency_p99_s: float | None
+    failed: int
+    failed_by_kind: dict[str, int]
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Seconds with at least one interval open (overlaps counted once)."""
+    total, cur_a, cur_b = 0.0, 0.0, None
+    for a, b in sorted(intervals):
+        if cur_b is None or a > cur_b:
+            if cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_b is not None:
+        total += cur_b - cur_a
+    return total
+
+
+def inference_stats(req: Requests) -> InferenceStats | None:
+    if not req.rows:
+        return None
+    latencies = req.latencies
+    tokens = req.generated_tokens
+    ttfts = [x for x in req.each("ttft_s") if x is not None]
+    busy = busy_time([(r["t_start"], r["t_end"]) for r in req.rows])
+    return InferenceStats(
+        requests=len(latencies),
+        generated_tokens=sum(tokens),
+        prompt_tokens=sum(int(x) for x in req.each("prompt_tokens", 0)),
+        busy_time_s=busy,
+        generated_tokens_per_s=sum(tokens) / busy if busy else None,
+        requests_per_s=len(latencies) / busy if busy else None,
+        latency_mean_s=sum(latencies) / len(latencies) if latencies else None,
+        latency_p50_s=percentile(latencies, 50),
+        latency_p95_s=percentile(latencies, 95),
+        latency_p99_s=percentile(latencies, 99),
+        failed=sum(req.failed.values()),
+        failed_by_kind=dict(req.failed),
+        ttft_p50_s=percentile(ttfts, 50),
+        ttft_p95_s=percentile(ttfts, 95),
+    )
+
+
+@dataclass
+class ServerStats:
+    generation_tokens: float
+    seconds: float
+    generation_tokens_per_s: float | None
+    source: str
+
+
+def server_stats(agg: Aggregation, window: Window) -> ServerStats | None:
+    """Tokens a serving engine generated in the window, from its own counter (``effmon attach --url``)."""
+    gen = agg.counter("serving", 0, "generation_tokens_total", window)
+    if gen is None:
+        return None
+    seconds = gen.end - gen.start
+    return ServerStats(gen.delta, seconds, gen.delta / seconds if seconds > 0 else None, "server /metrics counters")

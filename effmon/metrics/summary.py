@@ -1,0 +1,145 @@
+"""``evaluate``: a session window in, a typed ``Summary`` out. Every presenter reads the summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from effmon import __version__
+from effmon.core.store import SessionReader
+from effmon.metrics.aggregate import Aggregation, ExactAggregation
+from effmon.metrics.registry import METRICS, Inputs, MetricDef, Options, Result, compute_all
+from effmon.metrics.stats import (
+    GpuStats,
+    InferenceStats,
+    Requests,
+    ServerStats,
+    Steps,
+    TrainingStats,
+    all_gpu_stats,
+    inference_stats,
+    server_stats,
+    split_requests,
+    training_stats,
+)
+from effmon.metrics.timeseries import TimeSeries, machine_series
+from effmon.metrics.window import MetricsError, Window, resolve_window
+
+SESSION_FIELDS = ("name", "mode", "status", "command", "started_at", "ended_at", "exit_code", "precision")
+
+
+@dataclass
+class Summary:
+    """Everything effmon knows about a session window: typed stats and every metric's result."""
+
+    effmon_version: str
+    session: dict[str, Any]
+    run_kind: str
+    window: Window
+    model: dict[str, Any] | None
+    gpus: list[GpuStats]
+    training: TrainingStats | None
+    inference: InferenceStats | None
+    server: ServerStats | None
+    results: dict[str, Result]
+    notes: list[str]
+    steps: Steps
+    requests: Requests
+    series: TimeSeries | None
+
+    def result(self, key: str) -> Result:
+        return self.results[key]
+
+    def value(self, key: str) -> Any:
+        return self.results[key].value
+
+    def metrics(self, where: str) -> list[tuple[MetricDef, Result]]:
+        """The metrics a view shows, in order: ``table`` (every known one and the always-shown ones),
+        ``strip`` (the dashboard), ``compare``."""
+        out = []
+        for key, m in METRICS.items():
+            r = self.results[key]
+            if where == "table" and (m.table == "always" or (m.table == "known" and r.value is not None)):
+                out.append((m, r))
+            elif where == "strip" and m.strip is not None and (r.value is not None or m.table == "always"):
+                out.append((m, r))
+            elif where == "compare" and m.compare:
+                out.append((m, r))
+        return out
+
+
+def _run_kind(
+    meta: dict[str, Any], training: TrainingStats | None, inference: InferenceStats | None, server: ServerStats | None
+) -> str:
+    if meta.get("run_kind"):
+        return str(meta["run_kind"])
+    if server and not training:
+        return "inference"
+    if training and (not inference or training.step_time_sum_s >= inference.busy_time_s):
+        return "training"
+    return "inference" if inference else "monitoring"
+
+
+def evaluate(
+    reader: SessionReader,
+    window: Window | None = None,
+    *,
+    options: Options | None = None,
+    aggregation: Aggregation | None = None,
+    with_series: bool = True,
+) -> Summary:
+    """The summary of a window (default: the whole session). ``aggregation``: how series are reduced
+    (exact by default; the dashboard passes its incremental one, which has no time series)."""
+    options = options or Options()
+    meta = reader.meta()
+    w = window or resolve_window(reader)
+    agg = aggregation or ExactAggregation(reader)
+    notes: list[str] = []
+    gpus = all_gpu_stats(agg, w, meta)
+    if gpus and any(g.throttle_s is None for g in gpus):
+        notes.append("throttle time: clock-event reasons were not recorded (replayed trace or unsupported GPU)")
+    steps = Steps(sorted(agg.spans("train_step", w), key=lambda r: (r["t_start"], r.get("rank") or 0)))
+    requests = split_requests(agg.spans("request", w))
+    training = training_stats(steps, notes)
+    inference = inference_stats(requests)
+    server = server_stats(agg, w) if reader.has("serving") else None
+    if not gpus:
+        no_gpu = (
+            f"session {meta.get('name')} has no GPU readings (recorded without a GPU?)"
+            if not reader.count("gpu")
+            else f"no GPU readings fall inside {w.label}"
+        )
+        if not steps.rows and not requests.rows:
+            raise MetricsError(f"{no_gpu}; EfficientLLM metrics need GPU memory, utilisation and power, or steps")
+        notes.append(f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed")
+    model = dict(meta.get("model") or {})
+    if options.params:
+        model["params"], model["source"] = options.params, "--params"
+    run_kind = _run_kind(meta, training, inference, server)
+    inputs = Inputs(gpus, training, inference, server, run_kind, model, options, meta, notes)
+    results = compute_all(inputs)
+    series = None
+    if with_series:
+        if not isinstance(agg, ExactAggregation):
+            raise ValueError("the time series needs the exact aggregation")
+        series = machine_series(agg, w, gpus)
+    return Summary(
+        effmon_version=__version__,
+        session={k: meta.get(k) for k in SESSION_FIELDS}
+        | {
+            "host": (meta.get("host") or {}).get("hostname"),
+            "driver": next((g.get("driver") for g in meta.get("gpus") or []), None),
+        },
+        run_kind=run_kind,
+        window=w,
+        model=model or None,
+        gpus=gpus,
+        training=training,
+        inference=inference,
+        server=server,
+        results=results,
+        notes=notes,
+        steps=steps,
+        requests=requests,
+        series=series,
+    )

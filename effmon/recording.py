@@ -1,0 +1,640 @@
+"""Recording a session: one lifecycle object, used by every command that records.
+
+``Recording`` opens the sources and the session file (``open``), samples on a background thread and
+writes from one flusher thread (``start``), takes rows from outside the sampler (``add``: a load
+generator's requests), and ends with a status and a reason (``finish``): stop sampling, one last read so
+slow channels cover the end, a last write, the end written into the session. Used as a context manager,
+an exception inside ends the session ``failed`` with the error, never leaves it ``recording``.
+
+The drivers below decide what is watched and when a recording ends: ``record_command`` (start a command,
+end with it, return its exit code), ``record_pid`` (watch a running process until it exits) and
+``record_replay`` (play a trace file as a live machine).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effmon import __version__
+from effmon.core.clock import RealClock, ScaledClock, VirtualClock
+from effmon.core.declare import CORE_ENTITIES, Row
+from effmon.core.energy import EnergyIntegrator
+from effmon.core.paths import sessions_dir
+from effmon.core.redact import redact_argv, redact_env
+from effmon.core.sampler import Sampler
+from effmon.core.store import SUFFIX, SessionWriter, StoreError, StoreFull
+from effmon.plugins import Registry, Source, SourceOptions, SourceUnavailable, load_registry
+
+FLUSH_EVERY_S = 0.5
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_IOERR = 74
+EXIT_NOT_FOUND = 127
+EXIT_INTERRUPTED = 130
+
+
+class RecordError(Exception):
+    """A problem the user can fix; the message says how. ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """How a session is recorded; fixed once built."""
+
+    name: str | None = None
+    tick_s: float = 0.1
+    slow_s: float = 1.0
+    host_s: float = 1.0
+    max_bytes: int | None = None
+    sources: tuple[str, ...] | None = None
+    """Source names to use; None: every live source registered."""
+    quiet: bool = False
+
+
+class LiveState:
+    """The latest reading of every entity instance, for views of a live session in this process."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def update(self, rows: Sequence[Row], keys: dict[str, tuple[str, ...]]) -> None:
+        with self.lock:
+            for row in rows:
+                key = tuple(row.values.get(k) for k in keys.get(row.entity, ()))
+                self.latest[(row.entity, key)] = row.values
+                self.counts[row.entity] = self.counts.get(row.entity, 0) + 1
+
+    def of(self, entity: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(v) for (e, _), v in sorted(self.latest.items(), key=lambda kv: str(kv[0])) if e == entity]
+
+
+@dataclass
+class _Pending:
+    rows: deque[Row] = field(default_factory=deque)
+    notices: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+class Recording:
+    def __init__(
+        self,
+        mode: str,
+        options: RecordOptions,
+        *,
+        slug: str = "session",
+        meta: dict[str, Any] | None = None,
+        watched: Sequence[int] = (),
+        registry: Registry | None = None,
+        extra: dict[str, Any] | None = None,
+        replay_path: str | None = None,
+    ):
+        self.mode = mode
+        self.options = options
+        self.slug = slug
+        self.watched: list[int] = list(watched)
+        self.registry = registry or load_registry()
+        self.source_options = SourceOptions(
+            tick_s=options.tick_s,
+            slow_s=options.slow_s,
+            host_s=options.host_s,
+            watched_pids=lambda: list(self.watched),
+            replay_path=replay_path,
+            extra=dict(extra or {}),
+        )
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.sources: list[Source] = []
+        self.notices: list[tuple[float, str, str]] = []
+        self.live = LiveState()
+        self.integrator = EnergyIntegrator()
+        self.path: Path = Path()
+        self.sampler: Sampler | None = None
+        self.clock: Any = RealClock()
+        self.write_error: str | None = None
+        self.rows_written = 0
+        self.finished = False
+        self._writer: SessionWriter | None = None
+        self._pending = _Pending()
+        self._lock = threading.Lock()
+        self._key_cols: dict[str, tuple[str, ...]] = {}
+        self._stop_flusher = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    # -- open ------------------------------------------------------------------------------
+    def open(self, clock: Any = None, sources: list[Source] | None = None) -> Path:
+        directory = sessions_dir(create=True)
+        info_meta: dict[str, Any] = {}
+        gpus: list[dict[str, Any]] = []
+        unsupported: dict[str, str] = {}
+        for source in sources if sources is not None else self._make_sources():
+            try:
+                info = source.open()
+            except SourceUnavailable as exc:
+                self.notice("notice", f"{source.name}: {exc}")
+                continue
+            except Exception as exc:
+                self.notice("error", f"{source.name} failed to open: {type(exc).__name__}: {exc}; skipped")
+                continue
+            self.sources.append(source)
+            gpus.extend(info.gpus)
+            unsupported.update(info.unsupported)
+            info_meta.update(info.meta)
+            for text in info.notices:
+                self.notice("notice", f"{source.name}: {text}")
+        if not self.sources:
+            raise RecordError("no data source could be opened; nothing to record")
+        entities = {e.name: e for e in CORE_ENTITIES}
+        entities.update(self.registry.entities())
+        self._key_cols = {name: e.keys for name, e in entities.items()}
+        self.clock = clock or RealClock()
+        started = time.time() if isinstance(self.clock, RealClock) else self.clock.now()
+        name = _unique_name(directory, self.options.name or session_name(self.slug, time.time()))
+        self.path = directory / f"{name}{SUFFIX}"
+        meta = {
+            "name": name,
+            "effmon_version": __version__,
+            "mode": self.mode,
+            "status": "recording",
+            "started_at": started,
+            "wall_started_at": time.time(),
+            "ended_at": None,
+            "exit_code": None,
+            "host": {
+                "hostname": socket.gethostname(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                **info_meta.pop("host", {}),
+            },
+            "recorder_pid": os.getpid(),
+            "gpus": gpus,
+            "unsupported": unsupported,
+            "sources": [s.name for s in self.sources],
+            "rates": {"tick_s": self.options.tick_s, "slow_s": self.options.slow_s, "host_s": self.options.host_s},
+            "watched_pids": self.watched,
+            **info_meta,
+            **self.meta,
+        }
+        try:
+            self._writer = SessionWriter(self.path, entities.values(), meta, max_bytes=self.options.max_bytes)
+        except (OSError, StoreError, Exception) as exc:
+            raise RecordError(
+                f"cannot create session file {self.path}: {exc}; set EFFMON_HOME to a writable directory"
+            ) from None
+        self.sampler = Sampler(self.sources, self.sink, clock=self.clock)
+        return self.path
+
+    def _make_sources(self) -> list[Source]:
+        specs = self.registry.sources
+        names = list(self.options.sources) if self.options.sources is not None else self.registry.live_sources()
+        for err in self.registry.load_errors:
+            self.notice("error", err)
+        unknown = [n for n in names if n not in specs]
+        if unknown:
+            raise RecordError(
+                f"unknown source(s): {', '.join(unknown)}; known: {', '.join(specs)} (see: effmon sources)", EXIT_USAGE
+            )
+        return [specs[n].factory(self.source_options) for n in names]
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self, sampler: bool = True) -> None:
+        """Sample on a background thread (unless ``sampler`` is False: a replay drives it) and write
+        twice a second from the flusher thread, the session's one writer."""
+        if sampler and self.sampler is not None:
+            self.sampler.start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="effmon-flush", daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self.flush()
+            if self._stop_flusher.wait(FLUSH_EVERY_S):
+                return
+
+    def watch(self, pid: int) -> None:
+        self.watched.append(pid)
+        self.set_meta(pid=pid, watched_pids=list(self.watched))
+
+    def sink(self, rows: list[Row]) -> None:
+        """Rows from the sampler (or from outside it): finish energy rows, queue for the writer, update live state."""
+        self.integrator.feed(rows)
+        with self._lock:
+            self._pending.rows.extend(rows)
+        self.live.update(rows, self._key_cols)
+
+    add = sink
+
+    def set_meta(self, **meta: Any) -> None:
+        if self._writer is None or self.write_error:
+            self.meta.update(meta)
+            return
+        try:
+            self._writer.set_meta(**meta)
+        except StoreError as exc:
+            self._failed_write(exc)
+
+    def notice(self, level: str, text: str) -> None:
+        entry = (time.time(), level, text)
+        self.notices.append(entry)
+        with self._lock:
+            self._pending.notices.append(entry)
+        if not self.options.quiet or level == "error":
+            print(f"effmon: {text}", file=sys.stderr)
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending.rows = list(self._pending.rows), deque()
+            notices, self._pending.notices = self._pending.notices, []
+        if self._writer is None or self.write_error:
+            return
+        meta: dict[str, Any] = {}
+        for row in batch:
+            if row.entity == "meta":  # a source adding to the session's metadata (model info, ranks)
+                meta.update(row.values)
+        try:
+            if meta:
+                self._writer.set_meta(**meta)
+            self._write(batch, self.sampler.status() if self.sampler else None, notices)
+        except StoreError as exc:
+            self._failed_write(exc)
+
+    def _write(self, batch: list[Row], status: Any, notices: Sequence[tuple[float, str, str]]) -> None:
+        """One transaction; when the session is full, what still fits is written (halves, then quarters ...)."""
+        assert self._writer is not None
+        try:
+            self._writer.write(batch, status, notices)
+            self.rows_written += len(batch)
+        except StoreFull:
+            if len(batch) < 2:
+                raise
+            half = len(batch) // 2
+            self._write(batch[:half], status, notices)
+            self._write(batch[half:], None, ())
+
+    def _failed_write(self, exc: StoreError) -> None:
+        if isinstance(exc, StoreFull):
+            limit = f" (the --max-size of {self.options.max_bytes} bytes)" if self.options.max_bytes else ""
+            self.write_error = (
+                f"session {self.path.name} is full{limit}: {exc}. Recording stopped; "
+                f"what was recorded so far is kept. Free disk space or raise --max-size."
+            )
+        else:
+            self.write_error = f"writing session {self.path.name} failed: {exc}; recording stopped, data so far kept"
+        self.notice("error", self.write_error)
+        if self.sampler:
+            self.sampler.stop_event.set()
+
+    # -- ending ----------------------------------------------------------------------------
+    def finish(self, status: str, reason: str | None = None, exit_code: int | None = None, **meta: Any) -> None:
+        """Stop sampling and writing, and write the session's end. Safe to call twice (the first wins)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.sampler:
+            self.sampler.stop()
+            if not self.write_error:
+                self.sampler.final_tick()
+                for source in self.sources:
+                    drain = getattr(source, "drain", None)
+                    if drain is not None:
+                        self.sink(drain())
+        self._stop_flusher.set()
+        if self._flusher is not None:
+            self._flusher.join(10)
+        self.flush()
+        for source in self.sources:
+            try:
+                source.close()
+            except Exception:
+                pass
+        if self._writer is None:
+            return
+        if self.write_error:
+            status, reason = "failed", self.write_error
+        try:
+            self._writer.set_meta(
+                status=status,
+                ended_at=time.time() if isinstance(self.clock, RealClock) else self.clock.now(),
+                wall_ended_at=time.time(),
+                exit_code=exit_code,
+                end_reason=reason,
+                energy_integrated_j=self.integrator.totals(),
+                **meta,
+            )
+        except StoreError as exc:
+            print(f"effmon: could not write the session's end ({exc}); the samples are kept", file=sys.stderr)
+        self._writer.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and not self.finished:
+            why = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+            self.finish(why, f"{exc_type.__name__}: {exc}" if why == "failed" else "stopped by the user")
+
+    def report_end(self, what: str) -> None:
+        if self.options.quiet:
+            return
+        print(
+            f"effmon: {what}; session {self.path.name} saved ({self.rows_written} rows). "
+            f"See it with: effmon sessions show {self.path.name.removesuffix(SUFFIX)}",
+            file=sys.stderr,
+        )
+
+
+def session_name(slug: str, when: float) -> str:
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", slug).strip("-.") or "session"
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}-{clean[:40]}"
+
+
+def _unique_name(directory: Path, name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise RecordError(f"session name {name!r}: use letters, digits, '.', '_' and '-'", EXIT_USAGE)
+    candidate, n = name, 2
+    while (directory / f"{candidate}{SUFFIX}").exists():
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
+def command_slug(argv: Sequence[str]) -> str:
+    for arg in argv[1:]:
+        if arg.endswith(".py"):
+            return Path(arg).stem
+    if len(argv) > 2 and argv[1] == "-m":
+        return argv[2].split(".")[-1]
+    return Path(argv[0]).name
+
+
+class Interrupts:
+    """Turns SIGINT, SIGTERM and SIGHUP into counted flags while recording, and restores the handlers."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.signals: list[int] = []
+        self.event = threading.Event()
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.signals.append(signum)
+        self.event.set()
+
+    @property
+    def last_name(self) -> str:
+        return signal.Signals(self.signals[-1]).name if self.signals else "a signal"
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class Launch:
+    """What a recorded command runs with, decided once the session exists (``effmon run`` puts the
+    instrumentation's files beside the session)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def record_command(
+    argv: list[str],
+    options: RecordOptions,
+    *,
+    mode: str = "command",
+    slug: str | None = None,
+    meta: dict[str, Any] | None = None,
+    prepare: Callable[[Recording], Launch] | None = None,
+    on_open: Callable[[Recording], None] | None = None,
+    on_child: Callable[[subprocess.Popen[Any]], None] | None = None,
+    capture_output: bool = False,
+    registry: Registry | None = None,
+) -> int:
+    """Run ``argv`` (or what ``prepare`` decides once the session exists) and record until it exits;
+    returns its exit status."""
+    import shutil
+
+    if prepare is None and not argv:
+        raise RecordError("no command given; usage: effmon record -- COMMAND [ARGS...]", EXIT_USAGE)
+    if argv and shutil.which(argv[0]) is None:
+        hint = " (is it on PATH? give a path like ./train.sh, or prefix with python)" if "/" not in argv[0] else ""
+        raise RecordError(f"command not found: {argv[0]}{hint}", EXIT_NOT_FOUND)
+    meta = {"cwd": os.getcwd(), "env": redact_env(dict(os.environ)), **(meta or {})}
+    rec = Recording(mode, options, slug=slug or command_slug(argv or ["command"]), meta=meta, registry=registry)
+    with Interrupts() as intr, rec:
+        rec.open()
+        launch = prepare(rec) if prepare is not None else Launch(argv, dict(os.environ))
+        rec.set_meta(command=redact_argv(launch.argv), **launch.meta)
+        output: Any = None
+        if capture_output:  # the dashboard owns the terminal: the command's output goes beside the session
+            log_path = rec.path.with_suffix(".log")
+            output = open(log_path, "ab")  # noqa: SIM115 - closed when the command ends
+            rec.set_meta(output_log=str(log_path))
+        try:
+            child = subprocess.Popen(
+                launch.argv, env=launch.env, stdout=output, stderr=subprocess.STDOUT if output else None
+            )
+        except OSError as exc:
+            rec.finish("failed", f"could not start the command: {exc}")
+            raise RecordError(f"could not start {launch.argv[0]}: {exc.strerror or exc}", EXIT_NOT_FOUND) from None
+        rec.watch(child.pid)
+        if on_open is not None:
+            on_open(rec)
+        if on_child is not None:
+            on_child(child)
+        if not options.quiet:
+            print(f"effmon: recording {rec.path.name} while pid {child.pid} runs", file=sys.stderr)
+        rec.start()
+        status, reason = _wait_for_child(child, intr)
+        if output is not None:
+            output.close()
+        code = child.returncode
+        exit_code = code if code >= 0 else 128 - code
+        rec.finish(status, reason, exit_code, exit_signal=(-code if code < 0 else None))
+    rec.report_end(f"command exited with status {exit_code}")
+    if rec.write_error and exit_code == 0:
+        return EXIT_IOERR
+    return exit_code
+
+
+def _wait_for_child(child: subprocess.Popen[Any], intr: Interrupts) -> tuple[str, str]:
+    """Until the command exits. The first stop request is passed on to it; a second kills it."""
+    status, reason = "complete", "the command exited"
+    handled = 0
+    while child.poll() is None:
+        if intr.count > handled:
+            handled = intr.count
+            if handled == 1:
+                status, reason = "interrupted", f"stopped by {intr.last_name}"
+                _forward(child, intr.signals[-1])
+                print("effmon: stopping; waiting for the command to exit (Ctrl-C again to kill it)", file=sys.stderr)
+            else:
+                child.kill()
+        try:
+            child.wait(FLUSH_EVERY_S)
+        except subprocess.TimeoutExpired:
+            pass
+    return status, reason
+
+
+def _forward(child: subprocess.Popen[Any], sig: int) -> None:
+    """A terminal's Ctrl-C reaches the child too; a signal sent to effmon alone is passed on."""
+    time.sleep(0.2)
+    if child.poll() is None:
+        try:
+            child.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def record_pid(
+    pid: int,
+    options: RecordOptions,
+    *,
+    stop: threading.Event | None = None,
+    on_open: Callable[[Recording], None] | None = None,
+) -> int:
+    """Watch a running process (and its children) until it exits, or until Ctrl-C or ``stop``."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        cmdline = proc.cmdline()
+        name = proc.name()
+    except psutil.NoSuchProcess:
+        raise RecordError(f"no process with pid {pid}; check the pid (e.g. with `ps aux`)", EXIT_USAGE) from None
+    except psutil.AccessDenied:
+        raise RecordError(
+            f"permission denied reading process {pid}: it belongs to another user; run effmon as that user or root",
+            EXIT_USAGE,
+        ) from None
+    rec = Recording(
+        "pid", options, watched=[pid], slug=f"pid{pid}-{name}", meta={"command": redact_argv(cmdline), "pid": pid}
+    )
+    with Interrupts() as intr, rec:
+        rec.open()
+        if on_open is not None:
+            on_open(rec)
+        if not options.quiet:
+            print(f"effmon: recording {rec.path.name} while pid {pid} ({name}) lives; Ctrl-C to stop", file=sys.stderr)
+        rec.start()
+        started = time.monotonic()
+        status, reason, code = "complete", f"process {pid} exited", 0
+        while _alive(proc):
+            if intr.count or (stop is not None and stop.is_set()):
+                status, reason, code = "interrupted", "stopped by the user", EXIT_INTERRUPTED
+                break
+            intr.event.wait(FLUSH_EVERY_S)
+        rec.finish(status, reason)
+    if status == "complete" and time.monotonic() - started < 1.0 and not options.quiet:
+        print(
+            f"effmon: process {pid} exited after {time.monotonic() - started:.1f} s; little was recorded",
+            file=sys.stderr,
+        )
+    rec.report_end(reason)
+    return EXIT_IOERR if rec.write_error else code
+
+
+def _alive(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def record_replay(
+    trace_path: str,
+    options: RecordOptions,
+    *,
+    speed: float = 1.0,
+    as_fast_as_possible: bool = False,
+    view: Callable[[Recording, threading.Event], None] | None = None,
+    slug: str | None = None,
+    stop: threading.Event | None = None,
+    on_open: Callable[[Recording], None] | None = None,
+) -> int:
+    """Play a trace file as a live machine into a new session."""
+    from effmon.sources.replay import ReplaySource
+    from effmon.sources.trace import TraceError, load_trace
+
+    try:
+        trace = load_trace(trace_path)
+    except TraceError as exc:
+        raise RecordError(str(exc), EXIT_USAGE) from None
+    rec = Recording(
+        "replay",
+        options,
+        replay_path=str(trace_path),
+        slug=slug or f"replay-{Path(trace_path).stem}",
+        meta={
+            "command": ["effmon", "record", "--replay", str(trace_path)],
+            "speed": None if as_fast_as_possible else speed,
+        },
+    )
+    source = ReplaySource(rec.source_options, trace)
+    clock = VirtualClock(source.start_time) if as_fast_as_possible else ScaledClock(source.start_time, speed)
+    with Interrupts() as intr, rec:
+        rec.open(clock=clock, sources=[source])
+        if on_open is not None:
+            on_open(rec)
+        assert rec.sampler is not None
+        sampler = rec.sampler
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                sampler.run(until=source.finished)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=run, name="effmon-sampler", daemon=True)
+        rec.start(sampler=False)
+        thread.start()
+        viewer = None
+        if view is not None:
+            viewer = threading.Thread(target=view, args=(rec, done), daemon=True)
+            viewer.start()
+        status, reason, code = "complete", "the trace ended", 0
+        while not done.is_set():
+            if intr.count or (stop is not None and stop.is_set()):
+                status, reason, code = "interrupted", "stopped by the user", EXIT_INTERRUPTED
+                break
+            done.wait(FLUSH_EVERY_S)
+        sampler.stop_event.set()
+        thread.join(5)
+        done.set()
+        if viewer is not None:
+            viewer.join(5)
+        rec.finish(status, reason)
+    rec.report_end(reason)
+    return EXIT_IOERR if rec.write_error else code

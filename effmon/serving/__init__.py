@@ -1,0 +1,1 @@
+"""Serving: launching inference servers from presets, watching their metrics endpoint, and loading them."""

@@ -1,0 +1,80 @@
+"""``effmon attach --url``: watch an inference server through its metrics endpoint, beside this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from effmon.plugins import Registry, load_registry
+from effmon.recording import EXIT_ERROR, EXIT_IOERR, EXIT_USAGE, Interrupts, RecordError, Recording, RecordOptions
+
+SERVER_METRICS = "server_metrics"
+
+
+def server_metrics_source(registry: Registry) -> str:
+    """The source that reads a server's metrics endpoint (the vLLM integration registers one)."""
+    names = registry.with_role(SERVER_METRICS)
+    if not names:
+        raise RecordError(
+            "no installed plugin reads a server's metrics endpoint (the vLLM integration, effmon_vllm, does); "
+            "reinstall effmon",
+            EXIT_ERROR,
+        )
+    return names[0]
+
+
+def metrics_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise RecordError(f"{url!r} is not an http(s) URL; e.g. --url http://127.0.0.1:8000", EXIT_USAGE)
+    return url if parsed.path.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
+
+
+def record_url(
+    url: str,
+    options: RecordOptions,
+    *,
+    window_s: float = 60.0,
+    duration_s: float | None = None,
+    stop: threading.Event | None = None,
+    on_open: Callable[[Recording], None] | None = None,
+) -> int:
+    """Watch a serving engine through its metrics, beside this machine, until Ctrl-C, ``stop`` or ``duration_s``."""
+    target = metrics_url(url)
+    registry = load_registry()
+    source = server_metrics_source(registry)
+    sources = (*(options.sources or registry.live_sources()), source)
+    netloc = urlparse(url).netloc
+    rec = Recording(
+        "url",
+        dataclasses.replace(options, sources=sources),
+        slug=f"attach-{netloc.replace(':', '-')}",
+        meta={"command": ["effmon", "attach", "--url", url], "run_kind": "inference"},
+        registry=registry,
+        extra={"metrics_url": target, "window_s": window_s},
+    )
+    with Interrupts() as intr, rec:
+        rec.open()
+        if source not in [s.name for s in rec.sources]:
+            why = next((text for _, _, text in rec.notices if text.startswith(source)), "")
+            rec.finish("failed", why)
+            raise RecordError(why.removeprefix(f"{source}: ") or f"cannot read {target}", EXIT_USAGE)
+        if on_open is not None:
+            on_open(rec)
+        if not options.quiet:
+            print(f"effmon: recording {rec.path.name} from {target}; Ctrl-C to stop", file=sys.stderr)
+        rec.start()
+        started = time.monotonic()
+        reason = "stopped by the user"
+        while not intr.count and not (stop is not None and stop.is_set()):
+            if duration_s is not None and time.monotonic() - started >= duration_s:
+                reason = f"--duration {duration_s:g} s reached"
+                break
+            intr.event.wait(0.5)
+        rec.finish("complete", reason)
+    rec.report_end(reason)
+    return EXIT_IOERR if rec.write_error else 0

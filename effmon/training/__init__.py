@@ -1,0 +1,1 @@
+"""Training: launching an instrumented training command or preset (``effmon run``)."""

@@ -1,0 +1,332 @@
+"""What the dashboard shows at a moment of a session: a snapshot built from the session file.
+
+No Textual here: the TUI is a thin view over ``SessionView.snapshot``, which reads the SQLite
+session (live or finished) through the store's typed queries. The efficiency numbers come from
+``effmon.metrics.evaluate``, the same code as ``effmon report``, with the incremental aggregation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effmon.core.store import SessionReader
+from effmon.metrics import IncrementalAggregation, MetricsError, Summary, evaluate, so_far
+from effmon.metrics.series import percentile
+from effmon.metrics.stats import THROTTLE_BITS
+
+WINDOWS = ((60.0, "1 min"), (600.0, "10 min"), (3600.0, "1 h"), (None, "whole session"))
+CHART_METRICS = (
+    ("gpu", "power_w", "power", "W"),
+    ("gpu", "mem_used_bytes", "memory used", "B"),
+    ("gpu_gpm", "sm_active_pct", "SM activity (GPM)", "%"),
+    ("gpu_gpm", "tensor_active_pct", "tensor activity (GPM)", "%"),
+    ("gpu", "util_gpu_pct", "NVML utilisation", "%"),
+    ("gpu", "sm_clock_mhz", "SM clock", "MHz"),
+    ("gpu", "temp_c", "temperature", "°C"),
+)
+STALE_AFTER_S = 3.0
+RATE_SPAN_S = 10.0
+
+
+@dataclass
+class GpuCard:
+    index: int
+    name: str
+    mem_used: float | None = None
+    mem_total: float | None = None
+    util_gpu: float | None = None
+    sm_active: float | None = None
+    tensor_active: float | None = None
+    power: float | None = None
+    power_limit: float | None = None
+    energy_j: float | None = None
+    sm_clock: float | None = None
+    temp: float | None = None
+    throttle: list[str] = field(default_factory=list)
+    mem_series: list[float] = field(default_factory=list)
+    power_series: list[float] = field(default_factory=list)
+    stale: bool = False
+    gpm_supported: bool = True
+
+
+@dataclass
+class Snapshot:
+    t: float
+    session_start: float
+    session_end: float
+    name: str
+    host: str
+    state: str
+    window_label: str
+    gpus: list[GpuCard]
+    throughput: list[tuple[str, str]]
+    latency: list[tuple[str, str]]
+    efficiency: Summary | None
+    efficiency_error: str | None
+    processes: list[dict[str, Any]]
+    sources: list[dict[str, Any]]
+    notices: list[str]
+    host_line: str
+    chart: dict[str, Any]
+    watched_pids: list[int]
+
+
+def _fmt(x: float | None, spec: str, unit: str = "") -> str:
+    return "N/A" if x is None else f"{x:{spec}}{unit}"
+
+
+class SessionView:
+    def __init__(self, path: Path | str, efficiency_every_s: float = 5.0):
+        self.path = Path(path)
+        self.reader = SessionReader(self.path)
+        self.efficiency_every_s = efficiency_every_s
+        self._eff_cache: tuple[float, float, Summary | None, str | None] | None = None
+        self._aggregation = IncrementalAggregation(self.reader)
+        self._cache_end = 0.0
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def time_range(self) -> tuple[float | None, float | None]:
+        return self.reader.time_range()
+
+    def _latest(self, entity: str, t: float, key: str = "gpu") -> dict[Any, dict[str, Any]]:
+        return self.reader.latest(entity, t, key)
+
+    def snapshot(
+        self,
+        t: float | None = None,
+        window_s: float | None = 600.0,
+        window_label: str = "10 min",
+        chart_metric: int = 0,
+        chart_gpu: int = 0,
+        proc_filter: str = "",
+        live: bool = False,
+        efficiency: bool = True,
+        chart_width: int = 120,
+        throttle: bool = False,
+        sparklines: bool = True,
+    ) -> Snapshot:
+        """``throttle``: recompute the running metrics at most every few seconds (live or playing)."""
+        r = self.reader
+        meta = r.meta()
+        lo, hi = r.time_range()
+        if lo is None or hi is None:
+            lo = hi = meta.get("started_at") or time.time()
+        t = hi if t is None else min(max(t, lo), hi)
+        w0 = lo if window_s is None else max(lo, t - window_s)
+        throughput: list[tuple[str, str]] = []
+        latency: list[tuple[str, str]] = []
+        for panel in (self._training_panel, self._request_panel, self._server_panel):
+            more_throughput, more_latency = panel(w0, t)
+            throughput += more_throughput
+            latency += more_latency
+        eff, eff_err = self._efficiency(lo, t, live or throttle) if efficiency else (None, None)
+        return Snapshot(
+            t=t,
+            session_start=lo,
+            session_end=hi,
+            name=str(meta.get("name")),
+            host=(
+                f"replay of {Path((meta.get('replay') or {}).get('path', 'trace')).name}"
+                if meta.get("mode") == "replay"
+                else str((meta.get("host") or {}).get("hostname", ""))
+            ),
+            state=meta.get("status") or "unknown",
+            window_label=window_label,
+            gpus=self._cards(meta, w0, t, sparklines),
+            throughput=throughput,
+            latency=latency,
+            efficiency=eff,
+            efficiency_error=eff_err,
+            processes=self._processes(t, proc_filter, live, meta),
+            sources=r.source_status(),
+            notices=[text for _, level, text in r.notices()],
+            host_line=self._host_line(t),
+            chart=self._chart(chart_metric, chart_gpu, w0, t, chart_width),
+            watched_pids=list(meta.get("watched_pids") or []),
+        )
+
+    def _cards(self, meta: dict[str, Any], w0: float, t: float, sparklines: bool) -> list[GpuCard]:
+        gpu_meta = {g.get("index"): g for g in meta.get("gpus") or []}
+        unsupported = meta.get("unsupported") or {}
+        latest = self._latest("gpu", t)
+        gpm = self._latest("gpu_gpm", t)
+        energy = self._latest("gpu_energy", t)
+        series = self.reader.envelope("gpu", ("mem_used_bytes", "power_w"), w0, t, 240) if sparklines else {}
+        cards = []
+        for idx in sorted(set(latest) | set(gpu_meta)):
+            info = gpu_meta.get(idx, {})
+            card = GpuCard(index=int(idx), name=str(info.get("name") or f"GPU {idx}"))
+            card.gpm_supported = not any(
+                k.startswith("gpu_gpm.*") and (k.endswith(f"@{idx}") or "@" not in k) for k in unsupported
+            )
+            _fill_card(card, latest.get(idx, {}), info, t)
+            a, e = gpm.get(idx, {}), energy.get(idx, {})
+            card.sm_active, card.tensor_active = a.get("sm_active_pct"), a.get("tensor_active_pct")
+            card.energy_j = e.get("energy_counter_delta_j")
+            if card.energy_j is None:
+                card.energy_j = e.get("energy_integrated_j")
+            points = series.get(idx, [])
+            card.mem_series = [float(x[0] or 0) for x in points]
+            card.power_series = [float(x[1] or 0) for x in points]
+            cards.append(card)
+        return cards
+
+    def _training_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        steps = self.reader.spans("train_step", end_after=w0, end_before=t)[0]
+        if not steps:
+            return [], []
+        recent = [s for s in steps if s["t_end"] > t - RATE_SPAN_S]
+        times = [s["t_end"] - s["t_start"] for s in steps]
+        return [
+            ("tokens/s", _fmt(sum(s["tokens"] or 0 for s in recent) / RATE_SPAN_S, ",.0f")),
+            ("samples/s", _fmt(sum(s["samples"] or 0 for s in recent) / RATE_SPAN_S, ".1f")),
+            ("steps/s", _fmt(len(recent) / RATE_SPAN_S, ".2f")),
+        ], [
+            ("step p50", _fmt(percentile(times, 50), ".3f", " s")),
+            ("step p95", _fmt(percentile(times, 95), ".3f", " s")),
+            ("last loss", _fmt(steps[-1].get("loss"), ".4g")),
+        ]
+
+    def _request_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        requests = self.reader.spans("request", end_after=w0, end_before=t)[0]
+        if not requests:
+            return [], []
+        span = RATE_SPAN_S * 3
+        recent = [q for q in requests if q["t_end"] > t - span]
+        gen = sum((q["generated_tokens"] or 0) * (q["requests"] or 1) for q in recent)
+        e2e: list[float] = []
+        ttft: list[float] = []
+        for q in requests:
+            n = int(q["requests"] or 1)
+            e2e += [q["t_end"] - q["t_start"]] * n
+            if q.get("ttft_s") is not None:
+                ttft += [q["ttft_s"]] * n
+        latency = [
+            (label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s" if vals else "N/A")
+            for label, vals in (("TTFT p50/95/99", ttft), ("E2E p50/95/99", e2e))
+        ]
+        return [
+            ("gen tokens/s", _fmt(gen / span, ",.0f")),
+            ("requests/s", _fmt(sum(q["requests"] or 1 for q in recent) / span, ".2f")),
+        ], latency
+
+    def _server_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        serving = self._latest("serving", t, key="t")
+        if not serving:
+            return [], []
+        sv = serving[max(serving)]
+        latency = []
+        for key, label in (("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E")):
+            quantiles = [sv.get(f"{key}_p{q}_s") for q in (50, 95, 99)]
+            text = "N/A" if all(v is None for v in quantiles) else "/".join(_fmt(v, ".3g") for v in quantiles) + " s"
+            latency.append((f"{label} p50/95/99 (server)", text))
+        return [
+            ("gen tokens/s (server)", _fmt(sv.get("generation_tokens_per_s"), ",.0f")),
+            ("prompt tokens/s", _fmt(sv.get("prompt_tokens_per_s"), ",.0f")),
+            ("running / waiting", f"{_fmt(sv.get('running'), '.0f')} / {_fmt(sv.get('waiting'), '.0f')}"),
+            ("KV cache", _fmt(sv.get("kv_cache_usage_pct"), ".1f", "%")),
+        ], latency
+
+    def _host_line(self, t: float) -> str:
+        host = self._latest("host", t, key="t")
+        if not host:
+            return ""
+        h = host[max(host)]
+        return (
+            f"host CPU {_fmt(h.get('cpu_pct'), '.0f', '%')}  memory "
+            f"{_fmt((h.get('mem_used_bytes') or 0) / 1e9, '.1f')}/"
+            f"{_fmt((h.get('mem_total_bytes') or 0) / 1e9, '.1f')} GB"
+        )
+
+    def _efficiency(self, lo: float, t: float, live: bool) -> tuple[Summary | None, str | None]:
+        """Running EfficientLLM metrics of the session so far (cached; recomputed every few seconds)."""
+        now = time.monotonic()
+        if self._eff_cache and self._eff_cache[1] == t:
+            return self._eff_cache[2], self._eff_cache[3]
+        if self._eff_cache and live and now - self._eff_cache[0] < self.efficiency_every_s:
+            return self._eff_cache[2], self._eff_cache[3]
+        try:
+            if t - lo <= 0:
+                raise MetricsError("not enough data yet")
+            if t < self._cache_end:  # the cursor went back: running sums past it do not apply
+                self._aggregation = IncrementalAggregation(self.reader)
+            self._cache_end = t
+            s = evaluate(self.reader, so_far(lo, t), aggregation=self._aggregation, with_series=False)
+            result: tuple[Summary | None, str | None] = (s, None)
+        except MetricsError as exc:
+            result = (None, str(exc))
+        self._eff_cache = (now, t, result[0], result[1])
+        return result
+
+    def _processes(self, t: float, text: str, live: bool, meta: dict[str, Any]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        latest_t = self.reader.last_time("gpu_process", t)
+        if latest_t is not None and t - latest_t < STALE_AFTER_S * 2:
+            for p in self.reader.rows_at("gpu_process", latest_t):
+                rows.append({"pid": p["pid"], "gpu": p["gpu"], "gpu_mem": p["used_mem_bytes"], "sm": p["sm_util_pct"]})
+        watched = {
+            w["pid"]: w for w in self.reader.rows_between("watched", t - STALE_AFTER_S * 2, t, inclusive_start=False)
+        }
+        known = {r["pid"] for r in rows}
+        for pid in watched:
+            if pid not in known:
+                rows.append({"pid": pid, "gpu": None, "gpu_mem": None, "sm": None})
+        for row in rows:
+            w = watched.get(row["pid"], {})
+            row.update(cpu=w.get("cpu_pct"), rss=w.get("rss_bytes"), user="", command="")
+            if live:
+                _fill_from_psutil(row)
+            if not row["command"] and row["pid"] == meta.get("pid"):
+                row["command"] = " ".join(meta.get("command") or [])
+        if text:
+            needle = text.lower()
+            rows = [r for r in rows if needle in f"{r['pid']} {r['user']} {r['command']}".lower()]
+        return sorted(rows, key=lambda r: (-(r["gpu_mem"] or 0), r["pid"]))
+
+    def _chart(self, metric: int, gpu: int, w0: float, t: float, width: int) -> dict[str, Any]:
+        entity, column, label, unit = CHART_METRICS[metric % len(CHART_METRICS)]
+        points = self.reader.envelope(entity, (column,), w0, t, max(1, width), key=gpu).get(gpu, [])
+        values = [float(v) for (v,) in points if v is not None]
+        return {
+            "label": label,
+            "unit": unit,
+            "values": values,
+            "gpu": gpu,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "last": values[-1] if values else None,
+        }
+
+
+def _fill_card(card: GpuCard, g: dict[str, Any], info: dict[str, Any], t: float) -> None:
+    """The every-tick gauges of the newest reading (a card with none is stale)."""
+    if not g:
+        card.stale = True
+        return
+    card.stale = (t - g["t"]) > STALE_AFTER_S
+    card.mem_used = g.get("mem_used_bytes")
+    card.mem_total = g.get("mem_total_bytes") or info.get("mem_total_bytes")
+    card.util_gpu, card.power = g.get("util_gpu_pct"), g.get("power_w")
+    card.power_limit = g.get("power_limit_w") or info.get("power_limit_w")
+    card.sm_clock, card.temp = g.get("sm_clock_mhz"), g.get("temp_c")
+    reasons = g.get("clock_event_reasons") or 0
+    card.throttle = [name for bit, name in THROTTLE_BITS.items() if reasons & bit]
+
+
+def _fill_from_psutil(row: dict[str, Any]) -> None:
+    import psutil
+
+    try:
+        p = psutil.Process(row["pid"])
+        with p.oneshot():
+            row["user"] = p.username()
+            row["command"] = " ".join(p.cmdline()) or p.name()
+            if row.get("rss") is None:
+                row["rss"] = p.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass

@@ -1,0 +1,49 @@
+"""``transformers serve`` as a serving engine for ``effmon serve`` presets (``engine = "transformers"``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def executable() -> str | None:
+    """The ``transformers`` command of effmon's own environment first (it may not be on PATH), else PATH's."""
+    own = Path(sys.executable).parent / "transformers"
+    if own.is_file() and os.access(own, os.X_OK):
+        return str(own)
+    return shutil.which("transformers")
+
+
+def command(fields: dict[str, Any], model_dir: str | None) -> list[str]:
+    # the model is pinned (positional), so the server loads it before it reports healthy
+    model = model_dir or str(fields.get("model"))
+    return [
+        executable() or "transformers",
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(fields.get("port", 8000)),
+        "--device",
+        "cpu",
+        *[str(a) for a in fields.get("extra_args", [])],
+    ]
+
+
+def available() -> bool:
+    return executable() is not None and importlib.util.find_spec("fastapi") is not None
+
+
+def prepare(fields: dict[str, Any]) -> str | None:
+    """``model = "tiny"``: a tiny random Llama with a locally trained tokenizer, built once, offline."""
+    if fields.get("model") != "tiny":
+        return None
+    from effmon.core.paths import effmon_home
+    from effmon.recipes.tiny_model import ensure
+
+    return str(ensure(effmon_home() / "models" / "tiny-llama"))
