@@ -8,6 +8,7 @@ from pathlib import Path
 from effmon.core.declare import CORE_ENTITIES, GPM_ACTIVITY, Row
 from effmon.core.energy import EnergyIntegrator
 from effmon.core.store import SessionWriter
+from effmon.recording import FLUSH_EVERY_S
 from effmon.sources.trace import bundled_trace_path
 
 GPU_KEYS = ("mem_used_bytes", "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "power_w", "sm_clock_mhz", "temp_c")
@@ -78,7 +79,7 @@ def make_session(path: Path, gpus: int = 8, seconds: float = 3600.0, hz: float =
             )
             step_t += 0.135
             step += 1
-        if len(batch) > 5000:
+        if (k + 1) % int(hz * FLUSH_EVERY_S) == 0:  # one transaction per flush, as the recorder writes
             integ.feed(batch)
             writer.write(batch)
             batch = []

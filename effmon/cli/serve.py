@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -139,6 +138,8 @@ def _prompts(path: str) -> list[str]:
 
 
 def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
+    import asyncio
+
     from effmon.recording import Recording, RecordOptions
     from effmon.serving.load import LoadConfig, parse_slo, print_summary, request_row, run_load, summarize
 

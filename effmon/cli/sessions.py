@@ -135,11 +135,13 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
         name = reader.meta().get("name")
         try:
             if args.format in ("md", "html"):
-                from effmon.metrics import evaluate, resolve_window
+                from effmon.metrics import ExactAggregation, evaluate, resolve_window
                 from effmon.report.document import write
 
-                summary = evaluate(reader, resolve_window(reader, args.window, args.phase), options=_options(args))
-                out = write(reader, summary, args.format, Path(args.output))
+                agg = ExactAggregation(reader)
+                window = resolve_window(reader, args.window, args.phase)
+                summary = evaluate(reader, window, options=_options(args), aggregation=agg, with_series=False)
+                out = write(agg, summary, args.format, Path(args.output))
                 print(f"effmon: wrote {args.format} report of {name} to {out}", file=sys.stderr)
                 return 0
             text, label = _report_text(reader, args)

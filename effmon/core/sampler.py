@@ -42,7 +42,6 @@ class ChannelState:
     missed_ticks: int = 0
     last_ok: float | None = None
     last_error: str | None = None
-    last_cost_s: float = 0.0
     total_cost_s: float = 0.0
     slow_lane: bool = False
     in_flight: concurrent.futures.Future[Any] | None = field(default=None, repr=False)
@@ -89,7 +88,6 @@ class Sampler:
                 self.channels.append((source, ChannelState(source.name, name, interval, origin=start)))
         self._thread: threading.Thread | None = None
         self._slow_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.ticks = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -147,7 +145,6 @@ class Sampler:
             self.clock.wait_until(next_due, self.stop_event)
 
     def tick(self, now: float) -> None:
-        self.ticks += 1
         self._collect_slow_lane(now)
         for source, state in self.channels:
             if state.next_due > now:
@@ -179,7 +176,6 @@ class Sampler:
     def _succeeded(self, state: ChannelState, now: float, cost: float) -> None:
         state.reads += 1
         state.last_ok = now
-        state.last_cost_s = cost
         state.total_cost_s += cost
         state.consecutive_failures = 0
 

@@ -19,7 +19,7 @@ import math
 import sqlite3
 import threading
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,12 +68,10 @@ def chunk_layout(entity: Entity) -> tuple[str, ...] | None:
     return ("t", *entity.keys, *(m.name for m in entity.metrics))
 
 
-def _pack(values: list[tuple[Any, ...]], width: int) -> bytes:
-    """Column-major float64 (NaN for NULL), stdlib only: the recorder never imports numpy."""
-    out = array("d")
-    for i in range(width):
-        out.extend(NAN if row[i] is None else row[i] for row in values)
-    return out.tobytes()
+def _pack(values: list[tuple[Any, ...]]) -> bytes:
+    """Row-major float64 (NaN for NULL), stdlib only: the recorder never imports numpy. Row-major, so the
+    chunks of an entity joined end to end are one (rows x columns) array."""
+    return array("d", [NAN if v is None else v for row in values for v in row]).tobytes()
 
 
 class SessionWriter:
@@ -109,7 +107,10 @@ class SessionWriter:
             self._db.execute(
                 "CREATE TABLE chunks (entity TEXT NOT NULL, t_min REAL, t_max REAL, n INTEGER, columns TEXT, data BLOB)"
             )
-            self._db.execute("CREATE INDEX chunks_entity ON chunks (entity, t_max)")
+            # an entity's chunks after a cursor (rowid is the index's last column), and where they start: an
+            # entity's chunks come in time order, so the first chunk after a time bounds a read by rowid
+            self._db.execute("CREATE INDEX chunks_entity ON chunks (entity)")
+            self._db.execute("CREATE INDEX chunks_time ON chunks (entity, t_min)")
             for entity in entities:
                 self._add_entity(entity)
             self._set_meta(meta)
@@ -192,7 +193,7 @@ class SessionWriter:
         layout = [self._inserts[entity][1][p] for p in positions]
         self._db.execute(
             "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
-            (entity, min(times), max(times), len(picked), ",".join(layout), _pack(picked, len(positions))),
+            (entity, min(times), max(times), len(picked), ",".join(layout), _pack(picked)),
         )
 
     def close(self) -> None:
@@ -402,23 +403,41 @@ class SessionReader:
     ) -> SeriesRead:
         import numpy as np
 
-        sql = "SELECT rowid, n, columns, data FROM chunks WHERE entity = ? AND rowid > ?"
-        params: list[Any] = [ent.name, cursor]
-        if until is not None:
-            sql += " AND t_min <= ?"
-            params.append(until)
-        parts: list[np.ndarray] = []
-        names: list[str] | None = None
+        rows = self._chunks(ent.name, cursor, until)
+        if not rows:
+            return SeriesRead({}, cursor)
         key = "gpu" if "gpu" in ent.keys else None
-        for rowid, n, layout, data in self._query(sql + " ORDER BY rowid", params):
-            cols = layout.split(",")
-            block = np.frombuffer(data, dtype="<f8").reshape(len(cols), n)
-            if names is None:
-                names = cols
-            picked = [cols.index(c) for c in [*wanted, *([key] if key else [])]]
-            parts.append(block[picked])
-            cursor = rowid
-        return SeriesRead(self._split(parts, wanted, key, integer), cursor)
+        blocks: list[np.ndarray] = []
+        start = 0
+        for i in range(1, len(rows) + 1):  # runs of chunks with one layout (a session has one)
+            if i == len(rows) or rows[i][1] != rows[start][1]:
+                layout = rows[start][1].split(",")
+                joined = b"".join(r[2] for r in rows[start:i])
+                block = np.frombuffer(joined, dtype="<f8").reshape(-1, len(layout))
+                blocks.append(block[:, [layout.index(c) for c in [*wanted, *([key] if key else [])]]])
+                start = i
+        return SeriesRead(self._split(blocks, wanted, key, integer), rows[-1][0])
+
+    def _chunks(self, entity: str, after: int, until: float | None = None, start: float | None = None) -> list[Any]:
+        """(rowid, layout, data) of an entity's chunks after rowid ``after``, none starting after ``until``, none
+        ending before ``start``. An entity's chunks come in time order, so both bounds are index seeks."""
+        lo, hi = after, None
+        if until is not None:
+            nxt = self._one(
+                "SELECT rowid FROM chunks WHERE entity = ? AND t_min > ? ORDER BY t_min LIMIT 1", (entity, until)
+            )
+            hi = nxt[0] if nxt else None
+        if start is not None:
+            first = self._one(
+                "SELECT rowid FROM chunks WHERE entity = ? AND t_min <= ? ORDER BY t_min DESC LIMIT 1", (entity, start)
+            )
+            lo = max(lo, first[0] - 1) if first else lo
+        sql = "SELECT rowid, columns, data FROM chunks WHERE entity = ? AND rowid > ?"
+        params: list[Any] = [entity, lo]
+        if hi is not None:
+            sql += " AND rowid < ?"
+            params.append(hi)
+        return self._query(sql + " ORDER BY rowid", params)
 
     def _series_from_rows(
         self, ent: Entity, wanted: list[str], integer: frozenset[str], cursor: int, until: float | None
@@ -436,25 +455,28 @@ class SessionReader:
         if not rows:
             return SeriesRead({}, cursor)
         cursor = rows[-1][0]
-        block = np.array([[NAN if v is None else v for v in r[1:]] for r in rows], dtype="<f8").T
+        block = np.array([[NAN if v is None else v for v in r[1:]] for r in rows], dtype="<f8")
         return SeriesRead(self._split([block], wanted, key, integer), cursor)
 
     @staticmethod
     def _split(
-        parts: list[np.ndarray], wanted: list[str], key: str | None, integer: frozenset[str]
+        blocks: list[np.ndarray], wanted: list[str], key: str | None, integer: frozenset[str]
     ) -> dict[int, Series]:
+        """(rows x columns) blocks in recording order -> contiguous arrays per instance, order kept."""
         import numpy as np
 
-        if not parts:
-            return {}
-        block = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        block = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
         if key is None:
-            return {0: Series({c: block[i] for i, c in enumerate(wanted)}, integer)}
-        keys = block[len(wanted)]
+            return {0: Series({c: np.ascontiguousarray(block[:, i]) for i, c in enumerate(wanted)}, integer)}
+        keys = block[:, len(wanted)]
+        order = np.argsort(keys, kind="stable")
+        block, keys = block[order], keys[order]
+        bounds = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
         out: dict[int, Series] = {}
-        for k in np.unique(keys[~np.isnan(keys)]).tolist():
-            mask = keys == k
-            out[int(k)] = Series({c: block[i][mask] for i, c in enumerate(wanted)}, integer)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if keys[a] == keys[a]:  # rows without a key (NaN) belong to no instance
+                part = block[a:b]
+                out[int(keys[a])] = Series({c: np.ascontiguousarray(part[:, i]) for i, c in enumerate(wanted)}, integer)
         return out
 
     # -- spans and rows --------------------------------------------------------------------
@@ -525,10 +547,40 @@ class SessionReader:
     def envelope(
         self, entity: str, columns: Sequence[str], start: float, end: float, buckets: int, key: int | None = None
     ) -> dict[int, list[tuple[Any, ...]]]:
-        """Per instance, at most ``buckets`` points over [start, end]: each bucket's maximum, by SQLite."""
+        """Per instance, at most ``buckets`` points over [start, end]: each bucket's maximum (None where a
+        bucket has no reading), in time order. From the columnar chunks (the dashboard's sparklines)."""
+        import numpy as np
+
         if not self.has(entity) or end <= start:
             return {}
         width = (end - start) / max(1, buckets)
+        ent = self.entities()[entity]
+        if self.schema_version < 2 or chunk_layout(ent) is None:
+            return self._envelope_sql(entity, columns, start, end, width, key)
+        rows = self._chunks(entity, 0, until=end, start=start)
+        out: dict[int, list[tuple[Any, ...]]] = {}
+        if not rows:
+            return out
+        layout = rows[0][1].split(",")
+        joined = b"".join(r[2] for r in rows if r[1] == rows[0][1])
+        block = np.frombuffer(joined, dtype="<f8").reshape(-1, len(layout))
+        t = block[:, layout.index("t")]
+        keys = block[:, layout.index("gpu")] if "gpu" in layout else np.zeros(len(t))
+        inside = (t >= start) & (t <= end) & (True if key is None else keys == key)
+        for k in np.unique(keys[inside]).tolist():
+            mine = inside & (keys == k)
+            slot = ((t[mine] - start) / width).astype(np.int64)
+            first = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])  # time order: slots only grow
+            maxima = [np.fmax.reduceat(block[mine, layout.index(c)], first) for c in columns]
+            out[int(k)] = [
+                tuple(None if v != v else v for v in values)
+                for values in zip(*[m.tolist() for m in maxima], strict=True)
+            ]
+        return out
+
+    def _envelope_sql(
+        self, entity: str, columns: Sequence[str], start: float, end: float, width: float, key: int | None
+    ) -> dict[int, list[tuple[Any, ...]]]:
         cols = ", ".join(f"MAX({_ident(c)})" for c in columns)
         where = "t >= ? AND t <= ?" + (" AND gpu = ?" if key is not None else "")
         params: list[Any] = [start, end] + ([key] if key is not None else [])
@@ -540,15 +592,3 @@ class SessionReader:
         ):
             out.setdefault(int(row[0]), []).append(row[1:])
         return out
-
-    def iter_rows(
-        self, entity: str, columns: Sequence[str], start: float, end: float, order: Sequence[str] = ("t",)
-    ) -> Iterator[tuple[Any, ...]]:
-        """Rows as tuples of ``columns``, ``start <= t <= end``, sorted by ``order`` (columns of the entity)."""
-        if not self.has(entity):
-            return iter(())
-        sql = (
-            f"SELECT {', '.join(map(_ident, columns))} FROM {_table(entity)} WHERE t >= ? AND t <= ? "
-            f"ORDER BY {', '.join(map(_ident, order))}"
-        )
-        return iter(self._query(sql, (start, end)))

@@ -91,9 +91,6 @@ def _tokens(x: Inputs) -> Any:
     return x.inference.generated_tokens if x.inference else None
 
 
-NO_ENERGY = "no energy reading"
-
-
 @metric(
     "J_per_token",
     label="J/token",

@@ -80,6 +80,25 @@ def _run_kind(
     return "inference" if inference else "monitoring"
 
 
+def _session(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta.get(k) for k in SESSION_FIELDS} | {
+        "host": (meta.get("host") or {}).get("hostname"),
+        "driver": next((g.get("driver") for g in meta.get("gpus") or []), None),
+    }
+
+
+def _without_gpu(reader: SessionReader, meta: dict[str, Any], w: Window, has_work: bool) -> str:
+    """The note for a window without GPU readings; an error when there is nothing else to summarise."""
+    no_gpu = (
+        f"session {meta.get('name')} has no GPU readings (recorded without a GPU?)"
+        if not reader.count("gpu")
+        else f"no GPU readings fall inside {w.label}"
+    )
+    if not has_work:
+        raise MetricsError(f"{no_gpu}; EfficientLLM metrics need GPU memory, utilisation and power, or steps")
+    return f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed"
+
+
 def evaluate(
     reader: SessionReader,
     window: Window | None = None,
@@ -104,14 +123,7 @@ def evaluate(
     inference = inference_stats(requests)
     server = server_stats(agg, w) if reader.has("serving") else None
     if not gpus:
-        no_gpu = (
-            f"session {meta.get('name')} has no GPU readings (recorded without a GPU?)"
-            if not reader.count("gpu")
-            else f"no GPU readings fall inside {w.label}"
-        )
-        if not steps.rows and not requests.rows:
-            raise MetricsError(f"{no_gpu}; EfficientLLM metrics need GPU memory, utilisation and power, or steps")
-        notes.append(f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed")
+        notes.append(_without_gpu(reader, meta, w, bool(steps.rows or requests.rows)))
     model = dict(meta.get("model") or {})
     if options.params:
         model["params"], model["source"] = options.params, "--params"
@@ -125,11 +137,7 @@ def evaluate(
         series = machine_series(agg, w, gpus)
     return Summary(
         effmon_version=__version__,
-        session={k: meta.get(k) for k in SESSION_FIELDS}
-        | {
-            "host": (meta.get("host") or {}).get("hostname"),
-            "driver": next((g.get("driver") for g in meta.get("gpus") or []), None),
-        },
+        session=_session(meta),
         run_kind=run_kind,
         window=w,
         model=model or None,

@@ -45,7 +45,7 @@ def machine_series(agg: ExactAggregation, w: Window, gpus: list[GpuStats]) -> Ti
 
     use_gpm = all(g.pcu_source == PCU_FROM_GPM for g in gpus)
     gpu_series, gpm_series = agg.series("gpu"), agg.series("gpu_gpm")
-    keys: list[float] = []
+    times_by_gpu: list[np.ndarray] = []
     mem, comp, power = [], [], []
     for idx in sorted(gpu_series):
         s = gpu_series[idx]
@@ -55,13 +55,16 @@ def machine_series(agg: ExactAggregation, w: Window, gpus: list[GpuStats]) -> Ti
             c = _held(s.t, gpm_series[idx].t, gpm_series[idx]["sm_active_pct"])[inside] / 100.0
         else:
             c = s["util_gpu_pct"][inside] / 100.0 if "util_gpu_pct" in s else np.full(len(t), np.nan)
-        keys += [round(v, 4) for v in t.tolist()]
+        times_by_gpu.append(t)
         mem.append(np.nan_to_num(s["mem_used_bytes"][inside], nan=0.0) / GIB)
         comp.append(c)
         power.append(np.nan_to_num(s["power_w"][inside], nan=0.0))
-    if not keys:
+    raw = np.concatenate(times_by_gpu) if times_by_gpu else np.array([])
+    distinct, where = np.unique(raw, return_inverse=True)  # each tick's time rounded once
+    keys = np.array([round(v, 4) for v in distinct.tolist()])[where.reshape(-1)] if len(raw) else raw
+    if not len(keys):
         return TimeSeries([], [], [], [])
-    times, slot = np.unique(np.array(keys), return_inverse=True)
+    times, slot = np.unique(keys, return_inverse=True)
     mem_sum, power_sum = np.zeros(len(times)), np.zeros(len(times))
     comp_sum, comp_n = np.zeros(len(times)), np.zeros(len(times))
     m, c, p = np.concatenate(mem), np.concatenate(comp), np.concatenate(power)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from effmon.core.fmt import human_duration, timestamp
-from effmon.core.store import Series, SessionReader
-from effmon.metrics import METRICS, Summary
+from effmon.core.store import Series
+from effmon.metrics import METRICS, ExactAggregation, Summary
 from effmon.report.render import metric_rows
 
 if TYPE_CHECKING:
@@ -70,12 +70,13 @@ def energy_rows(s: Summary) -> list[tuple[str, str, str]]:
     ]
 
 
-ENVELOPE_POINTS = 1500
-"""Buckets per line: above this a series is drawn from each bucket's min and max (what the eye sees)."""
+ENVELOPE_POINTS = 400
+"""Buckets per line (the plot is about 1000 px wide): above this a series is drawn from each bucket's min and max."""
 
 
 def envelope(t: np.ndarray, x: np.ndarray, buckets: int = ENVELOPE_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most two points per time bucket, the bucket's minimum and maximum in time order."""
+    """At most two points per time bucket: its minimum and maximum, drawn at the bucket's middle (the
+    line's outline at any width: a spike is never averaged away)."""
     import numpy as np
 
     ok = ~np.isnan(x)
@@ -85,30 +86,27 @@ def envelope(t: np.ndarray, x: np.ndarray, buckets: int = ENVELOPE_POINTS) -> tu
     edges = np.linspace(t[0], t[-1], buckets + 1)
     slot = np.clip(np.searchsorted(edges, t, "right") - 1, 0, buckets - 1)
     starts = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
-    lo = np.minimum.reduceat(x, starts)
-    hi = np.maximum.reduceat(x, starts)
-    i_lo = np.array([a + int(np.argmin(x[a:b])) for a, b in zip(starts, np.r_[starts[1:], len(x)], strict=True)])
-    i_hi = np.array([a + int(np.argmax(x[a:b])) for a, b in zip(starts, np.r_[starts[1:], len(x)], strict=True)])
-    first = i_lo <= i_hi
-    ts = np.column_stack((np.where(first, t[i_lo], t[i_hi]), np.where(first, t[i_hi], t[i_lo]))).ravel()
-    ys = np.column_stack((np.where(first, lo, hi), np.where(first, hi, lo))).ravel()
-    return ts, ys
+    middle = (edges[slot[starts]] + edges[slot[starts] + 1]) / 2
+    return np.repeat(middle, 2), np.column_stack(
+        (np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts))
+    ).ravel()
 
 
 class _Figures:
     """Figures over the window's time (seconds from its start), phases shaded, written as PNG."""
 
     def __init__(self, w0: float, w1: float, phases: list[dict[str, Any]]):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        self.plt, self.w0, self.w1, self.phases = plt, w0, w1, phases
+        self.w0, self.w1, self.phases = w0, w1, phases
         self.out: list[tuple[str, bytes]] = []
 
     def axes(self, height: float = 3.0) -> tuple[Any, Any]:
-        return self.plt.subplots(figsize=(10, height))
+        """matplotlib's object API (no pyplot: nothing global, less to import)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10, height))
+        FigureCanvasAgg(fig)
+        return fig, fig.add_subplot()
 
     def line(self, ax: Any, series: Series, column: str, scale: float = 1.0, **kw: Any) -> bool:
         """Draw one column over the window; False when it has no reading there."""
@@ -140,32 +138,64 @@ class _Figures:
             ax.set_xlabel("seconds from the start")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left")
         buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=110)
-        self.plt.close(fig)
+        height = fig.get_figheight()  # fixed margins: every figure has this shape (tight_layout draws it twice)
+        fig.subplots_adjust(left=0.08, right=0.99, top=1 - 0.3 / height, bottom=0.5 / height)
+        fig.savefig(buf, format="png", dpi=110, pil_kwargs={"compress_level": 1})
         self.out.append((title, buf.getvalue()))
 
 
+COMPUTE_LINES = (
+    ("sm_active_pct", "-", 1.3, "SM activity (GPM)"),
+    ("tensor_active_pct", "--", 1.0, "tensor activity (GPM)"),
+    ("util_gpu_pct", ":", 1.0, "NVML utilisation (any kernel running)"),
+)
+
+
+def _compute_figure(f: _Figures, gpu: dict[int, Series], gpm: dict[int, Series]) -> None:
+    """One GPU: a colour per measure. Several: a colour per GPU and a line style per measure, so the
+    legend stays short at 8 GPUs."""
+    from matplotlib.lines import Line2D
+
+    fig, ax = f.axes()
+    several = len(gpu) > 1
+    for n, (idx, series) in enumerate(gpu.items()):
+        for m, (column, style, width, label) in enumerate(COMPUTE_LINES):
+            source = series if column == "util_gpu_pct" else gpm.get(idx)
+            colour = f"C{(n if several else m) % 10}"
+            if source is not None:
+                f.line(ax, source, column, color=colour, ls=style, lw=width, label=None if several else label)
+        if several:
+            ax.plot([], [], color=f"C{n % 10}", lw=6, label=f"GPU {idx}")
+    handles, labels = ax.get_legend_handles_labels()
+    if several:
+        for _, style, width, label in COMPUTE_LINES:
+            handles.append(Line2D([], [], color="#57606a", ls=style, lw=width))
+            labels.append(label)
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper left", ncol=2 if several else 1)
+    ax.set_ylim(0, 105)
+    f.finish(fig, ax, "Compute: SM and tensor activity beside NVML utilisation", "%")
+
+
 def _gpu_figures(f: _Figures, gpu: dict[int, Series], gpm: dict[int, Series]) -> None:
+    import numpy as np
+
     fig, ax = f.axes()
     for idx, series in gpu.items():
         f.line(ax, series, "mem_used_bytes", 1 / 2**30, lw=1.2, label=f"GPU {idx}")
     f.finish(fig, ax, "GPU memory used", "GiB")
+    _compute_figure(f, gpu, gpm)
     fig, ax = f.axes()
-    for idx, series in gpu.items():
-        f.line(ax, series, "util_gpu_pct", lw=0.8, ls="--", label=f"GPU {idx} NVML utilisation (any kernel running)")
-        for col, label in (("sm_active_pct", "SM activity (GPM)"), ("tensor_active_pct", "tensor activity (GPM)")):
-            if idx in gpm:
-                f.line(ax, gpm[idx], col, lw=1.2, label=f"GPU {idx} {label}")
-    ax.set_ylim(0, 105)
-    f.finish(fig, ax, "Compute: SM and tensor activity beside NVML utilisation", "%")
-    fig, ax = f.axes()
+    limits: set[float] = set()
     for idx, series in gpu.items():
         f.line(ax, series, "power_w", lw=1.2, label=f"GPU {idx} power")
-        f.line(ax, series, "power_limit_w", lw=1, ls=":", color="#cf222e", label=f"GPU {idx} power limit")
+        if "power_limit_w" in series:
+            limits |= {v for v in np.unique(series["power_limit_w"]).tolist() if v == v}
+    for limit in sorted(limits):  # GPUs usually share their limit: one line for all
+        ax.axhline(limit, lw=1, ls=":", color="#cf222e", label=f"power limit {limit:.0f} W")
     f.finish(fig, ax, "Power with the power limit", "W")
     fig, ax = f.axes(2.6)
     for idx, series in gpu.items():
@@ -187,13 +217,13 @@ def _step_figures(f: _Figures, steps: list[dict[str, Any]]) -> None:
     f.finish(fig, ax, "Throughput", "tokens/s")
 
 
-def plots(reader: SessionReader, s: Summary) -> list[tuple[str, bytes]]:
+def plots(agg: ExactAggregation, s: Summary) -> list[tuple[str, bytes]]:
     """PNG figures over the session's time (seconds from its start), phases shaded."""
     w0, w1 = s.window.start, s.window.end
-    f = _Figures(w0, w1, [p for p in reader.phases() if p["t_end"] >= w0 and p["t_start"] <= w1])
-    gpu = reader.series("gpu", ["mem_used_bytes", "util_gpu_pct", "power_w", "power_limit_w", "sm_clock_mhz"]).by_key
+    f = _Figures(w0, w1, [p for p in agg.reader.phases() if p["t_end"] >= w0 and p["t_start"] <= w1])
+    gpu = agg.series("gpu")
     if gpu:
-        _gpu_figures(f, gpu, reader.series("gpu_gpm", ["sm_active_pct", "tensor_active_pct"]).by_key)
+        _gpu_figures(f, gpu, agg.series("gpu_gpm"))
     if s.steps.rows:
         _step_figures(f, s.steps.rows)
     elif s.requests.latencies:
@@ -208,9 +238,10 @@ def _slug(title: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")[:40]
 
 
-def write(reader: SessionReader, s: Summary, fmt: str, out: Path) -> Path:
-    meta = reader.meta()
-    figures = plots(reader, s)
+def write(agg: ExactAggregation, s: Summary, fmt: str, out: Path) -> Path:
+    """The report of a summary evaluated with ``agg`` (its series are drawn without reading them again)."""
+    meta = agg.reader.meta()
+    figures = plots(agg, s)
     cut = meta.get("status") == "recording" and not meta.get("ended_at")
     warning = (
         (

@@ -259,7 +259,8 @@ def csv_text(reader: SessionReader, window_start: float, window_end: float, sess
     arrays = {c: a[order] for c, a in arrays.items()}
     ent = reader.entities().get("gpu")
     integer = {"gpu", *(m.name for m in ent.metrics if m.sql_type == "INTEGER")} if ent else {"gpu"}
-    rel = np.array([round(v - session_start, 4) for v in arrays["t"].tolist()])
+    since, where = np.unique(arrays["t"] - session_start, return_inverse=True)  # the GPUs of a tick share it
+    rel = np.array([round(v, 4) for v in since.tolist()])[where.reshape(-1)]
     texts = [_texts(rel if c == "t_rel_s" else arrays[c], c in integer) for c in CSV_COLUMNS]
     buf.write("\n".join(map(",".join, zip(*texts, strict=True))))
     buf.write("\n")

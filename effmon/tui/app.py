@@ -384,7 +384,7 @@ class EffmonApp(App[None]):
         import json
 
         from effmon.core.store import SessionReader
-        from effmon.metrics import MetricsError, Window, evaluate
+        from effmon.metrics import ExactAggregation, MetricsError, Window, evaluate
         from effmon.report.formats import efficientllm
 
         try:
@@ -393,7 +393,8 @@ class EffmonApp(App[None]):
                 if lo is None or hi is None:
                     raise MetricsError("the session holds no samples yet")
                 end = min(self.cursor, hi) if self.cursor is not None else hi
-                summary = evaluate(reader, Window(lo, end, "so far", lo, hi))
+                agg = ExactAggregation(reader)
+                summary = evaluate(reader, Window(lo, end, "so far", lo, hi), aggregation=agg)
                 out_dir = self.report_dir or self.view.path.parent.parent / "reports"
                 out_dir.mkdir(parents=True, exist_ok=True)
                 stem = out_dir / f"{self.view.path.stem}-{time.strftime('%H%M%S')}"
@@ -402,7 +403,7 @@ class EffmonApp(App[None]):
                 try:
                     from effmon.report.document import write
 
-                    write(reader, summary, "html", Path(f"{stem}.html"))
+                    write(agg, summary, "html", Path(f"{stem}.html"))
                 except ImportError:
                     html_note = " (no HTML: pip install 'effmon[report]' for plots)"
             self.call_from_thread(self.notify, f"report written: {stem}.html / .efficientllm.json{html_note}")

@@ -16,6 +16,7 @@ from effmon.core.store import SessionReader
 from effmon.metrics import IncrementalAggregation, MetricsError, Summary, evaluate, so_far
 from effmon.metrics.series import percentile
 from effmon.metrics.stats import THROTTLE_BITS
+from effmon.tui.buffer import RecentSeries, RecentSpans
 
 WINDOWS = ((60.0, "1 min"), (600.0, "10 min"), (3600.0, "1 h"), (None, "whole session"))
 CHART_METRICS = (
@@ -86,6 +87,16 @@ class SessionView:
         self._eff_cache: tuple[float, float, Summary | None, str | None] | None = None
         self._aggregation = IncrementalAggregation(self.reader)
         self._cache_end = 0.0
+        self._recent = {
+            entity: RecentSeries(self.reader, entity, [c for e, c, _, _ in CHART_METRICS if e == entity])
+            for entity in ("gpu", "gpu_gpm")
+        }
+        self._spans = {
+            "train_step": RecentSpans(self.reader, "train_step", ("t_start", "t_end", "tokens", "samples", "loss")),
+            "request": RecentSpans(
+                self.reader, "request", ("t_start", "t_end", "requests", "generated_tokens", "ttft_s")
+            ),
+        }
 
     def close(self) -> None:
         self.reader.close()
@@ -156,7 +167,7 @@ class SessionView:
         latest = self._latest("gpu", t)
         gpm = self._latest("gpu_gpm", t)
         energy = self._latest("gpu_energy", t)
-        series = self.reader.envelope("gpu", ("mem_used_bytes", "power_w"), w0, t, 240) if sparklines else {}
+        series = self._recent["gpu"].envelope(("mem_used_bytes", "power_w"), w0, t, 240) if sparklines else {}
         cards = []
         for idx in sorted(set(latest) | set(gpu_meta)):
             info = gpu_meta.get(idx, {})
@@ -177,42 +188,42 @@ class SessionView:
         return cards
 
     def _training_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        steps = self.reader.spans("train_step", end_after=w0, end_before=t)[0]
+        steps = self._spans["train_step"].ended(w0, t)
         if not steps:
             return [], []
-        recent = [s for s in steps if s["t_end"] > t - RATE_SPAN_S]
-        times = [s["t_end"] - s["t_start"] for s in steps]
+        recent = [s for s in steps if s.t_end > t - RATE_SPAN_S]
+        times = [s.t_end - s.t_start for s in steps]
         return [
-            ("tokens/s", _fmt(sum(s["tokens"] or 0 for s in recent) / RATE_SPAN_S, ",.0f")),
-            ("samples/s", _fmt(sum(s["samples"] or 0 for s in recent) / RATE_SPAN_S, ".1f")),
+            ("tokens/s", _fmt(sum(s.tokens or 0 for s in recent) / RATE_SPAN_S, ",.0f")),
+            ("samples/s", _fmt(sum(s.samples or 0 for s in recent) / RATE_SPAN_S, ".1f")),
             ("steps/s", _fmt(len(recent) / RATE_SPAN_S, ".2f")),
         ], [
             ("step p50", _fmt(percentile(times, 50), ".3f", " s")),
             ("step p95", _fmt(percentile(times, 95), ".3f", " s")),
-            ("last loss", _fmt(steps[-1].get("loss"), ".4g")),
+            ("last loss", _fmt(steps[-1].loss, ".4g")),
         ]
 
     def _request_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        requests = self.reader.spans("request", end_after=w0, end_before=t)[0]
+        requests = self._spans["request"].ended(w0, t)
         if not requests:
             return [], []
         span = RATE_SPAN_S * 3
-        recent = [q for q in requests if q["t_end"] > t - span]
-        gen = sum((q["generated_tokens"] or 0) * (q["requests"] or 1) for q in recent)
+        recent = [q for q in requests if q.t_end > t - span]
+        gen = sum((q.generated_tokens or 0) * (q.requests or 1) for q in recent)
         e2e: list[float] = []
         ttft: list[float] = []
         for q in requests:
-            n = int(q["requests"] or 1)
-            e2e += [q["t_end"] - q["t_start"]] * n
-            if q.get("ttft_s") is not None:
-                ttft += [q["ttft_s"]] * n
+            n = int(q.requests or 1)
+            e2e += [q.t_end - q.t_start] * n
+            if q.ttft_s is not None:
+                ttft += [q.ttft_s] * n
         latency = [
             (label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s" if vals else "N/A")
             for label, vals in (("TTFT p50/95/99", ttft), ("E2E p50/95/99", e2e))
         ]
         return [
             ("gen tokens/s", _fmt(gen / span, ",.0f")),
-            ("requests/s", _fmt(sum(q["requests"] or 1 for q in recent) / span, ".2f")),
+            ("requests/s", _fmt(sum(q.requests or 1 for q in recent) / span, ".2f")),
         ], latency
 
     def _server_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -290,7 +301,7 @@ class SessionView:
 
     def _chart(self, metric: int, gpu: int, w0: float, t: float, width: int) -> dict[str, Any]:
         entity, column, label, unit = CHART_METRICS[metric % len(CHART_METRICS)]
-        points = self.reader.envelope(entity, (column,), w0, t, max(1, width), key=gpu).get(gpu, [])
+        points = self._recent[entity].envelope((column,), w0, t, max(1, width)).get(gpu, [])
         values = [float(v) for (v,) in points if v is not None]
         return {
             "label": label,
