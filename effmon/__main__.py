@@ -1,3 +1,3 @@
-from effmon.cli import main
+from effmon.entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

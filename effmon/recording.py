@@ -451,6 +451,10 @@ def record_command(
     rec = Recording(mode, options, slug=slug or command_slug(argv or ["command"]), meta=meta, registry=registry)
     with Interrupts() as intr, rec:
         rec.open()
+        if intr.count:  # stopped while effmon was starting: never start the command
+            rec.finish("interrupted", f"stopped by {intr.last_name} before the command started", EXIT_INTERRUPTED)
+            rec.report_end("stopped before the command started")
+            return EXIT_INTERRUPTED
         launch = prepare(rec) if prepare is not None else Launch(argv, dict(os.environ))
         rec.set_meta(command=redact_argv(launch.argv), **launch.meta)
         output: Any = None
@@ -486,7 +490,8 @@ def record_command(
 
 
 def _wait_for_child(child: subprocess.Popen[Any], intr: Interrupts) -> tuple[str, str]:
-    """Until the command exits. The first stop request is passed on to it; a second kills it."""
+    """Until the command exits. The first stop request is passed on to it; a second kills it. A command
+    that exits with a non-zero status ends its session ``failed``."""
     status, reason = "complete", "the command exited"
     handled = 0
     while child.poll() is None:
@@ -502,6 +507,10 @@ def _wait_for_child(child: subprocess.Popen[Any], intr: Interrupts) -> tuple[str
             child.wait(FLUSH_EVERY_S)
         except subprocess.TimeoutExpired:
             pass
+    if status == "complete" and child.returncode != 0:
+        code = child.returncode
+        status = "failed"
+        reason = f"the command exited with status {code}" if code > 0 else f"the command was killed by signal {-code}"
     return status, reason
 
 
@@ -550,7 +559,9 @@ def record_pid(
         status, reason, code = "complete", f"process {pid} exited", 0
         while _alive(proc):
             if intr.count or (stop is not None and stop.is_set()):
-                status, reason, code = "interrupted", "stopped by the user", EXIT_INTERRUPTED
+                # watching stops; the process is never touched
+                reason, code = f"stopped watching; process {pid} goes on", EXIT_INTERRUPTED if intr.count else 0
+                rec.set_meta(detached=True)
                 break
             intr.event.wait(FLUSH_EVERY_S)
         rec.finish(status, reason)

@@ -36,7 +36,8 @@ def test_record_command_returns_its_exit_code_and_keeps_the_session(tmp_path):
     assert "Traceback" not in res.stderr
     with SessionReader(only_session(home)) as r:
         meta = r.meta()
-        assert meta["status"] == "complete" and meta["exit_code"] == 3
+        assert meta["status"] == "failed" and meta["exit_code"] == 3
+        assert meta["end_reason"] == "the command exited with status 3"
         assert meta["command"][0] == sys.executable
         assert r.count("host") >= 5
         watched = r.rows("watched")
@@ -59,7 +60,7 @@ def test_without_a_driver_recording_is_host_only_with_a_one_line_notice(tmp_path
         assert any("no NVIDIA driver" in n[2] for n in r.notices())
 
 
-def test_a_crashing_command_leaves_a_complete_session_with_its_status(tmp_path):
+def test_a_crashing_command_leaves_a_failed_session_with_its_status(tmp_path):
     home = tmp_path / "h"
     res = run_effmon(
         "record", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", env_home=home
@@ -67,8 +68,9 @@ def test_a_crashing_command_leaves_a_complete_session_with_its_status(tmp_path):
     assert res.returncode == 128 + signal.SIGSEGV
     with SessionReader(only_session(home)) as r:
         meta = r.meta()
-    assert meta["status"] == "complete" and meta["exit_signal"] == signal.SIGSEGV
-    assert meta["ended_at"] is not None
+    assert meta["status"] == "failed" and meta["exit_signal"] == signal.SIGSEGV
+    assert meta["end_reason"] == f"the command was killed by signal {int(signal.SIGSEGV)}"
+    assert meta["ended_at"] is not None  # the session itself was closed properly: every sample is kept
 
 
 def test_secrets_never_reach_the_session(tmp_path):

@@ -207,7 +207,7 @@ def test_a_script_that_fails_at_import_keeps_the_session(tmp_path):
     res = run_effmon("run", "--headless", "--", sys.executable, "-c", "import no_such_module_xyz", env_home=home)
     assert res.returncode == 1
     with SessionReader(session_of(home)) as r:
-        assert r.meta()["exit_code"] == 1 and r.meta()["status"] == "complete"
+        assert r.meta()["exit_code"] == 1 and r.meta()["status"] == "failed"
 
 
 def test_a_model_path_that_does_not_exist(tmp_path):

@@ -69,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(_dispatch(handlers[args.cmd], args, command) or 0)
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling (nothing was started yet)
+        print("effmon: interrupted", file=sys.stderr)
+        return 130
 
 
 def _dispatch(handler: Handler, args: argparse.Namespace, command: list[str]) -> int:
     """Errors a user can fix end in one line and a non-zero status, never a traceback."""
+    from effmon.core.extras import MissingExtra
     from effmon.core.paths import HomeError
     from effmon.core.sessions import SessionNotFound
     from effmon.core.store import StoreError
@@ -82,7 +86,7 @@ def _dispatch(handler: Handler, args: argparse.Namespace, command: list[str]) ->
         return handler(args, command)
     except RecordError as exc:
         return err(str(exc), exc.code)
-    except (HomeError, SessionNotFound, StoreError) as exc:
+    except (HomeError, SessionNotFound, StoreError, MissingExtra) as exc:
         return err(str(exc), 2)
 
 

@@ -197,8 +197,7 @@ def cmd_demo(args: argparse.Namespace, command: list[str]) -> int:
     if path is not None:
         name = path.name.removesuffix(".effmon")
         print(
-            f"effmon demo: session {name} saved; replay it with `effmon replay {name}`, "
-            f"or report it with `effmon report {name}`",
+            f"effmon demo: replay it with `effmon replay {name}`, report it with `effmon report {name}`",
             file=sys.stderr,
         )
     return code
@@ -210,8 +209,9 @@ def _watch_in_dashboard(
     stop: threading.Event | None = None,
     on_quit: Callable[[], None] | None = None,
 ) -> tuple[int, Any]:
-    """Record on a background thread (``start(on_open, on_child)`` returns an exit code) while the
-    dashboard runs here; after the dashboard closes, recording goes on until the command ends."""
+    """Record on a background thread (``start(on_open, on_child)`` returns an exit code) while the dashboard
+    runs here. With ``on_quit`` (attach, demo) quitting the dashboard ends the recording; without it (a
+    launched command) the recording goes on until the command ends, and Ctrl-C is passed on to it."""
     opened = threading.Event()
     holder: dict[str, Any] = {}
 
@@ -236,6 +236,17 @@ def _watch_in_dashboard(
     _dashboard(holder["path"], on_quit=on_quit)
     if on_quit is not None:
         on_quit()
+        thread.join()
+    else:
+        _wait_for_command(thread, holder, what)
+    if "error" in holder:
+        error = holder["error"]
+        return err(str(error), getattr(error, "code", 1)), holder.get("path")
+    _say_saved(holder["path"])
+    return int(holder.get("code", 0)), holder.get("path")
+
+
+def _wait_for_command(thread: threading.Thread, holder: dict[str, Any], what: str) -> None:
     if thread.is_alive():
         print(f"effmon: {what} is still running; recording goes on until it ends (Ctrl-C to stop it)", file=sys.stderr)
     interrupts = 0
@@ -245,16 +256,21 @@ def _watch_in_dashboard(
         except KeyboardInterrupt:
             interrupts += 1
             child = holder.get("child")
-            if child is None:  # attach: stop watching, never touch the process
-                if stop is not None:
-                    stop.set()
-                thread.join(5)
-                break
-            child.send_signal(signal.SIGINT) if interrupts == 1 else child.kill()
-    if "error" in holder:
-        error = holder["error"]
-        return err(str(error), getattr(error, "code", 1)), holder.get("path")
-    return int(holder.get("code", 0)), holder.get("path")
+            if child is not None:
+                child.send_signal(signal.SIGINT) if interrupts == 1 else child.kill()
+
+
+def _say_saved(path: Any) -> None:
+    """After a dashboard: how the session ended and where it is (the recording ran quietly)."""
+    from effmon.core.sessions import entry
+
+    e = entry(path)
+    reason = e.meta.get("end_reason")
+    print(
+        f"effmon: session {e.name} saved: {e.state}" + (f" ({reason})" if reason else "") + f"; see it with: "
+        f"effmon sessions show {e.name}",
+        file=sys.stderr,
+    )
 
 
 def cmd_run(args: argparse.Namespace, command: list[str]) -> int:
@@ -277,20 +293,21 @@ def cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None]) -> int:
         return run_training(command, preset, options, on_open=on_open, on_child=on_child, capture_output=True)
 
-    code, _ = _watch_in_dashboard(start, "the command")
-    _show_output_log(code)
+    code, path = _watch_in_dashboard(start, "the command")
+    if path is not None:
+        _show_output_log(code, path)
     return code
 
 
-def _show_output_log(code: int) -> None:
+def _show_output_log(code: int, path: Any) -> None:
     """After the dashboard: where the command's output went, and its end if it failed."""
-    from effmon.core.sessions import resolve
-    from effmon.core.store import SessionReader
+    from effmon.core.fmt import visible
+    from effmon.core.store import SessionReader, StoreError
 
     try:
-        with SessionReader(resolve("last")) as r:
+        with SessionReader(path) as r:
             meta = r.meta()
-    except Exception:
+    except StoreError:
         return
     log = meta.get("output_log")
     if not log or not os.path.exists(log):
@@ -298,7 +315,7 @@ def _show_output_log(code: int) -> None:
     if code != 0:
         with open(log, encoding="utf-8", errors="replace") as f:
             tail = f.readlines()[-15:]
-        sys.stderr.write("".join(tail))
+        sys.stderr.write("".join(visible(line, keep_newlines=True) for line in tail))
     print(
         f"effmon: the command's output is in {log}; session {meta.get('name')} (exit {meta.get('exit_code')})",
         file=sys.stderr,
@@ -323,7 +340,7 @@ def cmd_attach(args: argparse.Namespace, command: list[str]) -> int:
         def start_url(on_open: Callable[[Any], None], on_child: Callable[[Any], None]) -> int:
             return record_url(args.url, options, window_s=args.window, stop=stop, on_open=on_open)
 
-        return _watch_in_dashboard(start_url, args.url, stop)[0]
+        return _watch_in_dashboard(start_url, args.url, stop, on_quit=stop.set)[0]
     if headless:
         return record_pid(args.pid, options)
     import psutil
@@ -335,7 +352,7 @@ def cmd_attach(args: argparse.Namespace, command: list[str]) -> int:
     def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None]) -> int:
         return record_pid(args.pid, options, stop=stop, on_open=on_open)
 
-    return _watch_in_dashboard(start, f"process {args.pid}", stop)[0]
+    return _watch_in_dashboard(start, f"process {args.pid}", stop, on_quit=stop.set)[0]
 
 
 def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
@@ -344,7 +361,13 @@ def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
         return bad
     from effmon.recording import Recording
 
-    rec = Recording("top", record_options(args, quiet=True), slug="top", meta={"command": ["effmon", "top"]})
+    rec = Recording(
+        "top",
+        record_options(args, quiet=True),
+        slug="top",
+        meta={"command": ["effmon", "top"]},
+        extra={"busiest": 10},  # nothing is watched in top: show the busiest processes, as top does
+    )
     with rec:
         path = rec.open()
         for _, _level, text in rec.notices:

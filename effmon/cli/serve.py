@@ -59,7 +59,9 @@ def register(sub: Any) -> dict[str, Handler]:
         formatter_class=formatter(),
     )
     ld.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
-    ld.add_argument("--model", default="default", help="model name sent with each request")
+    ld.add_argument(
+        "--model", help="model name sent with each request (default: the one the server is pinned to or lists)"
+    )
     ld.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     mode = ld.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int, default=None, help="requests in flight (closed loop; default 8)")
@@ -73,7 +75,13 @@ def register(sub: Any) -> dict[str, Handler]:
     ld.add_argument("--prompts", help='a JSONL file of prompts ({"prompt": ...} or {"text": ...} a line)')
     ld.add_argument("--slo", help="goodput SLO, e.g. ttft=200ms,tpot=50ms")
     ld.add_argument("--timeout", type=positive, default=120.0, help="per-request timeout in s (default: 120)")
-    ld.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    ld.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="the summary as JSON: on standard output instead of the table, or into FILE beside the table",
+    )
     ld.add_argument("--name", help="session name")
     ld.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     return {"serve": cmd_serve, "load": cmd_load}
@@ -150,10 +158,16 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
         return err(str(exc), 2)
     if not args.url.startswith(("http://", "https://")):
         return err(f"{args.url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000", 2)
+    from effmon.serving.load import DiscoveryError, discover_model
+
+    try:
+        model = args.model or discover_model(args.url, args.endpoint, min(args.timeout, 60.0))
+    except DiscoveryError as exc:
+        return err(str(exc), 1)
     concurrency = args.concurrency if args.concurrency is not None else (args.max_concurrency if args.rate else 8)
     cfg = LoadConfig(
         url=args.url,
-        model=args.model,
+        model=model,
         endpoint=args.endpoint,
         concurrency=concurrency,
         rate=args.rate,
@@ -191,15 +205,28 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
         summary = summarize(results, wall, cfg)
         rec.set_meta(load_summary=summary)
         rec.finish(status, "the load ended")
-    print_summary(summary)
-    if args.json:
+    if args.json == "-":
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        print_summary(summary)
+    if args.json and args.json != "-":
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if summary["succeeded"] == 0:
-        hint = summary["first_error"] or ", ".join(summary["errors"])
-        print(
-            f"effmon: error: no request succeeded ({hint}). Is {args.url} an OpenAI-compatible server? "
-            f"Try --endpoint {'completions' if args.endpoint == 'chat' else 'chat'} or check --model.",
-            file=sys.stderr,
-        )
-        return 1
+        return err(_no_success(summary, args.url, args.endpoint, model), 1)
     return 0
+
+
+def _no_success(summary: dict[str, Any], url: str, endpoint: str, model: str) -> str:
+    """Why no request succeeded, in words that match what happened."""
+    from effmon.core.fmt import visible
+
+    kinds = set(summary["errors"])
+    first = visible(summary["first_error"] or ", ".join(sorted(kinds)))
+    if kinds <= {"connect"}:
+        return f"no request succeeded: nothing answers at {url} ({first}); is the server up?"
+    if kinds & {"http_404", "http_405"}:
+        other = "completions" if endpoint == "chat" else "chat"
+        return f"no request succeeded ({first}): {url} has no {endpoint} endpoint? try --endpoint {other}"
+    if kinds & {"http_400", "http_422"}:
+        return f"no request succeeded: the server refused the requests for model {model!r} ({first}); check --model"
+    return f"no request succeeded ({first})"

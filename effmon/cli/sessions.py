@@ -20,9 +20,10 @@ def register(sub: Any) -> dict[str, Handler]:
         help="list recorded sessions, or show one",
         description="List recorded sessions (newest last), or summarise one.",
     )
+    ses.add_argument("--json", action="store_true", help="print the list as JSON")
     ses_sub = ses.add_subparsers(dest="sessions_cmd", metavar="ACTION")
     show = ses_sub.add_parser("show", help="one-screen summary of a session")
-    show.add_argument("session", help="name, unique prefix, path, or 'last'")
+    show.add_argument("session", help="name, unique prefix, path, 'last' or 'last~N' (N before the newest)")
     path = ses_sub.add_parser("path", help="print the path of a session file")
     path.add_argument("session")
 
@@ -39,12 +40,15 @@ def register(sub: Any) -> dict[str, Handler]:
 
     src = sub.add_parser("sources", help="list data sources and the metrics they declare")
     src.add_argument("--metrics", action="store_true", help="also list every metric with unit and meaning")
+    src.add_argument("--json", action="store_true", help="print as JSON")
 
     pre = sub.add_parser("presets", help="list bundled presets, or show one with its resolved command")
+    pre.add_argument("--json", action="store_true", help="print the list (or the preset) as JSON")
     pre_sub = pre.add_subparsers(dest="presets_cmd", metavar="ACTION")
     pshow = pre_sub.add_parser("show", help="print a preset and the exact command it runs")
     pshow.add_argument("preset")
     pshow.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pshow.add_argument("--json", action="store_true", help="print as JSON")
 
     rpt = sub.add_parser(
         "report",
@@ -70,6 +74,11 @@ def register(sub: Any) -> dict[str, Handler]:
     mcr.add_argument("--baseline-precision", help="precision of the baseline (default: bf16)")
     mcr.add_argument("--baseline-perf", type=float, help="task performance score of the baseline")
     rpt.add_argument("--params", type=int, help="model parameter count, when the session does not know it")
+    rpt.add_argument(
+        "--json",
+        action="store_true",
+        help="with --format table: the table's rows as JSON (label, value, unit, N/A reason)",
+    )
     return {
         "sessions": cmd_sessions,
         "compare": cmd_compare,
@@ -100,6 +109,10 @@ def _report_text(reader: Any, args: argparse.Namespace) -> tuple[str, str]:
     if args.format == "csv":  # a time series export: no metrics to compute
         return formats.csv_text(reader, window.start, window.end, window.session_start), window.label
     summary = evaluate(reader, window, options=_options(args), with_series=args.format == "efficientllm")
+    if args.format == "table" and args.json:
+        from effmon.report.render import table_json
+
+        return json.dumps(table_json(reader.meta(), summary), indent=2, default=str) + "\n", window.label
     if args.format == "table":
         import io
 
@@ -108,7 +121,7 @@ def _report_text(reader: Any, args: argparse.Namespace) -> tuple[str, str]:
         from effmon.report.render import render_summary
 
         buf = io.StringIO()
-        render_summary(Console(file=buf if args.output else sys.stdout), reader.meta(), summary)
+        render_summary(Console(file=buf if args.output else sys.stdout, highlight=False), reader.meta(), summary)
         return buf.getvalue(), window.label
     obj = {
         "efficientllm": formats.efficientllm,
@@ -127,6 +140,10 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
 
     if args.format in ("md", "html") and not args.output:
         return err(f"--format {args.format} writes a file: give -o report.{args.format}", 2)
+    if args.format in ("md", "html"):
+        from effmon.core.extras import need
+
+        need("report", f"effmon report --format {args.format} (its plots)")
     if args.output:
         out_dir = Path(args.output).expanduser().resolve().parent
         if not out_dir.is_dir():
@@ -157,6 +174,37 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
     return 0
 
 
+def _session_record(e: Any) -> dict[str, Any]:
+    gpus = e.meta.get("gpus") or []
+    return {
+        "name": e.name,
+        "path": str(e.path),
+        "started_at": e.meta.get("wall_started_at"),
+        "duration_s": e.duration,
+        "status": e.state if not e.error else "unreadable",
+        "exit_code": e.meta.get("exit_code"),
+        "end_reason": e.meta.get("end_reason"),
+        "gpus": [g.get("name") for g in gpus],
+        "command": e.meta.get("command") or [],
+        "size_bytes": e.size,
+        "error": e.error,
+    }
+
+
+def _status_text(e: Any) -> str:
+    if e.error:
+        return "unreadable"
+    code = e.meta.get("exit_code")
+    return e.state + (f" (exit {code})" if code is not None else "")
+
+
+def _gpu_text(gpus: list[dict[str, Any]]) -> str:
+    if not gpus:
+        return "none"
+    name = str(gpus[0].get("name") or "GPU").replace("NVIDIA ", "")
+    return f"{len(gpus)}× {name.split()[0]}"
+
+
 def cmd_sessions(args: argparse.Namespace, command: list[str]) -> int:
     from effmon.core.sessions import list_sessions, resolve
 
@@ -168,44 +216,79 @@ def cmd_sessions(args: argparse.Namespace, command: list[str]) -> int:
     if args.sessions_cmd == "path":
         print(resolve(args.session))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
+    from effmon.cli.output import console, literal, piped, print_json, print_rows
     from effmon.core.fmt import human_bytes, human_duration, timestamp
     from effmon.core.paths import sessions_dir
 
     entries = list_sessions()
-    console = Console()
+    if args.json:
+        return print_json([_session_record(e) for e in entries])
+    if piped():
+        return print_rows(
+            (
+                e.name,
+                timestamp(e.meta.get("wall_started_at")),
+                human_duration(e.duration),
+                _status_text(e),
+                _gpu_text(e.meta.get("gpus") or []),
+                human_bytes(e.size),
+                " ".join(e.meta.get("command") or []) or e.error,
+            )
+            for e in entries
+        )
+    out = console()
     if not entries:
-        console.print(
-            f"No sessions in {sessions_dir()} yet. Record one with: [bold]effmon demo[/] "
-            "or [bold]effmon record -- python train.py[/]"
+        out.print(
+            f"No sessions in {sessions_dir()} yet. Record one with: effmon demo or effmon record -- python train.py",
+            markup=False,
         )
         return 0
-    table = Table(title=f"Sessions in {sessions_dir()}", title_justify="left")
-    for col in ("name", "start", "duration", "command", "GPUs", "status", "size"):
-        table.add_column(col, overflow="fold", justify="right" if col in ("duration", "size") else "left")
-    for e in entries:
-        if e.error:
-            table.add_row(e.name, "", "", f"[red]{e.error}[/]", "", "unreadable", human_bytes(e.size))
-            continue
-        gpus = e.meta.get("gpus") or []
-        gpu_text = f"{len(gpus)}× {gpus[0].get('name')}" if gpus else "none"
-        status = e.state
-        if e.meta.get("exit_code") is not None:
-            status += f" (exit {e.meta['exit_code']})"
-        cmd = " ".join(e.meta.get("command") or [])
-        table.add_row(
+    rows: list[tuple[str, str, str, str, str, str, str, bool]] = [
+        (
             e.name,
-            timestamp(e.meta.get("wall_started_at")),
+            timestamp(e.meta.get("wall_started_at"))[5:16],  # MM-DD HH:MM
             human_duration(e.duration),
-            cmd[:60],
-            gpu_text,
-            status,
+            _status_text(e),
+            _gpu_text(e.meta.get("gpus") or []),
             human_bytes(e.size),
+            str(e.error or " ".join(e.meta.get("command") or [])),
+            bool(e.error or e.state in ("failed", "crashed")),
         )
-    console.print(table)
+        for e in entries
+    ]
+    out.print(literal(f"Sessions in {sessions_dir()}  (name them by NAME, a unique prefix, last, last~1 ...)"))
+    details = max(sum(len(c) + 2 for c in r[1:6]) for r in rows)
+    if max(len(r[0]) for r in rows) + details + 20 > out.width:
+        _print_stacked(out, rows)  # narrow: the whole name on its own line, the details under it
+        return 0
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(("name", "start", "dur", "status", "GPUs", "size")):  # never shrunk: the command is
+        width = max(len(col), *(len(str(r[i])) for r in rows))
+        table.add_column(col, no_wrap=True, min_width=width, justify="right" if col in ("dur", "size") else "left")
+    table.add_column("command", overflow="ellipsis", no_wrap=True, ratio=1)
+    for name, start, dur, status, gpus, size, cmd, bad in rows:
+        table.add_row(literal(name), start, dur, literal(status, "red" if bad else ""), gpus, size, literal(cmd))
+    out.print(table)
     return 0
+
+
+def _print_stacked(out: Any, rows: list[tuple[Any, ...]]) -> None:
+    from rich.text import Text
+
+    from effmon.cli.output import literal
+
+    for name, start, dur, status, gpus, size, command, bad in rows:
+        out.print(literal(name, "bold"))
+        line = Text("    ")
+        line.append(f"{start}  {dur}  ")
+        line.append(literal(status, "red" if bad else ""))
+        line.append(f"  {gpus}  {size}  ")
+        line.append(literal(command, "dim"))
+        line.truncate(out.width, overflow="ellipsis")
+        out.print(line, no_wrap=True)
 
 
 def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
@@ -225,90 +308,152 @@ def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
     if args.format in ("md", "html"):
         if not args.output:
             return err(f"--format {args.format} writes a file: give -o compare.{args.format}", 2)
+        from effmon.core.extras import need
+
+        need("report", f"effmon compare --format {args.format} (its radar chart)")
         (markdown if args.format == "md" else html_doc)(result, Path(args.output))
         print(f"effmon: wrote {args.output}", file=sys.stderr)
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    from effmon.report.compare import _cell
+    from effmon.cli.output import console, literal
+    from effmon.report.compare import cell
 
-    t = Table(title=f"effmon compare (baseline: {result['baseline']})", title_justify="left")
+    out = console()
+    labels = [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(result["runs"]))]
+    for label, run, gpu in zip(labels, result["runs"], result["gpus"], strict=True):  # columns stay narrow
+        baseline = " (baseline)" if label == "A" else ""
+        out.print(literal(f"{label} = {run}{baseline}, GPUs: {gpu}"))
+    t = Table(title="effmon compare: values, and ratios to A", title_justify="left")
     t.add_column("metric")
-    for r in result["runs"]:
-        t.add_column(r, justify="right")
-    for r in result["runs"][1:]:
-        t.add_column(f"ratio {r}", justify="right")
+    for label in labels:
+        t.add_column(label, justify="right")
+    for label in labels[1:]:
+        t.add_column(f"{label}/A", justify="right")
     for m in result["metrics"]:
         t.add_row(
-            f"{m['metric']} ({m['unit']})" if m["unit"] else m["metric"],
-            *(_cell(v) for v in m["values"]),
-            *(_cell(x, ".3f") for x in m["ratio"][1:]),
+            literal(f"{m['metric']} ({m['unit']})" if m["unit"] else m["metric"]),
+            *(cell(v) for v in m["values"]),
+            *(cell(x, ".3f") for x in m["ratio"][1:]),
         )
-    Console().print(t)
+    out.print(t)
     return 0
 
 
 def cmd_sources(args: argparse.Namespace, command: list[str]) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    from effmon.cli.output import console, literal, piped, print_json, print_rows
     from effmon.plugins import load_registry
 
     registry = load_registry()
-    console = Console()
+    sources: list[dict[str, Any]] = [
+        {
+            "name": spec.name,
+            "live": spec.live,
+            "role": spec.role or None,
+            "entities": [e.name for e in spec.entities],
+            "description": spec.description,
+        }
+        for spec in registry.sources.values()
+    ]
+    metrics = (
+        [
+            {"entity": entity.name, "metric": m.name, "unit": m.unit, "kind": m.kind, "description": m.description}
+            for entity in registry.entities().values()
+            for m in entity.metrics
+        ]
+        if args.metrics
+        else []
+    )
+    if args.json:
+        return print_json(
+            {"sources": sources, "metrics": metrics if args.metrics else None, "errors": registry.load_errors}
+        )
+    if piped():
+        print_rows(
+            (s["name"], "live" if s["live"] else "-", ",".join(s["entities"]), s["description"]) for s in sources
+        )
+        return print_rows((m["entity"], m["metric"], m["unit"], m["kind"], m["description"]) for m in metrics)
+    from rich.table import Table
+
+    out = console()
     table = Table(title="Data sources (plugins)", title_justify="left")
     for col in ("source", "live", "entities", "description"):
-        table.add_column(col)
-    for spec in registry.sources.values():
+        table.add_column(col, no_wrap=col == "source")
+    for src in sources:
         table.add_row(
-            spec.name, "yes" if spec.live else "no", ", ".join(e.name for e in spec.entities), spec.description
+            literal(src["name"]),
+            "yes" if src["live"] else "no",
+            literal(", ".join(src["entities"])),
+            literal(src["description"]),
         )
-    console.print(table)
+    out.print(table)
     for problem in registry.load_errors:
-        console.print(f"[red]{problem}[/]")
-    if args.metrics:
+        out.print(literal(problem, "red"))
+    if metrics:
         mt = Table(title="Metrics", title_justify="left")
         for col in ("entity", "metric", "unit", "kind", "meaning"):
             mt.add_column(col)
-        for entity in registry.entities().values():
-            for m in entity.metrics:
-                mt.add_row(entity.name, m.name, m.unit, m.kind, m.description)
-        console.print(mt)
+        for m in metrics:
+            mt.add_row(*(literal(m[k]) for k in ("entity", "metric", "unit", "kind", "description")))
+        out.print(mt)
     return 0
+
+
+def _preset_record(p: Any) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "kind": p.kind,
+        "runs_with": "run" if p.kind == "train" else "serve",
+        "method_or_precision": p.fields.get("method") if p.kind == "train" else p.fields.get("precision"),
+        "model": p.fields.get("model"),
+        "description": p.description,
+        "path": str(p.path),
+        "fields": p.fields,
+        "command": p.command(resolve=True),
+    }
 
 
 def cmd_presets(args: argparse.Namespace, command: list[str]) -> int:
     import shlex
 
-    from rich.console import Console
-    from rich.table import Table
-
+    from effmon.cli.output import console, literal, piped, print_json, print_rows
     from effmon.presets import PresetError, bundled, load
 
-    console = Console()
     try:
         if args.presets_cmd == "show":
             p = load(args.preset, args.set)
-            console.print(f"[bold]{p.name}[/] ({p.path})\n{p.description}")
+            if args.json:
+                return print_json(_preset_record(p))
+            out = console()
+            out.print(literal(f"{p.name} ({p.path})", "bold"))
+            out.print(literal(p.description))
             for key, value in p.fields.items():
-                console.print(f"  {key} = {value!r}")
-            console.print("[bold]command:[/] " + shlex.join(p.command()), soft_wrap=True)
+                out.print(literal(f"  {key} = {value!r}"))
+            out.print(literal("command: " + shlex.join(p.command(resolve=True))), soft_wrap=True)
             if p.kind == "serve":
-                console.print(f"run it with: effmon serve {p.name}   (server at {p.url})")
+                out.print(literal(f"run it with: effmon serve {p.name}   (server at {p.url})"))
             return 0
-        table = Table(title="Presets (effmon run --preset NAME / effmon serve NAME)", title_justify="left")
-        table.add_column("name")
-        table.add_column("kind")
-        table.add_column("method / precision")
-        table.add_column("model")
-        for name in sorted(bundled()):
-            p = load(name)
-            how = p.fields.get("method") if p.kind == "train" else p.fields.get("precision")
-            table.add_row(
-                name, "effmon run" if p.kind == "train" else "effmon serve", str(how), str(p.fields.get("model"))
-            )
-        console.print(table)
+        records = [_preset_record(load(name)) for name in sorted(bundled())]
+        if args.json:
+            return print_json(records)
+        if piped():
+            return print_rows((r["name"], r["runs_with"], r["method_or_precision"], r["model"]) for r in records)
+        from rich import box
+        from rich.table import Table
+
+        table = Table(
+            title="Presets: effmon run --preset NAME (run), effmon serve NAME (serve)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        table.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in records))
+        table.add_column("with", no_wrap=True, min_width=5)
+        table.add_column("method/precision", no_wrap=True, min_width=16)
+        table.add_column("model", overflow="ellipsis", no_wrap=True, ratio=1)
+        for r in records:
+            table.add_row(literal(r["name"]), r["runs_with"], literal(r["method_or_precision"]), literal(r["model"]))
+        console().print(table)
         return 0
     except PresetError as exc:
         return err(str(exc), 2)

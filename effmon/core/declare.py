@@ -156,6 +156,18 @@ WATCHED = Entity(
     ),
 )
 
+BUSIEST = Entity(
+    "busiest",
+    keys=("pid",),
+    key_types=("INTEGER",),
+    description="The busiest processes of this machine by CPU (effmon top), read at the host interval",
+    metrics=(
+        M("cpu_pct", "%", "gauge", "CPU of the process, 100% = one core"),
+        M("rss_bytes", "B", "gauge", "Resident memory of the process", "INTEGER"),
+        M("name", "", "info", "Process name", "TEXT"),
+    ),
+)
+
 TRAIN_STEP = Entity(
     "train_step",
     keys=("rank",),
@@ -242,6 +254,7 @@ CORE_ENTITIES: tuple[Entity, ...] = (
     GPU_PROCESS,
     HOST,
     WATCHED,
+    BUSIEST,
     TRAIN_STEP,
     REQUEST,
     PHASE,

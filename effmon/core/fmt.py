@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import re
 import time
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_KEEP_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: object, keep_newlines: bool = False) -> str:
+    """Control characters (escape sequences, bells, carriage returns ...) shown as ``\\xNN``: a string from a
+    watched job or its command line can never move the cursor, recolour or hide text, or open a hyperlink."""
+    pattern = _CONTROL_KEEP_LINES if keep_newlines else _CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+GIB = float(1 << 30)
 
 
 def human_bytes(n: float | None) -> str:
+    """Binary units everywhere (GiB, as AMU is): one memory unit across the dashboard, reports and exports."""
     if n is None:
         return "N/A"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n:.1f} TB"
+        n /= 1024.0
+    return f"{n:.1f} TiB"
 
 
 def human_duration(s: float | None) -> str:

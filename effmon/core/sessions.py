@@ -30,6 +30,8 @@ class SessionEntry:
         status = self.meta.get("status")
         if status == "recording":
             return "live" if _recorder_alive(self.meta) else "crashed"
+        if status == "complete" and self.meta.get("detached"):
+            return "complete (detached)"
         return str(status or "unknown")
 
     @property
@@ -78,17 +80,34 @@ def list_sessions(directory: Path | None = None) -> list[SessionEntry]:
     return sorted(entries, key=lambda e: (e.meta.get("wall_started_at") or 0, e.name))
 
 
+def _last_back(name: str) -> int | None:
+    """``last`` (or ``latest``) is 0, ``last~2`` the third newest; anything else None."""
+    head, _, back = name.partition("~")
+    if head not in ("last", "latest"):
+        return None
+    if not back:
+        return 0
+    if not back.isdigit():
+        raise SessionNotFound(f"{name!r}: use last, last~1, last~2 ... (sessions back from the newest)")
+    return int(back)
+
+
 def resolve(name: str, directory: Path | None = None) -> Path:
-    """A session by path, by name, by unique name prefix, or ``last`` for the newest."""
+    """A session by path, by name, by unique name prefix, ``last`` for the newest, ``last~N`` for the one N before."""
     as_path = Path(name).expanduser()
     if as_path.is_file():
         return as_path
     directory = directory or sessions_dir()
-    if name in ("last", "latest"):
+    back = _last_back(name)
+    if back is not None:
         entries = list_sessions(directory)
         if not entries:
             raise SessionNotFound(f"no sessions yet in {directory}; record one with: effmon demo")
-        return entries[-1].path
+        if back >= len(entries):
+            raise SessionNotFound(
+                f"{name}: there are only {len(entries)} sessions (last~{len(entries) - 1} is the oldest)"
+            )
+        return entries[-1 - back].path
     exact = directory / f"{name}{SUFFIX}"
     if exact.is_file():
         return exact

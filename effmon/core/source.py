@@ -96,5 +96,6 @@ class EngineSpec:
     """(log needles, advice) pairs that explain why the server died."""
     metrics: bool = False
     """The server has a metrics endpoint that a ``server_metrics`` source reads."""
-    prepare: Callable[[dict[str, Any]], str | None] | None = None
-    """Makes a local model folder the preset names (e.g. the tiny random model), offline; returns its path."""
+    prepare: Callable[[dict[str, Any], bool], str | None] | None = None
+    """(fields, build) -> the local model folder the preset names (e.g. the tiny random model), made offline
+    when ``build`` is true; None when the preset names no such folder."""

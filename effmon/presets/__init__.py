@@ -78,13 +78,18 @@ class Preset:
     def train(self) -> dict[str, Any]:
         return self.fields
 
-    def command(
-        self, python: str | None = None, output_dir: str | None = None, model_dir: str | None = None
-    ) -> list[str]:
+    def command(self, output_dir: str | None = None, model_dir: str | None = None, resolve: bool = False) -> list[str]:
+        """The exact argv. ``resolve``: what ``effmon run`` / ``effmon serve`` will run, for showing it (a serving
+        engine's local model folder named, not built; a run's output folder is the session's, decided then)."""
         if self.kind == "serve":
+            spec = engine(str(self.fields.get("engine")))
+            if resolve and model_dir is None and spec.prepare is not None:
+                model_dir = spec.prepare(self.fields, False)
             return self._serve_command(model_dir)
         t = dict(self.fields)
-        argv = [python or sys.executable, "-m", "effmon.recipes.finetune"]
+        if resolve and output_dir is None and not t.get("output_dir"):
+            output_dir = "$EFFMON_HOME/sessions/SESSION.out"
+        argv = [sys.executable, "-m", "effmon.recipes.finetune"]
         for key in (
             "model",
             "dataset",

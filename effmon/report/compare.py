@@ -149,7 +149,7 @@ def radar_png(result: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _cell(v: Any, spec: str = ".4g") -> str:
+def cell(v: Any, spec: str = ".4g") -> str:
     return "N/A" if v is None else format(v, spec)
 
 
@@ -168,9 +168,9 @@ def markdown(result: dict[str, Any], out: Path) -> None:
     for m in result["metrics"]:
         lines.append(
             f"| {m['metric']} | {m['unit']} | "
-            + " | ".join(_cell(v) for v in m["values"])
+            + " | ".join(cell(v) for v in m["values"])
             + " | "
-            + " | ".join(_cell(d) for d in m["delta"][1:])
+            + " | ".join(cell(d) for d in m["delta"][1:])
             + " |"
         )
     lines += ["", f"![radar chart]({img.name})", ""]
@@ -188,8 +188,8 @@ def html_doc(result: dict[str, Any], out: Path) -> None:
     body = "".join(
         "<tr>"
         + f"<td>{m['metric']}</td><td>{m['unit']}</td>"
-        + "".join(f"<td class='num'>{_cell(v)}</td>" for v in m["values"])
-        + "".join(f"<td class='num'>{_cell(x, '.3f')}</td>" for x in m["ratio"][1:])
+        + "".join(f"<td class='num'>{cell(v)}</td>" for v in m["values"])
+        + "".join(f"<td class='num'>{cell(x, '.3f')}</td>" for x in m["ratio"][1:])
         + "</tr>"
         for m in result["metrics"]
     )

@@ -7,9 +7,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from effmon.core.fmt import human_bytes, human_duration, human_energy, num, timestamp
+from effmon.core.fmt import human_bytes, human_duration, human_energy, num, timestamp, visible
 from effmon.metrics import Summary
 from effmon.metrics.stats import GpuStats
+
+
+def literal(value: Any, style: str = "") -> Any:
+    """Shown exactly: no Rich markup parsed, control characters visible (strings come from users and jobs)."""
+    from rich.text import Text
+
+    return Text(visible(value), style=style)
+
 
 PER_GPU_ROWS: tuple[tuple[str, Callable[[GpuStats], str]], ...] = (
     ("memory avg / max", lambda x: f"{human_bytes(x.mem_used_avg_bytes)} / {human_bytes(x.mem_used_max_bytes)}"),
@@ -37,8 +45,41 @@ PER_GPU_ROWS: tuple[tuple[str, Callable[[GpuStats], str]], ...] = (
 
 
 def metric_rows(s: Summary) -> list[tuple[str, str, str]]:
-    """(label, value, unit / source) of every metric the tables show."""
-    return [(m.table_label or m.label, m.format(r.value), m.detail_text(s)) for m, r in s.metrics("table")]
+    """(label, value, unit / source) of every metric the tables show; an N/A says why instead of its unit."""
+    return [
+        (m.table_label or m.label, m.format(r.value), r.reason if r.value is None and r.reason else m.detail_text(s))
+        for m, r in s.metrics("table")
+    ]
+
+
+def table_json(meta: dict[str, Any], s: Summary) -> dict[str, Any]:
+    """What the table shows, for scripts (``effmon report --json``)."""
+    import dataclasses
+
+    return {
+        "session": meta.get("name"),
+        "window": {
+            "label": s.window.label,
+            "start": s.window.start,
+            "end": s.window.end,
+            "duration_s": s.window.duration,
+        },
+        "run_kind": s.run_kind,
+        "metrics": [
+            {
+                "key": m.key,
+                "label": m.label,
+                "value": r.value,
+                "unit": m.unit,
+                "better": m.better,
+                "detail": m.detail_text(s) if r.value is not None else None,
+                "na_reason": r.reason,
+            }
+            for m, r in s.metrics("table")
+        ],
+        "gpus": [dataclasses.asdict(g) for g in s.gpus],
+        "notes": s.notes,
+    }
 
 
 def _head(meta: dict[str, Any], entry: Any) -> Any:
@@ -48,18 +89,21 @@ def _head(meta: dict[str, Any], entry: Any) -> Any:
     head.add_column(style="bold")
     head.add_column()
     gpus = meta.get("gpus") or []
-    head.add_row("session", str(meta.get("name")))
-    head.add_row("command", " ".join(meta.get("command") or []) or "-")
     state = entry.state if entry is not None else meta.get("status")
     exit_text = f", exit {meta['exit_code']}" if meta.get("exit_code") is not None else ""
-    head.add_row("status", f"{state}{exit_text}" + (f" — {meta['end_reason']}" if meta.get("end_reason") else ""))
-    head.add_row("started", timestamp(meta.get("wall_started_at")))
+    rows = [
+        ("session", str(meta.get("name"))),
+        ("command", " ".join(meta.get("command") or []) or "-"),
+        ("status", f"{state}{exit_text}" + (f" — {meta['end_reason']}" if meta.get("end_reason") else "")),
+        ("started", timestamp(meta.get("wall_started_at"))),
+    ]
     if entry is not None:
-        head.add_row("duration", human_duration(entry.duration))
-        head.add_row("file", f"{entry.path} ({human_bytes(entry.size)})")
-    head.add_row("GPUs", ", ".join(f"{g.get('index')}: {g.get('name')}" for g in gpus) or "none (host only)")
+        rows += [("duration", human_duration(entry.duration)), ("file", f"{entry.path} ({human_bytes(entry.size)})")]
+    rows.append(("GPUs", ", ".join(f"{g.get('index')}: {g.get('name')}" for g in gpus) or "none (host only)"))
     if gpus and gpus[0].get("driver"):
-        head.add_row("driver", str(gpus[0].get("driver")))
+        rows.append(("driver", str(gpus[0].get("driver"))))
+    for label, value in rows:
+        head.add_row(label, literal(value))
     return head
 
 
@@ -71,7 +115,7 @@ def render_summary(
     console.print(_head(meta, entry))
     if s is None:
         if metrics_error:
-            console.print(f"[yellow]metrics: {metrics_error}[/]")
+            console.print(literal(f"metrics: {metrics_error}", "yellow"))
         return
     t = Table(
         title=f"EfficientLLM metrics — {s.window.label} ({human_duration(s.window.duration)})",
@@ -80,8 +124,8 @@ def render_summary(
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("unit / source")
-    for row in metric_rows(s):
-        t.add_row(*row)
+    for label, value, detail in metric_rows(s):
+        t.add_row(label, value, literal(detail))
     console.print(t)
     if s.gpus:
         g = Table(title="Per GPU", title_justify="left")
@@ -89,7 +133,7 @@ def render_summary(
         for gpu in s.gpus:
             g.add_column(f"GPU {gpu.index}", justify="right")
         for label, fn in PER_GPU_ROWS:
-            g.add_row(label, *(fn(gpu) for gpu in s.gpus))
+            g.add_row(label, *(literal(fn(gpu)) for gpu in s.gpus))
         console.print(g)
     if s.training:
         tr = s.training
@@ -105,7 +149,7 @@ def render_summary(
             f"latency p50 {num(inf.latency_p50_s, '.3f')} s p99 {num(inf.latency_p99_s, '.3f')} s"
         )
     for note in s.notes:
-        console.print(f"[dim]note: {note}[/]")
+        console.print(literal(f"note: {note}", "dim"))
 
 
 def print_summary(path: Path) -> None:
@@ -115,10 +159,10 @@ def print_summary(path: Path) -> None:
     from effmon.core.store import SessionReader
     from effmon.metrics import MetricsError, evaluate
 
-    console = Console()
+    console = Console(highlight=False)
     e = entry(path)
     if e.error:
-        console.print(f"[red]{e.error}[/]")
+        console.print(literal(e.error, "red"))
         raise SystemExit(2)
     with SessionReader(path) as reader:
         meta = reader.meta()
@@ -132,19 +176,27 @@ def print_summary(path: Path) -> None:
         if phases:
             s0 = e.start or 0
             console.print(
-                "phases: "
-                + ", ".join(f"{p['name']} ({max(0.0, p['t_start'] - s0):.0f}–{p['t_end'] - s0:.0f} s)" for p in phases)
+                literal(
+                    "phases: "
+                    + ", ".join(
+                        f"{p['name']} ({max(0.0, p['t_start'] - s0):.0f}–{p['t_end'] - s0:.0f} s)" for p in phases
+                    )
+                )
             )
         for _t, level, text in reader.notices():
-            console.print(f"[yellow]{level}: {text}[/]")
+            console.print(literal(f"{level}: {text}", "yellow"))
         for st in reader.source_status():
             if st.get("failures"):
                 console.print(
-                    f"[yellow]source {st['source']}.{st['channel']}: {st['failures']} failures, "
-                    f"last: {st['last_error']}[/]"
+                    literal(
+                        f"source {st['source']}.{st['channel']}: {st['failures']} failures, last: {st['last_error']}",
+                        "yellow",
+                    )
                 )
     if meta.get("status") == "recording" and e.state == "crashed":
         console.print(
-            "[yellow]the recorder stopped without closing this session (killed?); "
-            "it holds what was written up to then[/]"
+            literal(
+                "the recorder stopped without closing this session (killed?); it holds what was written up to then",
+                "yellow",
+            )
         )

@@ -10,7 +10,16 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 from effmon.plugins import Registry, load_registry
-from effmon.recording import EXIT_ERROR, EXIT_IOERR, EXIT_USAGE, Interrupts, RecordError, Recording, RecordOptions
+from effmon.recording import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_IOERR,
+    EXIT_USAGE,
+    Interrupts,
+    RecordError,
+    Recording,
+    RecordOptions,
+)
 
 SERVER_METRICS = "server_metrics"
 
@@ -69,12 +78,15 @@ def record_url(
             print(f"effmon: recording {rec.path.name} from {target}; Ctrl-C to stop", file=sys.stderr)
         rec.start()
         started = time.monotonic()
-        reason = "stopped by the user"
+        reason, code = f"stopped watching; the server at {netloc} goes on", 0
         while not intr.count and not (stop is not None and stop.is_set()):
             if duration_s is not None and time.monotonic() - started >= duration_s:
                 reason = f"--duration {duration_s:g} s reached"
                 break
             intr.event.wait(0.5)
+        if intr.count:
+            code = EXIT_INTERRUPTED
+        rec.set_meta(detached=True)
         rec.finish("complete", reason)
     rec.report_end(reason)
-    return EXIT_IOERR if rec.write_error else 0
+    return EXIT_IOERR if rec.write_error else code

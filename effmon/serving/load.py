@@ -210,6 +210,50 @@ async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
     return res
 
 
+class DiscoveryError(Exception):
+    """The server named no model effmon could use; the message says how to give one."""
+
+
+def discover_model(url: str, endpoint: str = "chat", timeout_s: float = 30.0) -> str:
+    """The model to ask a server for, when the user named none: the one it is pinned to (``transformers serve
+    MODEL`` answers a request for another model with HTTP 400 naming it), else the one it lists."""
+    import re
+    import urllib.error
+    import urllib.request
+
+    base = url.rstrip("/")
+    probe = json.dumps(
+        {"model": "default", "max_tokens": 1, "stream": False}
+        | ({"messages": [{"role": "user", "content": "hi"}]} if endpoint == "chat" else {"prompt": "hi"})
+    ).encode()
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    request = urllib.request.Request(base + path, probe, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return "default"  # the server takes any model name
+    except urllib.error.HTTPError as exc:
+        body = exc.read(4096).decode(errors="replace")
+        pinned = re.search(r"pinned to '([^']+)'", body)
+        if pinned:
+            return pinned.group(1)
+        if exc.code in (404, 405, 501) and "model" not in body.lower():  # (vLLM: 404 "the model ... does not exist")
+            other = "completions" if endpoint == "chat" else "chat"
+            raise DiscoveryError(
+                f"{base}{path} answered HTTP {exc.code}: is it an OpenAI-compatible server? (or try --endpoint {other})"
+            ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DiscoveryError(f"nothing answers at {base} ({getattr(exc, 'reason', exc)}): is the server up?") from None
+    try:
+        with urllib.request.urlopen(base + "/v1/models", timeout=timeout_s) as resp:
+            models = [m.get("id") for m in json.loads(resp.read()).get("data") or [] if isinstance(m, dict)]
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        models = []
+    if len(models) == 1 and models[0]:
+        return str(models[0])
+    listed = f"it lists {', '.join(map(str, models))}" if models else "it lists none at /v1/models"
+    raise DiscoveryError(f"which model should effmon ask {base} for? {listed}; give one with --model NAME")
+
+
 async def run_load(
     cfg: LoadConfig, on_result: Callable[[RequestResult], None] | None = None, stop: Callable[[], bool] | None = None
 ) -> tuple[list[RequestResult], float]:

@@ -64,7 +64,10 @@ def diagnose(log_text: str, engine: EngineSpec | None = None) -> str:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on the port. Connections of an earlier server still in TIME_WAIT do not count: the
+    server binds with SO_REUSEADDR (as uvicorn and vLLM do), and so does this check."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -204,7 +207,7 @@ def serve(
         raise RecordError(f"preset {preset.name} is a training preset: effmon run --preset {preset.name}", EXIT_USAGE)
     engine = preflight(preset)
     f = preset.fields
-    model_dir = engine.prepare(f) if engine.prepare else None
+    model_dir = engine.prepare(f, True) if engine.prepare else None
     argv = preset.command(model_dir=model_dir)
     registry = load_registry()
     sources = None
@@ -250,9 +253,11 @@ def serve(
                 return code
             if rec.sampler is not None and sources:
                 rec.sampler.retry_now(sources[-1])
+            model_id = model_dir or str(f.get("model"))
+            say(f"effmon serve: ready: effmon load {preset.url} --model {model_id}")
             if load is not None:
                 load.url = preset.url
-                load.model = load.model if load.model != "default" else (model_dir or str(f.get("model")))
+                load.model = load.model if load.model != "default" else model_id
                 status, reason, code = _drive_load(rec, server, load, intr)
             elif dashboard is not None:
                 dashboard(rec.path)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from effmon.core.declare import GPU, GPU_ENERGY, GPU_GPM, GPU_PROCESS, HOST, PHASE, REQUEST, TRAIN_STEP, WATCHED
+from effmon.core.declare import (
+    BUSIEST,
+    GPU,
+    GPU_ENERGY,
+    GPU_GPM,
+    GPU_PROCESS,
+    HOST,
+    PHASE,
+    REQUEST,
+    TRAIN_STEP,
+    WATCHED,
+)
 from effmon.core.source import Source, SourceOptions, SourceSpec, hookimpl
 
 
@@ -37,7 +48,14 @@ def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
     register(
         SourceSpec("nvml", "NVIDIA GPUs through NVML (nvidia-ml-py)", (GPU, GPU_GPM, GPU_ENERGY, GPU_PROCESS), _nvml)
     )
-    register(SourceSpec("host", "This machine and the watched process trees (psutil)", (HOST, WATCHED), _host))
+    register(
+        SourceSpec(
+            "host",
+            "This machine, the watched process trees and the busiest processes (psutil)",
+            (HOST, WATCHED, BUSIEST),
+            _host,
+        )
+    )
     register(
         SourceSpec(
             "track", "Training steps reported by instrumented processes (effmon.track)", (TRAIN_STEP, PHASE), _track

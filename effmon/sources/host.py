@@ -16,6 +16,10 @@ class HostSource:
     def __init__(self, options: SourceOptions):
         self.options = options
         self.channels = {"system": options.host_s, "watched": options.host_s}
+        self.busiest = int(options.extra.get("busiest", 0))
+        """``effmon top`` asks for the N busiest processes (no process is watched there)."""
+        if self.busiest:
+            self.channels["busiest"] = options.host_s
         self._procs: dict[int, psutil.Process] = {}
 
     def open(self) -> SourceInfo:
@@ -37,7 +41,27 @@ class HostSource:
                     },
                 )
             ]
+        if channel == "busiest":
+            return self._busiest(now)
         return [row for pid in self.options.watched_pids() if (row := self._tree(pid, now)) is not None]
+
+    def _busiest(self, now: float) -> list[Row]:
+        """The N processes that used the most CPU since the last read (psutil keeps each process between calls)."""
+        seen = []
+        for proc in psutil.process_iter(["name", "memory_info"]):
+            try:
+                seen.append((proc.cpu_percent(None), proc))
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        seen.sort(key=lambda cp: -cp[0])
+        rows = []
+        for cpu, proc in seen[: self.busiest]:
+            info = proc.info
+            rss = info["memory_info"].rss if info.get("memory_info") else None
+            rows.append(
+                Row("busiest", {"t": now, "pid": proc.pid, "cpu_pct": cpu, "rss_bytes": rss, "name": info.get("name")})
+            )
+        return rows
 
     def _process(self, pid: int) -> psutil.Process:
         proc = self._procs.get(pid)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from effmon.core.extras import need
 from effmon.presets import Preset, PresetError, load
 from effmon.recording import EXIT_USAGE, Launch, RecordError, Recording, RecordOptions, command_slug, record_command
 
@@ -24,6 +25,7 @@ def load_training_preset(name: str, overrides: list[str]) -> Preset:
         raise RecordError(str(exc), EXIT_USAGE) from None
     if preset.kind != "train":
         raise RecordError(f"preset {preset.name} is a serving preset: effmon serve {preset.name}", EXIT_USAGE)
+    need("train", f"effmon run --preset {preset.name} (a transformers Trainer with PEFT)")
     return preset
 
 

@@ -15,9 +15,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Sparkline, Static
 
-from effmon.core.fmt import human_bytes, human_duration
+from effmon.core.fmt import human_bytes, human_duration, visible
 from effmon.tui.snapshot import CHART_METRICS, WINDOWS, SessionView, Snapshot
-from effmon.tui.widgets import GpuCardWidget, chart_renderable, efficiency_text, pairs_table
+from effmon.tui.widgets import GpuCardWidget, chart_axis, chart_renderable, efficiency_text, pairs_table
 
 HELP = """\
 [b]Keys[/b]  (htop/nvitop habits where they exist)
@@ -47,20 +47,23 @@ class HelpScreen(ModalScreen[None]):
         self.notices = notices
 
     def compose(self) -> ComposeResult:
-        lines = [HELP, "[b]Data sources[/b]"]
+        body = Text.from_markup(HELP)
+        body.append("\n")
+        body.append("Data sources\n", style="bold")
         if not self.sources:
-            lines.append("  (none reported yet)")
-        for s in self.sources:
-            state = s.get("state", "?")
+            body.append("  (none reported yet)\n")
+        for src in self.sources:
+            state = src.get("state", "?")
             colour = {"ok": "green", "failed": "red", "slow": "yellow"}.get(state, "dim")
-            err = f" — {s['last_error']}" if s.get("last_error") else ""
-            lines.append(
-                f"  {s['source']}.{s['channel']}: [{colour}]{state}[/] every {s['interval_s']:g} s, "
-                f"{s['reads']} reads, {s['failures']} failures{err}"
-            )
+            body.append(f"  {visible(src['source'])}.{visible(src['channel'])}: ")
+            body.append(state, style=colour)
+            body.append(f" every {src['interval_s']:g} s, {src['reads']} reads, {src['failures']} failures")
+            if src.get("last_error"):
+                body.append(f" — {visible(src['last_error'])}")
+            body.append("\n")
         for n in self.notices[-5:]:
-            lines.append(f"  [yellow]{n}[/]")
-        yield VerticalScroll(Static("\n".join(lines)), id="help-body")
+            body.append(f"  {visible(n)}\n", style="yellow")
+        yield VerticalScroll(Static(body), id="help-body")
 
 
 class EffmonApp(App[None]):
@@ -135,6 +138,7 @@ class EffmonApp(App[None]):
             with Vertical(id="chart"):
                 yield Static(id="chart-label")
                 yield Sparkline([], id="chart-spark")
+                yield Static(id="chart-axis")
         yield Input(
             placeholder="filter processes by pid, user or command; Enter to apply, Esc to clear",
             id="filter",
@@ -193,7 +197,9 @@ class EffmonApp(App[None]):
         try:
             snap = self._build()
         except Exception as exc:  # never a traceback on screen: a notice instead
-            self.call_from_thread(self.notify, f"could not read the session: {exc}", severity="error")
+            self.call_from_thread(
+                self.notify, visible(f"could not read the session: {exc}"), severity="error", markup=False
+            )
             snap = None
         self.call_from_thread(self._built, snap)
 
@@ -216,7 +222,10 @@ class EffmonApp(App[None]):
         self.query_one("#efficiency", Static).update(efficiency_text(snap))
         self._render_procs(snap)
         self.query_one("#chart-label", Static).update(chart_renderable(snap))
-        self.query_one("#chart-spark", Sparkline).data = snap.chart["values"] or [0.0]
+        spark = self.query_one("#chart-spark", Sparkline)
+        spark.display = bool(snap.chart["values"])  # no readings: say so, never draw N/A as bars
+        spark.data = snap.chart["values"] or [0.0]
+        self.query_one("#chart-axis", Static).update(chart_axis(snap, max(20, (self.size.width or 80) - 4)))
 
     def _render_header(self, snap: Snapshot) -> None:
         rel = snap.t - snap.session_start
@@ -228,10 +237,10 @@ class EffmonApp(App[None]):
         if self.paused:
             state += " ‖ paused"
         text = Text.assemble(
-            (snap.name, "bold"),
+            (visible(snap.name), "bold"),
             " · ",
             (state, "bold"),
-            f" · t+{human_duration(rel)} · window {snap.window_label} · {snap.host}",
+            f" · t+{human_duration(rel)} · window {snap.window_label} · {visible(snap.host)}",
         )
         text.truncate(max(10, (self.size.width or 80) - 2), overflow="ellipsis")
         self.query_one("#header", Static).update(text)
@@ -246,7 +255,11 @@ class EffmonApp(App[None]):
                 hint = "" if "effmon demo" in notice else "\nTo see effmon on a recorded H100, run: effmon demo"
                 self.query_one("#nogpu", Static).update(
                     Text.assemble(
-                        ("No GPU: ", "bold"), notice, "\n", snap.host_line or "host metrics pending", (hint, "dim")
+                        ("No GPU: ", "bold"),
+                        visible(notice),
+                        "\n",
+                        snap.host_line or "host metrics pending",
+                        (hint, "dim"),
                     )
                 )
             return
@@ -280,13 +293,13 @@ class EffmonApp(App[None]):
             style = "bold reverse" if p["pid"] in watched else ""
             cells = [
                 str(p["pid"]),
-                p["user"] or "",
+                visible(p["user"] or ""),
                 "" if p["gpu"] is None else str(p["gpu"]),
                 human_bytes(p["gpu_mem"]) if p["gpu_mem"] is not None else "",
                 "" if p["sm"] is None else f"{p['sm']:.0f}",
                 "" if p["cpu"] is None else f"{p['cpu']:.0f}",
                 human_bytes(p["rss"]) if p["rss"] is not None else "",
-                (p["command"] or "")[:60],
+                visible(p["command"] or "")[:60],
             ]
             table.add_row(*[Text(c, style=style) for c in cells])
         if not snap.processes:
@@ -406,9 +419,11 @@ class EffmonApp(App[None]):
                     write(agg, summary, "html", Path(f"{stem}.html"))
                 except ImportError:
                     html_note = " (no HTML: pip install 'effmon[report]' for plots)"
-            self.call_from_thread(self.notify, f"report written: {stem}.html / .efficientllm.json{html_note}")
+            self.call_from_thread(
+                self.notify, visible(f"report written: {stem}.html / .efficientllm.json{html_note}"), markup=False
+            )
         except (MetricsError, OSError) as exc:
-            self.call_from_thread(self.notify, f"no report: {exc}", severity="error")
+            self.call_from_thread(self.notify, visible(f"no report: {exc}"), severity="error", markup=False)
 
     async def action_quit(self) -> None:
         if self.on_quit:

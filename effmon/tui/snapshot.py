@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from effmon.core.fmt import GIB
 from effmon.core.store import SessionReader
 from effmon.metrics import IncrementalAggregation, MetricsError, Summary, evaluate, so_far
 from effmon.metrics.series import percentile
@@ -46,7 +47,8 @@ class GpuCard:
     energy_j: float | None = None
     sm_clock: float | None = None
     temp: float | None = None
-    throttle: list[str] = field(default_factory=list)
+    throttle: list[str] | None = None
+    """Clock-event reasons slowing the GPU; None when they are not recorded (a replay, an older GPU)."""
     mem_series: list[float] = field(default_factory=list)
     power_series: list[float] = field(default_factory=list)
     stale: bool = False
@@ -250,8 +252,8 @@ class SessionView:
         h = host[max(host)]
         return (
             f"host CPU {_fmt(h.get('cpu_pct'), '.0f', '%')}  memory "
-            f"{_fmt((h.get('mem_used_bytes') or 0) / 1e9, '.1f')}/"
-            f"{_fmt((h.get('mem_total_bytes') or 0) / 1e9, '.1f')} GB"
+            f"{_fmt((h.get('mem_used_bytes') or 0) / GIB, '.1f')}/"
+            f"{_fmt((h.get('mem_total_bytes') or 0) / GIB, '.1f')} GiB"
         )
 
     def _efficiency(self, lo: float, t: float, live: bool) -> tuple[Summary | None, str | None]:
@@ -280,24 +282,25 @@ class SessionView:
         if latest_t is not None and t - latest_t < STALE_AFTER_S * 2:
             for p in self.reader.rows_at("gpu_process", latest_t):
                 rows.append({"pid": p["pid"], "gpu": p["gpu"], "gpu_mem": p["used_mem_bytes"], "sm": p["sm_util_pct"]})
-        watched = {
-            w["pid"]: w for w in self.reader.rows_between("watched", t - STALE_AFTER_S * 2, t, inclusive_start=False)
-        }
+        # the watched process trees, and in `effmon top` (where nothing is watched) the busiest processes
+        cpu_rows: dict[int, dict[str, Any]] = {}
+        for entity in ("watched", "busiest"):
+            newest = self.reader.last_time(entity, t)
+            if newest is not None and t - newest < STALE_AFTER_S * 2:
+                cpu_rows.update({r["pid"]: r for r in self.reader.rows_at(entity, newest)})
         known = {r["pid"] for r in rows}
-        for pid in watched:
-            if pid not in known:
-                rows.append({"pid": pid, "gpu": None, "gpu_mem": None, "sm": None})
+        rows += [{"pid": pid, "gpu": None, "gpu_mem": None, "sm": None} for pid in cpu_rows if pid not in known]
         for row in rows:
-            w = watched.get(row["pid"], {})
-            row.update(cpu=w.get("cpu_pct"), rss=w.get("rss_bytes"), user="", command="")
+            w = cpu_rows.get(row["pid"], {})
+            row.update(cpu=w.get("cpu_pct"), rss=w.get("rss_bytes"), user="", command=w.get("name") or "")
             if live:
                 _fill_from_psutil(row)
-            if not row["command"] and row["pid"] == meta.get("pid"):
-                row["command"] = " ".join(meta.get("command") or [])
+            if row["pid"] == meta.get("pid"):
+                row["command"] = " ".join(meta.get("command") or []) or row["command"]
         if text:
             needle = text.lower()
             rows = [r for r in rows if needle in f"{r['pid']} {r['user']} {r['command']}".lower()]
-        return sorted(rows, key=lambda r: (-(r["gpu_mem"] or 0), r["pid"]))
+        return sorted(rows, key=lambda r: (-(r["gpu_mem"] or 0), -(r["cpu"] or 0), r["pid"]))
 
     def _chart(self, metric: int, gpu: int, w0: float, t: float, width: int) -> dict[str, Any]:
         entity, column, label, unit = CHART_METRICS[metric % len(CHART_METRICS)]
@@ -306,6 +309,7 @@ class SessionView:
         return {
             "label": label,
             "unit": unit,
+            "start": w0,
             "values": values,
             "gpu": gpu,
             "min": min(values) if values else None,
@@ -325,8 +329,8 @@ def _fill_card(card: GpuCard, g: dict[str, Any], info: dict[str, Any], t: float)
     card.util_gpu, card.power = g.get("util_gpu_pct"), g.get("power_w")
     card.power_limit = g.get("power_limit_w") or info.get("power_limit_w")
     card.sm_clock, card.temp = g.get("sm_clock_mhz"), g.get("temp_c")
-    reasons = g.get("clock_event_reasons") or 0
-    card.throttle = [name for bit, name in THROTTLE_BITS.items() if reasons & bit]
+    reasons = g.get("clock_event_reasons")
+    card.throttle = None if reasons is None else [name for bit, name in THROTTLE_BITS.items() if int(reasons) & bit]
 
 
 def _fill_from_psutil(row: dict[str, Any]) -> None:

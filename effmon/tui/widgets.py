@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Sparkline, Static
 
-from effmon.core.fmt import human_energy
+from effmon.core.fmt import GIB, human_energy, visible
 from effmon.tui.snapshot import GpuCard, Snapshot
 
 
@@ -51,15 +50,15 @@ class GpuCardWidget(Vertical, can_focus=True):
     def update_card(self, card: GpuCard, compact: bool) -> None:
         self.set_class(compact, "compact")
         self.set_class(card.stale, "stale")
-        short = card.name.replace("NVIDIA ", "")
+        short = visible(card.name.replace("NVIDIA ", ""))
         self.border_title = f"GPU {card.index} · {short}" + (" · stale" if card.stale else "")
         used, total = card.mem_used, card.mem_total
         mem_frac = used / total if used is not None and total else None
-        mem_text = f"{used / 1e9:5.1f}/{total / 1e9:.0f} GB" if used is not None and total else "N/A"
+        mem_text = f"{used / GIB:5.1f}/{total / GIB:.0f} GiB" if used is not None and total else "N/A"
         sm = _na(card.sm_active, ".0f", "%") if card.gpm_supported else "N/A (no GPM)"
         tensor = _na(card.tensor_active, ".0f", "%") if card.gpm_supported else "N/A"
         power = f"{_na(card.power, '.0f')}/{_na(card.power_limit, '.0f')} W"
-        throttle = ",".join(card.throttle) if card.throttle else "none"
+        throttle = "N/A" if card.throttle is None else ",".join(card.throttle) or "none"  # unknown is not none
         text = self.query_one(f"#gpu-{self.index}-text", Static)
         if compact:
             line = Text.assemble(
@@ -105,8 +104,9 @@ class GpuCardWidget(Vertical, can_focus=True):
             ),
         )
         text.update(grid)
-        self.query_one(f"#gpu-{self.index}-mem", Sparkline).data = card.mem_series or [0.0]
-        self.query_one(f"#gpu-{self.index}-power", Sparkline).data = card.power_series or [0.0]
+        for name, data in (("mem", card.mem_series), ("power", card.power_series)):
+            for spark in self.query(f"#gpu-{self.index}-{name}").results(Sparkline):  # absent while being mounted
+                spark.data = data or [0.0]
 
 
 def pairs_table(rows: list[tuple[str, str]], hint: str) -> Any:
@@ -139,23 +139,38 @@ def efficiency_text(snap: Snapshot) -> Text:
 
 
 def chart_renderable(snap: Snapshot) -> Any:
+    """The chart's title line: what, in which unit, over which window, and its current, lowest and highest value
+    (the sparkline below runs from the lowest to the highest)."""
     c = snap.chart
-    unit = c["unit"]
-    scale = 1e9 if unit == "B" else 1.0
-    shown_unit = "GB" if unit == "B" else unit
+    scale, unit = (GIB, "GiB") if c["unit"] == "B" else (1.0, c["unit"])
 
     def f(x: float | None) -> str:
-        return "N/A" if x is None else f"{x / scale:.1f} {shown_unit}"
+        return "N/A" if x is None else f"{x / scale:.1f} {unit}"
 
-    return Group(
-        Text.assemble(
-            (f"GPU {c['gpu']} · {c['label']}", "bold"),
-            f"  over {snap.window_label}   ",
-            ("now ", "dim"),
-            f(c["last"]),
-            ("  min ", "dim"),
-            f(c["min"]),
-            ("  max ", "dim"),
-            f(c["max"]),
-        )
+    title = (f"GPU {c['gpu']} · {c['label']} ({unit})", "bold")
+    if not c["values"]:
+        return Text.assemble(title, f"  over {snap.window_label}: N/A, no readings in this window", style="")
+    return Text.assemble(
+        title,
+        f"  over {snap.window_label}   ",
+        ("now ", "dim"),
+        f(c["last"]),
+        ("  min ", "dim"),
+        f(c["min"]),
+        ("  max ", "dim"),
+        f(c["max"]),
     )
+
+
+def chart_axis(snap: Snapshot, width: int) -> Text:
+    """The time axis under the sparkline: the window's start on the left, the cursor on the right."""
+    from effmon.core.fmt import human_duration
+
+    start = snap.chart.get("start", snap.t)
+    if snap.state == "recording":  # live: how far back, up to now
+        left, right = f"−{human_duration(snap.t - start)}", "now"
+    else:  # a recorded session: times from its start
+        left = f"t+{human_duration(start - snap.session_start)}"
+        right = f"t+{human_duration(snap.t - snap.session_start)}"
+    fill = max(1, width - len(left) - len(right) - 2)
+    return Text(f"{left} {'─' * fill} {right}", style="dim")

@@ -32,7 +32,7 @@ def effmon_register_engines(register: Callable[[EngineSpec], None]) -> None:
             "transformers serve on the CPU (or a GPU with --set extra_args)",
             engine.command,
             engine.available,
-            "transformers serve is not installed: pip install 'transformers[serving]'",
+            "effmon serve with transformers serve needs transformers[serving] and torch: pip install 'effmon[serve]'",
             prepare=engine.prepare,
         )
     )

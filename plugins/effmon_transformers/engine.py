@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -36,14 +35,20 @@ def command(fields: dict[str, Any], model_dir: str | None) -> list[str]:
 
 
 def available() -> bool:
-    return executable() is not None and importlib.util.find_spec("fastapi") is not None
+    from effmon.core.extras import missing
+
+    return executable() is not None and not missing("serve")
 
 
-def prepare(fields: dict[str, Any]) -> str | None:
+def prepare(fields: dict[str, Any], build: bool = True) -> str | None:
     """``model = "tiny"``: a tiny random Llama with a locally trained tokenizer, built once, offline."""
     if fields.get("model") != "tiny":
         return None
     from effmon.core.paths import effmon_home
+
+    folder = effmon_home() / "models" / "tiny-llama"
+    if not build:
+        return str(folder)
     from effmon.recipes.tiny_model import ensure
 
-    return str(ensure(effmon_home() / "models" / "tiny-llama"))
+    return str(ensure(folder))
