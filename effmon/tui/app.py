@@ -299,7 +299,7 @@ class EffmonApp(App[None]):
                 "" if p["sm"] is None else f"{p['sm']:.0f}",
                 "" if p["cpu"] is None else f"{p['cpu']:.0f}",
                 human_bytes(p["rss"]) if p["rss"] is not None else "",
-                visible(p["command"] or "")[:60],
+                visible(p["command"] or "")[:200],
             ]
             table.add_row(*[Text(c, style=style) for c in cells])
         if not snap.processes:
