@@ -32,10 +32,11 @@ from effmon import __version__
 from effmon.core.clock import RealClock, ScaledClock, VirtualClock
 from effmon.core.declare import CORE_ENTITIES, Row
 from effmon.core.energy import EnergyIntegrator
+from effmon.core.logpipe import RedactedLog
 from effmon.core.paths import sessions_dir
-from effmon.core.redact import redact_argv, redact_env
+from effmon.core.redact import REDACTED, redact_argv, redact_env, redact_text
 from effmon.core.sampler import Sampler
-from effmon.core.store import SUFFIX, SessionWriter, StoreError, StoreFull
+from effmon.core.store import SUFFIX, SessionExists, SessionWriter, StoreError, StoreFull
 from effmon.plugins import Registry, Source, SourceOptions, SourceUnavailable, load_registry
 
 FLUSH_EVERY_S = 0.5
@@ -167,10 +168,8 @@ class Recording:
         self._key_cols = {name: e.keys for name, e in entities.items()}
         self.clock = clock or RealClock()
         started = time.time() if isinstance(self.clock, RealClock) else self.clock.now()
-        name = _unique_name(directory, self.options.name or session_name(self.slug, time.time()))
-        self.path = directory / f"{name}{SUFFIX}"
+        wanted = self.options.name or session_name(self.slug, time.time())
         meta = {
-            "name": name,
             "effmon_version": __version__,
             "mode": self.mode,
             "status": "recording",
@@ -193,14 +192,25 @@ class Recording:
             **info_meta,
             **self.meta,
         }
-        try:
-            self._writer = SessionWriter(self.path, entities.values(), meta, max_bytes=self.options.max_bytes)
-        except (OSError, StoreError, Exception) as exc:
-            raise RecordError(
-                f"cannot create session file {self.path}: {exc}; set EFFMON_HOME to a writable directory"
-            ) from None
+        self._writer = self._create(directory, wanted, entities.values(), meta)
         self.sampler = Sampler(self.sources, self.sink, clock=self.clock)
         return self.path
+
+    def _create(self, directory: Path, wanted: str, entities: Any, meta: dict[str, Any]) -> SessionWriter:
+        """The session file under the first free name (``NAME``, ``NAME-2`` ...), claimed atomically: two
+        effmon processes started in the same second never share one."""
+        for _ in range(1000):
+            name = _unique_name(directory, wanted)
+            self.path = directory / f"{name}{SUFFIX}"
+            try:
+                return SessionWriter(self.path, entities, {**meta, "name": name}, max_bytes=self.options.max_bytes)
+            except SessionExists:
+                continue  # taken between the look and the claim: the next name
+            except (OSError, StoreError) as exc:
+                raise RecordError(
+                    f"cannot create session file {self.path}: {exc}; set EFFMON_HOME to a writable directory"
+                ) from None
+        raise RecordError(f"no free session name like {wanted} in {directory}")
 
     def _make_sources(self) -> list[Source]:
         specs = self.registry.sources
@@ -234,7 +244,13 @@ class Recording:
         self.set_meta(pid=pid, watched_pids=list(self.watched))
 
     def sink(self, rows: list[Row]) -> None:
-        """Rows from the sampler (or from outside it): finish energy rows, queue for the writer, update live state."""
+        """Rows from the sampler (or from outside it): finish energy rows, queue for the writer, update live state.
+        A ``notice`` row (a source telling the user something mid-session) becomes a notice."""
+        if any(row.entity == "notice" for row in rows):
+            for row in rows:
+                if row.entity == "notice":
+                    self.notice(str(row.values.get("level", "notice")), str(row.values.get("text", "")))
+            rows = [row for row in rows if row.entity != "notice"]
         self.integrator.feed(rows)
         with self._lock:
             self._pending.rows.extend(rows)
@@ -362,7 +378,7 @@ class Recording:
 
 
 def session_name(slug: str, when: float) -> str:
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", slug).strip("-.") or "session"
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", redact_text(slug).replace(REDACTED, "redacted")).strip("-.") or "session"
     return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}-{clean[:40]}"
 
 
@@ -457,18 +473,7 @@ def record_command(
             return EXIT_INTERRUPTED
         launch = prepare(rec) if prepare is not None else Launch(argv, dict(os.environ))
         rec.set_meta(command=redact_argv(launch.argv), **launch.meta)
-        output: Any = None
-        if capture_output:  # the dashboard owns the terminal: the command's output goes beside the session
-            log_path = rec.path.with_suffix(".log")
-            output = open(log_path, "ab")  # noqa: SIM115 - closed when the command ends
-            rec.set_meta(output_log=str(log_path))
-        try:
-            child = subprocess.Popen(
-                launch.argv, env=launch.env, stdout=output, stderr=subprocess.STDOUT if output else None
-            )
-        except OSError as exc:
-            rec.finish("failed", f"could not start the command: {exc}")
-            raise RecordError(f"could not start {launch.argv[0]}: {exc.strerror or exc}", EXIT_NOT_FOUND) from None
+        child, log = _start_child(rec, launch, capture_output)
         rec.watch(child.pid)
         if on_open is not None:
             on_open(rec)
@@ -478,8 +483,8 @@ def record_command(
             print(f"effmon: recording {rec.path.name} while pid {child.pid} runs", file=sys.stderr)
         rec.start()
         status, reason = _wait_for_child(child, intr)
-        if output is not None:
-            output.close()
+        if log is not None:
+            log.close()
         code = child.returncode
         exit_code = code if code >= 0 else 128 - code
         rec.finish(status, reason, exit_code, exit_signal=(-code if code < 0 else None))
@@ -487,6 +492,32 @@ def record_command(
     if rec.write_error and exit_code == 0:
         return EXIT_IOERR
     return exit_code
+
+
+def _start_child(
+    rec: Recording, launch: Launch, capture_output: bool
+) -> tuple[subprocess.Popen[Any], RedactedLog | None]:
+    """The command, started; with ``capture_output`` (the dashboard owns the terminal) its output goes to
+    NAME.log beside the session, through effmon, redacted."""
+    log: RedactedLog | None = None
+    if capture_output:
+        log = RedactedLog(rec.path.with_suffix(".log"))
+        rec.set_meta(output_log=str(log.path))
+    try:
+        child = subprocess.Popen(
+            launch.argv,
+            env=launch.env,
+            stdout=log.fd if log else None,
+            stderr=subprocess.STDOUT if log else None,
+        )
+    except OSError as exc:
+        if log is not None:
+            log.close()
+        rec.finish("failed", f"could not start the command: {exc}")
+        raise RecordError(f"could not start {launch.argv[0]}: {exc.strerror or exc}", EXIT_NOT_FOUND) from None
+    if log is not None:
+        log.started()
+    return child, log
 
 
 def _wait_for_child(child: subprocess.Popen[Any], intr: Interrupts) -> tuple[str, str]:

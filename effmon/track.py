@@ -16,29 +16,79 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import json
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+from effmon.core.files import UnsafePath, checked_dir, create_private
 
 BUFFER = 10_000
 FLUSH_EVERY_S = 0.5
 
 
-def track_dir() -> str:
-    """Where instrumented processes write: ``$EFFMON_TRACK_DIR`` (set by ``effmon run``), else a per-user dir."""
-    env = os.environ.get("EFFMON_TRACK_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return os.path.join(base, f"effmon-{os.getuid()}", "track")
+STALE_S = 3600.0
+"""A track file of a process that has ended is removed after this long (when another one starts)."""
+
+
+def track_location(environ: Mapping[str, str] | None = None, uid: int | None = None) -> tuple[str, str]:
+    """(trusted base, directory) where a process writes: ``$EFFMON_TRACK_DIR`` (set by ``effmon run``), else a
+    directory of its user, ``$XDG_RUNTIME_DIR/effmon-track`` or ``$TMPDIR/effmon-<uid>/track`` (every part below
+    the base made 0700 and checked). ``environ`` and ``uid`` are another process's, for the monitor."""
+    env = os.environ if environ is None else environ
+    if env.get("EFFMON_TRACK_DIR"):
+        chosen = os.path.abspath(env["EFFMON_TRACK_DIR"])
+        return os.path.dirname(chosen), chosen
+    if env.get("XDG_RUNTIME_DIR"):
+        return env["XDG_RUNTIME_DIR"], os.path.join(env["XDG_RUNTIME_DIR"], "effmon-track")
+    base = env.get("TMPDIR") or "/tmp"
+    return base, os.path.join(base, f"effmon-{os.geteuid() if uid is None else uid}", "track")
+
+
+def track_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
+    return track_location(environ, uid)[1]
 
 
 def track_path(pid: int, directory: str | None = None) -> str:
     return os.path.join(directory or track_dir(), f"{pid}.jsonl")
+
+
+def remove_stale(directory: str, now: float | None = None) -> int:
+    """Remove the track files of processes that ended more than ``STALE_S`` ago; returns how many went."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        stem, dot, ext = name.partition(".")
+        if not (stem.isdigit() and dot and ext == "jsonl") or int(stem) == os.getpid():
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if now - os.lstat(path).st_mtime < STALE_S or _alive(int(stem)):
+                continue
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 class _Tracker:
@@ -53,6 +103,9 @@ class _Tracker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._flush_lock = threading.Lock()
+        self.refused: str | None = None
         if self.enabled:
             self.emit(
                 {
@@ -93,20 +146,51 @@ class _Tracker:
             self.flush()
 
     def flush(self) -> None:
+        """Write what is buffered. The writer thread and an explicit ``flush()`` (or the one at exit) take turns:
+        one file, opened once, lines in order. ``emit`` never waits for this."""
         if not self.buffer:
             return
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         lines = []
         while self.buffer:
             lines.append(json.dumps(self.buffer.popleft(), default=str))
         if self.dropped:
             lines.append(json.dumps({"kind": "dropped", "t": time.time(), "count": self.dropped}))
+        data = ("\n".join(lines) + "\n").encode("utf-8")
         try:
-            path = track_path(self.pid)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
+            fd = self._fd if self._fd is not None else self._open()
+            while data:
+                data = data[os.write(fd, data) :]
+        except UnsafePath as exc:
+            self._refuse(str(exc))
         except OSError:
             self.dropped += len(lines)  # a full or read-only disk loses events, never the training run
+
+    def _open(self) -> int:
+        """This process's file, new and 0600, in a directory verified to be this user's alone (never through a
+        symlink; a file left there by an earlier process with the same pid is replaced, not appended to)."""
+        base, directory = track_location()
+        checked_dir(directory, base)
+        remove_stale(directory)
+        path = track_path(self.pid, directory)
+        try:
+            fd = create_private(path)
+        except FileExistsError:
+            os.unlink(path)  # in our own 0700 directory: an old file of a reused pid, or a link, never followed
+            fd = create_private(path)
+        self._fd = fd
+        return fd
+
+    def _refuse(self, why: str) -> None:
+        """The directory is not safe: stop tracking (one line on stderr), never write there."""
+        self.enabled = False
+        self.buffer.clear()
+        self.refused = why
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"effmon.track: {why}; this process's steps are not recorded\n")
 
 
 _tracker: _Tracker | None = None

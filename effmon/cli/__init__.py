@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(handler: Handler, args: argparse.Namespace, command: list[str]) -> int:
     """Errors a user can fix end in one line and a non-zero status, never a traceback."""
     from effmon.core.extras import MissingExtra
+    from effmon.core.files import UnsafePath
     from effmon.core.paths import HomeError
+    from effmon.core.redact import RedactConfigError
     from effmon.core.sessions import SessionNotFound
     from effmon.core.store import StoreError
     from effmon.recording import RecordError
@@ -86,7 +88,7 @@ def _dispatch(handler: Handler, args: argparse.Namespace, command: list[str]) ->
         return handler(args, command)
     except RecordError as exc:
         return err(str(exc), exc.code)
-    except (HomeError, SessionNotFound, StoreError, MissingExtra) as exc:
+    except (HomeError, SessionNotFound, StoreError, MissingExtra, UnsafePath, RedactConfigError) as exc:
         return err(str(exc), 2)
 
 

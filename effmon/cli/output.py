@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from effmon.core.fmt import visible
+from effmon.core.fmt import csv_text, visible
 
 
 def piped() -> bool:
@@ -22,9 +22,11 @@ def print_json(obj: Any) -> int:
 
 
 def print_rows(rows: Iterable[Sequence[Any]]) -> int:
-    """One row per line, fields separated by tabs, full values, nothing else."""
+    """One row per line, fields separated by tabs, full values, nothing else (text that would start a spreadsheet
+    formula gets a leading ')."""
     for row in rows:
-        sys.stdout.write("\t".join("" if v is None else visible(v) for v in row) + "\n")
+        sys.stdout.write("\t".join("" if v is None else csv_text(v) if isinstance(v, str) else visible(v) for v in row))
+        sys.stdout.write("\n")
     return 0
 
 

@@ -82,6 +82,9 @@ def register(sub: Any) -> dict[str, Handler]:
         metavar="FILE",
         help="the summary as JSON: on standard output instead of the table, or into FILE beside the table",
     )
+    ld.add_argument(
+        "--force", action="store_true", help="with --json FILE: also write through a symbolic link or into a device"
+    )
     ld.add_argument("--name", help="session name")
     ld.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     return {"serve": cmd_serve, "load": cmd_load}
@@ -148,9 +151,13 @@ def _prompts(path: str) -> list[str]:
 def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
     import asyncio
 
+    from effmon.core.files import check_target, safe_write
+    from effmon.core.redact import redact_obj, redact_text
     from effmon.recording import Recording, RecordOptions
     from effmon.serving.load import LoadConfig, parse_slo, print_summary, request_row, run_load, summarize
 
+    if args.json and args.json != "-":
+        check_target(args.json, args.force)
     try:
         slo_ttft, slo_tpot = parse_slo(args.slo) if args.slo else (None, None)
         prompts = _prompts(args.prompts) if args.prompts else None
@@ -196,13 +203,14 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
         if not args.quiet:
             how = f"rate {cfg.rate}/s" if cfg.rate else f"concurrency {cfg.concurrency}"
             until = f"{cfg.duration:g} s" if cfg.duration else f"{cfg.requests} requests"
-            print(f"effmon load: {args.url} ({args.endpoint}), {how}, {until}; recording {path.stem}", file=sys.stderr)
+            shown = redact_text(args.url)
+            print(f"effmon load: {shown} ({args.endpoint}), {how}, {until}; recording {path.stem}", file=sys.stderr)
         status = "complete"
         try:
             results, wall = asyncio.run(run_load(cfg, on_result=lambda r: rec.add([request_row(r)])))
         except KeyboardInterrupt:
             status, results, wall = "interrupted", [], 0.0
-        summary = summarize(results, wall, cfg)
+        summary = redact_obj(summarize(results, wall, cfg))  # a server's error text may echo a key
         rec.set_meta(load_summary=summary)
         rec.finish(status, "the load ended")
     if args.json == "-":
@@ -210,9 +218,9 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
     else:
         print_summary(summary)
     if args.json and args.json != "-":
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        safe_write(args.json, json.dumps(summary, indent=2) + "\n", args.force)
     if summary["succeeded"] == 0:
-        return err(_no_success(summary, args.url, args.endpoint, model), 1)
+        return err(_no_success(summary, redact_text(args.url), args.endpoint, model), 1)
     return 0
 
 

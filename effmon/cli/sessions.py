@@ -14,6 +14,9 @@ from effmon.cli.common import Handler, err, formatter
 REPORT_FORMATS = ["table", "efficientllm", "efficientllm-pretrain", "json", "csv", "md", "html"]
 
 
+FORCE_HELP = "with -o: also write through a symbolic link or into a device or pipe (refused by default)"
+
+
 def register(sub: Any) -> dict[str, Handler]:
     ses = sub.add_parser(
         "sessions",
@@ -36,7 +39,8 @@ def register(sub: Any) -> dict[str, Handler]:
         "runs", nargs="+", help="sessions (name, prefix, path, 'last') or .json exports; the first is the baseline"
     )
     cmp.add_argument("--format", "-f", choices=["table", "md", "html", "json"], default="table")
-    cmp.add_argument("-o", "--output")
+    cmp.add_argument("-o", "--output", help="write to this file (md and html need one)")
+    cmp.add_argument("--force", action="store_true", help=FORCE_HELP)
 
     src = sub.add_parser("sources", help="list data sources and the metrics they declare")
     src.add_argument("--metrics", action="store_true", help="also list every metric with unit and meaning")
@@ -64,6 +68,7 @@ def register(sub: Any) -> dict[str, Handler]:
     rpt.add_argument("session", help="name, unique prefix, path, or 'last'")
     rpt.add_argument("--format", "-f", default="table", choices=REPORT_FORMATS)
     rpt.add_argument("-o", "--output", help="write to this file (default: standard output)")
+    rpt.add_argument("--force", action="store_true", help=FORCE_HELP)
     win = rpt.add_mutually_exclusive_group()
     win.add_argument("--window", metavar="START:END", help="only this part of the session, in seconds from its start")
     win.add_argument("--phase", metavar="NAME", help="only this phase of the session")
@@ -134,6 +139,7 @@ def _report_text(reader: Any, args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.core.files import check_target, safe_write
     from effmon.core.sessions import resolve
     from effmon.core.store import SessionReader
     from effmon.metrics import MetricsError
@@ -145,9 +151,7 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
 
         need("report", f"effmon report --format {args.format} (its plots)")
     if args.output:
-        out_dir = Path(args.output).expanduser().resolve().parent
-        if not out_dir.is_dir():
-            return err(f"cannot write {args.output}: directory {out_dir} does not exist; create it first", 2)
+        check_target(args.output, args.force)  # a bad -o is said before the work, not after
     with SessionReader(resolve(args.session)) as reader:
         name = reader.meta().get("name")
         try:
@@ -158,17 +162,15 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
                 agg = ExactAggregation(reader)
                 window = resolve_window(reader, args.window, args.phase)
                 summary = evaluate(reader, window, options=_options(args), aggregation=agg, with_series=False)
-                out = write(agg, summary, args.format, Path(args.output))
+                out = write(agg, summary, args.format, Path(args.output), args.force)
                 print(f"effmon: wrote {args.format} report of {name} to {out}", file=sys.stderr)
                 return 0
             text, label = _report_text(reader, args)
         except MetricsError as exc:
             return err(str(exc), 2)
     if args.output:
-        tmp = Path(f"{args.output}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.output)
-        print(f"effmon: wrote {args.format} report of {name} ({label}) to {args.output}", file=sys.stderr)
+        out = safe_write(args.output, text, args.force)
+        print(f"effmon: wrote {args.format} report of {name} ({label}) to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
@@ -292,8 +294,13 @@ def _print_stacked(out: Any, rows: list[tuple[Any, ...]]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.core.files import check_target, safe_write
     from effmon.report.compare import CompareError, compare, html_doc, load_run, markdown
 
+    if args.format in ("md", "html") and not args.output:
+        return err(f"--format {args.format} writes a file: give -o compare.{args.format}", 2)
+    if args.output:
+        check_target(args.output, args.force)
     try:
         result = compare([load_run(ref) for ref in args.runs])
     except CompareError as exc:
@@ -301,18 +308,16 @@ def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
     if args.format == "json":
         text = json.dumps(result, indent=2)
         if args.output:
-            Path(args.output).write_text(text + "\n")
+            safe_write(args.output, text + "\n", args.force)
         else:
             print(text)
         return 0
     if args.format in ("md", "html"):
-        if not args.output:
-            return err(f"--format {args.format} writes a file: give -o compare.{args.format}", 2)
         from effmon.core.extras import need
 
         need("report", f"effmon compare --format {args.format} (its radar chart)")
-        (markdown if args.format == "md" else html_doc)(result, Path(args.output))
-        print(f"effmon: wrote {args.output}", file=sys.stderr)
+        out = (markdown if args.format == "md" else html_doc)(result, Path(args.output), args.force)
+        print(f"effmon: wrote {out}", file=sys.stderr)
         return 0
     from rich.table import Table
 

@@ -5,15 +5,50 @@ from __future__ import annotations
 import re
 import time
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_KEEP_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+_INVISIBLE = "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"  # zero-width and bidirectional controls
+_CONTROL = re.compile(rf"[\x00-\x1f\x7f-\x9f{_INVISIBLE}]")
+_CONTROL_KEEP_LINES = re.compile(rf"[\x00-\x09\x0b-\x1f\x7f-\x9f{_INVISIBLE}]")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def _show(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def visible(text: object, keep_newlines: bool = False) -> str:
-    """Control characters (escape sequences, bells, carriage returns ...) shown as ``\\xNN``: a string from a
-    watched job or its command line can never move the cursor, recolour or hide text, or open a hyperlink."""
+    """Control characters (escape sequences, bells, carriage returns ...) shown as ``\\xNN``, and zero-width or
+    bidirectional marks as ``\\uNNNN``: a string from a watched job or its command line can never move the
+    cursor, recolour or hide text, reorder what is shown, or open a hyperlink."""
     pattern = _CONTROL_KEEP_LINES if keep_newlines else _CONTROL
-    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    return pattern.sub(_show, str(text))
+
+
+def md_text(text: object) -> str:
+    """A string from a session as literal Markdown text (a table cell, a list item): no HTML, no links, no
+    emphasis, no cell breaks, control characters visible."""
+    out = visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", out)
+
+
+def html_text(text: object) -> str:
+    """A string from a session as literal HTML text, control characters visible."""
+    import html
+
+    return html.escape(visible(text), quote=True)
+
+
+def csv_text(text: object) -> str:
+    """A text cell for a spreadsheet: one that starts like a formula (``=``, ``+``, ``-``, ``@``) gets a leading
+    apostrophe, so no spreadsheet evaluates it. Numbers (``-1.5``) and a lone ``-`` are left alone."""
+    s = visible(text)
+    if len(s) < 2 or s[0] not in "=+-@":
+        return s
+    try:
+        float(s)
+    except ValueError:
+        return "'" + s
+    return s
 
 
 GIB = float(1 << 30)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from effmon.core.files import private_dir
+
 
 class HomeError(Exception):
     pass
@@ -20,10 +22,14 @@ def effmon_home() -> Path:
 
 
 def sessions_dir(create: bool = False) -> Path:
-    path = effmon_home() / "sessions"
+    """The sessions folder; ``create`` makes it (and a new effmon home) 0700 and checks it is writable."""
+    home = effmon_home()
+    path = home / "sessions"
     if create:
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            if not home.exists():
+                private_dir(home)
+            private_dir(path)
             probe = path / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()

@@ -55,7 +55,9 @@ class Source(Protocol):
 
     The sampler calls ``read(channel, now)`` when a channel is due; it returns rows that
     carry their own time stamps. ``read`` may raise: the sampler marks the channel failed
-    and retries with back-off. Each channel should do one cheap thing.
+    and retries with back-off. Each channel should do one cheap thing. Two row kinds are not
+    stored as samples: ``Row("meta", {...})`` adds to the session's metadata and
+    ``Row("notice", {"level": "error", "text": ...})`` tells the user something mid-session.
     """
 
     name: str

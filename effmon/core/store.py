@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from effmon.core.declare import Entity, Metric, Row
+from effmon.core.files import create_private
+from effmon.core.redact import policy, redact_text, redact_value
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,6 +46,15 @@ class StoreError(Exception):
 
 class StoreFull(StoreError):
     pass
+
+
+class SessionExists(StoreError):
+    pass
+
+
+REDACTION = 1
+"""Stored in a session's metadata (``redaction``) when everything in it went through the redaction policy;
+a session without it (recorded by effmon before 0.2) is redacted when read."""
 
 
 def _table(entity: str) -> str:
@@ -68,6 +81,21 @@ def chunk_layout(entity: Entity) -> tuple[str, ...] | None:
     return ("t", *entity.keys, *(m.name for m in entity.metrics))
 
 
+@lru_cache(maxsize=4096)
+def _redact_short(text: str) -> str:
+    return redact_text(text)
+
+
+def _redacted(values: tuple[Any, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
+    """A row with its text columns (process names, phase labels, request errors) redacted; the same few
+    strings come again every second, so results are cached."""
+    out = list(values)
+    for i in positions:
+        if isinstance(out[i], str):
+            out[i] = _redact_short(out[i]) if len(out[i]) < 256 else redact_text(out[i])
+    return tuple(out)
+
+
 def _pack(values: list[tuple[Any, ...]]) -> bytes:
     """Row-major float64 (NaN for NULL), stdlib only: the recorder never imports numpy. Row-major, so the
     chunks of an entity joined end to end are one (rows x columns) array."""
@@ -80,8 +108,11 @@ class SessionWriter:
 
     def __init__(self, path: Path, entities: Iterable[Entity], meta: dict[str, Any], max_bytes: int | None = None):
         self.path = Path(path)
-        if self.path.exists():
-            raise StoreError(f"session file {self.path} already exists")
+        policy()  # the user's redaction rules are readable (or this raises) before any file exists
+        try:  # claimed with O_EXCL: two recorders never share a file, and it is 0600 from the first byte
+            os.close(create_private(self.path))
+        except FileExistsError:
+            raise SessionExists(f"session file {self.path} already exists") from None
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -92,6 +123,7 @@ class SessionWriter:
         self.entities: dict[str, Entity] = {}
         self._inserts: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._chunks: dict[str, tuple[int, ...]] = {}  # entity -> positions of its chunk columns in a row tuple
+        self._texts: dict[str, tuple[int, ...]] = {}  # entity -> positions of its TEXT columns (redacted)
         with self._tx():
             self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self._db.execute("CREATE TABLE entities (name TEXT PRIMARY KEY, keys TEXT, span INTEGER, description TEXT)")
@@ -113,7 +145,7 @@ class SessionWriter:
             self._db.execute("CREATE INDEX chunks_time ON chunks (entity, t_min)")
             for entity in entities:
                 self._add_entity(entity)
-            self._set_meta(meta)
+            self._set_meta({**meta, "redaction": REDACTION})
         if max_bytes:
             page = self._db.execute("PRAGMA page_size").fetchone()[0]
             used = self._db.execute("PRAGMA page_count").fetchone()[0]
@@ -142,6 +174,9 @@ class SessionWriter:
         columns = entity.columns
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         self._inserts[entity.name] = (sql, columns)
+        texts = tuple(i for i, c in enumerate(columns) if c in {m.name for m in entity.metrics if m.sql_type == "TEXT"})
+        if texts:
+            self._texts[entity.name] = texts
         layout = chunk_layout(entity)
         if layout is not None:
             self._chunks[entity.name] = tuple(columns.index(c) for c in layout)
@@ -152,7 +187,7 @@ class SessionWriter:
     def _set_meta(self, meta: dict[str, Any]) -> None:
         self._db.executemany(
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            [(k, json.dumps(v, default=str)) for k, v in meta.items()],
+            [(k, json.dumps(redact_value(v, k), default=str)) for k, v in meta.items()],
         )
 
     def set_meta(self, **meta: Any) -> None:
@@ -171,7 +206,11 @@ class SessionWriter:
             sql_cols = self._inserts.get(row.entity)
             if sql_cols is None:
                 continue
-            grouped.setdefault(row.entity, []).append(tuple(row.values.get(c) for c in sql_cols[1]))
+            cells = tuple(row.values.get(c) for c in sql_cols[1])
+            texts = self._texts.get(row.entity)
+            if texts:
+                cells = _redacted(cells, texts)
+            grouped.setdefault(row.entity, []).append(cells)
         with self._lock, self._tx():
             for entity, values in grouped.items():
                 self._db.executemany(self._inserts[entity][0], values)
@@ -181,9 +220,9 @@ class SessionWriter:
             if status:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO source_status VALUES (?, ?, ?, ?)",
-                    [(s["source"], s["channel"], s["state"], json.dumps(s)) for s in status],
+                    [(s["source"], s["channel"], s["state"], json.dumps(redact_value(s))) for s in status],
                 )
-            notices = list(notices)
+            notices = [(t, level, redact_text(text)) for t, level, text in notices]
             if notices:
                 self._db.executemany("INSERT INTO notices VALUES (?, ?, ?)", notices)
 
@@ -323,7 +362,10 @@ class SessionReader:
 
     # -- what the session is ----------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
+        meta = {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
+        if "redaction" not in meta:  # recorded before effmon redacted at the store: nothing unredacted comes out
+            meta = {k: redact_value(v, k) for k, v in meta.items()}
+        return meta
 
     def entities(self) -> dict[str, Entity]:
         """The session's entities and metric declarations; fixed when the session was created, read once."""
@@ -375,10 +417,17 @@ class SessionReader:
         return lo, hi
 
     def source_status(self) -> list[dict[str, Any]]:
-        return [json.loads(info) for (info,) in self._query("SELECT info FROM source_status")]
+        status = [json.loads(info) for (info,) in self._query("SELECT info FROM source_status")]
+        return [redact_value(s) for s in status] if self._unredacted() else status
 
     def notices(self) -> list[tuple[float, str, str]]:
-        return [(t, level, text) for t, level, text in self._query("SELECT t, level, text FROM notices ORDER BY t")]
+        notices = self._query("SELECT t, level, text FROM notices ORDER BY t")
+        clean = redact_text if self._unredacted() else str
+        return [(t, level, clean(text)) for t, level, text in notices]
+
+    def _unredacted(self) -> bool:
+        """Recorded before effmon redacted at the store (no ``redaction`` in its metadata)."""
+        return not self._query("SELECT 1 FROM meta WHERE key = 'redaction'")
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())

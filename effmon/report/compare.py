@@ -153,51 +153,60 @@ def cell(v: Any, spec: str = ".4g") -> str:
     return "N/A" if v is None else format(v, spec)
 
 
-def markdown(result: dict[str, Any], out: Path) -> None:
-    img = out.with_name(out.stem + "_radar.png")
-    img.write_bytes(radar_png(result))
-    runs = result["runs"]
+def markdown(result: dict[str, Any], out: Path, force: bool = False) -> Path:
+    """The comparison as Markdown (run names literal text) and its radar chart as a PNG beside it."""
+    from effmon.core.files import check_target, safe_write
+    from effmon.core.fmt import md_text as m
+
+    target = check_target(out, force)[0]
+    img = target.with_name(target.stem + "_radar.png")
+    runs = [m(r) for r in result["runs"]]
     lines = [
         "# effmon compare",
         "",
-        f"Baseline: **{result['baseline']}**. {result['normalization']}.",
+        f"Baseline: **{m(result['baseline'])}**. {m(result['normalization'])}.",
         "",
         "| metric | unit | " + " | ".join(runs) + " | " + " | ".join(f"Δ {r}" for r in runs[1:]) + " |",
         "|---|---|" + "---|" * (2 * len(runs) - 1),
     ]
-    for m in result["metrics"]:
+    for row in result["metrics"]:
         lines.append(
-            f"| {m['metric']} | {m['unit']} | "
-            + " | ".join(cell(v) for v in m["values"])
+            f"| {m(row['metric'])} | {m(row['unit'])} | "
+            + " | ".join(cell(v) for v in row["values"])
             + " | "
-            + " | ".join(cell(d) for d in m["delta"][1:])
+            + " | ".join(cell(d) for d in row["delta"][1:])
             + " |"
         )
     lines += ["", f"![radar chart]({img.name})", ""]
-    out.write_text("\n".join(lines), encoding="utf-8")
+    safe_write(img, radar_png(result))
+    return safe_write(out, "\n".join(lines), force)
 
 
-def html_doc(result: dict[str, Any], out: Path) -> None:
+def html_doc(result: dict[str, Any], out: Path, force: bool = False) -> Path:
+    """The comparison as one self-contained HTML page (every string escaped, control characters visible)."""
     import base64
-    import html as h
 
+    from effmon.core.files import check_target, safe_write
+    from effmon.core.fmt import html_text as e
     from effmon.report.document import CSS
 
+    check_target(out, force)
     runs = result["runs"]
-    head = "".join(f"<th>{h.escape(x)}</th>" for x in ["metric", "unit", *runs, *[f"ratio {r}" for r in runs[1:]]])
+    head = "".join(f"<th>{e(x)}</th>" for x in ["metric", "unit", *runs, *[f"ratio {r}" for r in runs[1:]]])
     body = "".join(
         "<tr>"
-        + f"<td>{m['metric']}</td><td>{m['unit']}</td>"
+        + f"<td>{e(m['metric'])}</td><td>{e(m['unit'])}</td>"
         + "".join(f"<td class='num'>{cell(v)}</td>" for v in m["values"])
         + "".join(f"<td class='num'>{cell(x, '.3f')}</td>" for x in m["ratio"][1:])
         + "</tr>"
         for m in result["metrics"]
     )
     img = base64.b64encode(radar_png(result)).decode()
-    out.write_text(
+    return safe_write(
+        out,
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>effmon compare</title>"
-        f"<style>{CSS}</style></head><body><h1>effmon compare</h1><p>Baseline: <b>{h.escape(result['baseline'])}"
-        f"</b>. {h.escape(result['normalization'])}.</p><table><tr>{head}</tr>{body}</table>"
+        f"<style>{CSS}</style></head><body><h1>effmon compare</h1><p>Baseline: <b>{e(result['baseline'])}"
+        f"</b>. {e(result['normalization'])}.</p><table><tr>{head}</tr>{body}</table>"
         f"<h2>Radar</h2><img alt='radar chart' src='data:image/png;base64,{img}'></body></html>",
-        encoding="utf-8",
+        force,
     )

@@ -7,13 +7,13 @@ folder beside it. The same code writes a report of a live session (the dashboard
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effmon.core.fmt import human_duration, timestamp
+from effmon.core.files import UnsafePath, check_target, private_dir, safe_write
+from effmon.core.fmt import html_text, human_duration, md_text, timestamp
 from effmon.core.store import Series
 from effmon.metrics import METRICS, ExactAggregation, Summary
 from effmon.report.render import metric_rows
@@ -238,9 +238,11 @@ def _slug(title: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")[:40]
 
 
-def write(agg: ExactAggregation, s: Summary, fmt: str, out: Path) -> Path:
-    """The report of a summary evaluated with ``agg`` (its series are drawn without reading them again)."""
+def write(agg: ExactAggregation, s: Summary, fmt: str, out: Path, force: bool = False) -> Path:
+    """The report of a summary evaluated with ``agg`` (its series are drawn without reading them again), written
+    with ``safe_write`` (atomic, never through a link or over a device unless ``force``)."""
     meta = agg.reader.meta()
+    target = check_target(out, force)[0]  # refused before the plots are drawn
     figures = plots(agg, s)
     cut = meta.get("status") == "recording" and not meta.get("ended_at")
     warning = (
@@ -252,36 +254,43 @@ def write(agg: ExactAggregation, s: Summary, fmt: str, out: Path) -> Path:
         else None
     )
     if fmt == "html":
-        return _html(meta, s, figures, warning, out)
-    return _markdown(meta, s, figures, warning, out)
+        return safe_write(out, html_report(meta, s, figures, warning), force)
+    img_dir = target.with_name(target.stem + "_files")
+    text = markdown_report(meta, s, [(title, f"{img_dir.name}/{name}") for title, name, _ in _named(figures)], warning)
+    if img_dir.is_symlink() or (img_dir.exists() and not img_dir.is_dir()):
+        raise UnsafePath(f"{img_dir} (for the report's images) is a link or a file; remove it or pick another -o")
+    private_dir(img_dir)
+    for _, name, png in _named(figures):
+        safe_write(img_dir / name, png)
+    return safe_write(out, text, force)
 
 
-def _markdown(
-    meta: dict[str, Any], s: Summary, figures: list[tuple[str, bytes]], warning: str | None, out: Path
-) -> Path:
-    img_dir = out.with_name(out.stem + "_files")
-    img_dir.mkdir(exist_ok=True)
-    lines = [f"# effmon report: {meta.get('name')}", ""]
+def _named(figures: list[tuple[str, bytes]]) -> list[tuple[str, str, bytes]]:
+    return [(title, f"{i:02d}-{_slug(title)}.png", png) for i, (title, png) in enumerate(figures)]
+
+
+def markdown_report(meta: dict[str, Any], s: Summary, images: list[tuple[str, str]], warning: str | None) -> str:
+    """Every string from the session (its name, command, notes) is literal Markdown text (``md_text``)."""
+    m = md_text
+    lines = [f"# effmon report: {m(meta.get('name'))}", ""]
     if warning:
         lines += [f"> **Note:** {warning}", ""]
-    lines += ["## What ran", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts(meta, s)]
+    lines += ["## What ran", "", "| | |", "|---|---|"] + [f"| {k} | {m(v)} |" for k, v in facts(meta, s)]
     lines += ["", "## EfficientLLM metrics", "", "| metric | value | unit / source |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {u} |" for k, v, u in metric_rows(s)]
+    lines += [f"| {m(k)} | {m(v)} | {m(u)} |" for k, v, u in metric_rows(s)]
     lines += ["", "## Energy", "", "| | value | unit / source |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {u} |" for k, v, u in energy_rows(s)]
+    lines += [f"| {m(k)} | {m(v)} | {m(u)} |" for k, v, u in energy_rows(s)]
     lines += ["", "## Over time", ""]
-    for i, (title, png) in enumerate(figures):
-        name = f"{i:02d}-{_slug(title)}.png"
-        (img_dir / name).write_bytes(png)
-        lines += [f"### {title}", "", f"![{title}]({img_dir.name}/{name})", ""]
+    for title, src in images:
+        lines += [f"### {m(title)}", "", f"![{m(title)}]({src})", ""]
     if s.notes:
-        lines += ["## Notes", ""] + [f"- {n}" for n in s.notes]
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+        lines += ["## Notes", ""] + [f"- {m(n)}" for n in s.notes]
+    return "\n".join(lines) + "\n"
 
 
-def _html(meta: dict[str, Any], s: Summary, figures: list[tuple[str, bytes]], warning: str | None, out: Path) -> Path:
-    e = html.escape
+def html_report(meta: dict[str, Any], s: Summary, figures: list[tuple[str, bytes]], warning: str | None) -> str:
+    """Every string from the session is literal HTML text (``html_text``: escaped, control characters visible)."""
+    e = html_text
 
     def table(rows: Sequence[tuple[str, ...]], head: tuple[str, ...] | None = None) -> str:
         h = "<tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>" if head else ""
@@ -312,5 +321,4 @@ def _html(meta: dict[str, Any], s: Summary, figures: list[tuple[str, bytes]], wa
             "<h2 id='notes'>Notes</h2><ul>" + "".join(f"<li class='note'>{e(n)}</li>" for n in s.notes) + "</ul>"
         )
     parts.append("</body></html>")
-    out.write_text("".join(parts), encoding="utf-8")
-    return out
+    return "".join(parts)

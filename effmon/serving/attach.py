@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+from effmon.core.redact import redact_text
 from effmon.plugins import Registry, load_registry
 from effmon.recording import (
     EXIT_ERROR,
@@ -57,7 +58,8 @@ def record_url(
     registry = load_registry()
     source = server_metrics_source(registry)
     sources = (*(options.sources or registry.live_sources()), source)
-    netloc = urlparse(url).netloc
+    parsed = urlparse(url)
+    netloc = f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)  # never the user info
     rec = Recording(
         "url",
         dataclasses.replace(options, sources=sources),
@@ -75,7 +77,7 @@ def record_url(
         if on_open is not None:
             on_open(rec)
         if not options.quiet:
-            print(f"effmon: recording {rec.path.name} from {target}; Ctrl-C to stop", file=sys.stderr)
+            print(f"effmon: recording {rec.path.name} from {redact_text(target)}; Ctrl-C to stop", file=sys.stderr)
         rec.start()
         started = time.monotonic()
         reason, code = f"stopped watching; the server at {netloc} goes on", 0

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from effmon.core.logpipe import RedactedLog
+from effmon.core.redact import redact_argv
 from effmon.plugins import EngineSpec, load_registry
 from effmon.recording import (
     EXIT_ERROR,
@@ -117,8 +119,11 @@ class Server:
     process: subprocess.Popen[Any]
     log_path: Path
     engine: EngineSpec
+    log: RedactedLog | None = None
 
     def died(self, what: str) -> RecordError:
+        if self.log is not None:
+            self.log.close(2.0)  # its last words are in the log before it is shown
         return RecordError(
             f"{what}: {diagnose(_tail(self.log_path, 40), self.engine)}.\n"
             f"--- end of the server log ({self.log_path}) ---\n{_tail(self.log_path)}",
@@ -128,6 +133,8 @@ class Server:
     def stop(self) -> None:
         """SIGTERM to the server's process group, then SIGKILL after a grace period."""
         if self.process.poll() is not None:
+            if self.log is not None:
+                self.log.close(2.0)
             return
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -137,6 +144,9 @@ class Server:
             self.process.wait(10)
         except ProcessLookupError:
             pass
+        finally:
+            if self.log is not None:
+                self.log.close(2.0)
 
 
 def _wait_healthy(server: Server, url: str, intr: Interrupts, timeout_s: float, say: Callable[[str], None]) -> bool:
@@ -231,22 +241,24 @@ def serve(
     with Interrupts() as intr, rec:
         rec.open()
         rec.start()  # the sampler watches the server's process tree as soon as it exists
-        log_path = rec.path.with_suffix(".log")
+        log = RedactedLog(rec.path.with_suffix(".log"))  # the server's output, redacted, beside the session
+        log_path = log.path
         rec.set_meta(output_log=str(log_path))
         env = dict(os.environ)
         if model_dir:
             env.setdefault("HF_HUB_OFFLINE", "1")
-        with open(log_path, "ab") as log:
-            try:
-                process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            except OSError as exc:
-                rec.finish("failed", f"could not start the server: {exc}")
-                raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_ERROR) from None
-        server = Server(process, log_path, engine)
+        try:
+            process = subprocess.Popen(argv, stdout=log.fd, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as exc:
+            log.close()
+            rec.finish("failed", f"could not start the server: {exc}")
+            raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_ERROR) from None
+        log.started()
+        server = Server(process, log_path, engine, log)
         rec.watch(process.pid)
         status, reason, code = "failed", "effmon serve stopped", EXIT_ERROR
         try:
-            say(f"effmon serve: starting {preset.name}: {' '.join(argv)}")
+            say(f"effmon serve: starting {preset.name}: {' '.join(redact_argv(argv))}")
             say(f"effmon serve: waiting until {preset.url}/health answers (log: {log_path})")
             if not _wait_healthy(server, preset.url, intr, timeout_s, say):
                 status, reason, code = "interrupted", "stopped by the user while the server started", EXIT_INTERRUPTED

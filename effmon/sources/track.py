@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from effmon.core.declare import Row
+from effmon.core.files import UnsafePath, chain_problem, open_owned
 from effmon.core.source import SourceInfo, SourceOptions
-from effmon.track import track_path
+from effmon.track import track_location, track_path
 
 STEP_FIELDS = ("step", "tokens", "samples", "loss", "lr", "grad_norm", "epoch", "comm_s", "phase")
 
@@ -24,7 +25,9 @@ class TrackSource:
 
     def __init__(self, options: SourceOptions):
         self.options = options
-        self._dirs: dict[int, str] = {}
+        self._dirs: dict[int, tuple[str, str, int]] = {}
+        self.refused: dict[str, str] = {}  # path -> why it is not read
+        self._notices: list[str] = []
         self.channels = {"events": 0.5}
         self.offsets: dict[str, int] = {}
         self.held: dict[str, dict[str, Any]] = {}  # the last step of each file waits for its log line
@@ -35,10 +38,16 @@ class TrackSource:
     def open(self) -> SourceInfo:
         return SourceInfo()
 
-    def _files(self) -> list[str]:
+    def _files(self) -> list[tuple[str, int]]:
+        """The track files to read, each with the uid that must own it; unsafe places are refused (once, as an
+        error notice), never read."""
         directory = self.options.extra.get("track_dir")  # set by effmon run once the session exists
         if directory:
-            return sorted(str(p) for p in Path(directory).glob("*.jsonl"))
+            problem = chain_problem(directory, None, os.geteuid())
+            if problem:
+                self._refuse(directory, f"refusing to read {problem}")
+                return []
+            return [(str(p), os.geteuid()) for p in sorted(Path(directory).glob("*.jsonl"))]
         import psutil
 
         pids: set[int] = set()
@@ -48,33 +57,65 @@ class TrackSource:
                 pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-        return [p for p in (track_path(pid, self._dir_of(pid)) for pid in sorted(pids)) if os.path.exists(p)]
+        files = []
+        for pid in sorted(pids):
+            base, folder, uid = self._location(pid)
+            path = track_path(pid, folder)
+            if not os.path.lexists(path):
+                continue
+            problem = chain_problem(folder, base, uid)
+            if problem:
+                self._refuse(path, f"refusing to read {path}: {problem}")
+                continue
+            files.append((path, uid))
+        return files
 
-    def _dir_of(self, pid: int) -> str | None:
-        """A process started by ``effmon run`` writes where its own EFFMON_TRACK_DIR says."""
+    def _location(self, pid: int) -> tuple[str, str, int]:
+        """Where a watched process writes (its EFFMON_TRACK_DIR, XDG_RUNTIME_DIR or TMPDIR, as its environment
+        says) and the uid that owns it."""
         if pid not in self._dirs:
             import psutil
 
+            environ: dict[str, str] | None = None
+            uid = os.geteuid()
             try:
-                self._dirs[pid] = psutil.Process(pid).environ().get("EFFMON_TRACK_DIR", "")
+                proc = psutil.Process(pid)
+                uid = proc.uids().effective
+                environ = proc.environ()
             except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
-                self._dirs[pid] = ""
-        return self._dirs[pid] or None
+                pass
+            base, folder = track_location(environ, uid)
+            self._dirs[pid] = (base, folder, uid)
+        return self._dirs[pid]
+
+    def _refuse(self, key: str, why: str) -> None:
+        if key not in self.refused:
+            self.refused[key] = why
+            self._notices.append(why + "; its steps are not recorded")
 
     def read(self, channel: str, now: float) -> list[Row]:
         rows: list[Row] = []
-        for path in self._files():
-            for event in self._new_events(path):
+        for path, uid in self._files():
+            for event in self._new_events(path, uid):
                 rows.extend(self._event(path, event))
         for path, ev in list(self.held.items()):
             if now - ev.get("t_end", now) > 2.0:  # no log line came for it: release it as it is
                 rows += self._release(path)
+        rows += [Row("notice", {"level": "error", "text": f"track: {text}"}) for text in self._notices]
+        self._notices.clear()
         return rows
 
-    def _new_events(self, path: str) -> list[dict[str, Any]]:
+    def _new_events(self, path: str, uid: int) -> list[dict[str, Any]]:
         offset = self.offsets.get(path, 0)
         try:
-            with open(path, "rb") as f:
+            fd = open_owned(path, uid)
+        except UnsafePath as exc:
+            self._refuse(path, str(exc))
+            return []
+        except OSError:
+            return []
+        try:
+            with os.fdopen(fd, "rb") as f:
                 f.seek(offset)
                 data = f.read()
         except OSError:

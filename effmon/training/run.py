@@ -8,12 +8,14 @@ own track directory, beside the session file.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from effmon.core.extras import need
+from effmon.core.files import private_dir
 from effmon.presets import Preset, PresetError, load
 from effmon.recording import EXIT_USAGE, Launch, RecordError, Recording, RecordOptions, command_slug, record_command
 
@@ -44,7 +46,7 @@ def run_training(
     def prepare(rec: Recording) -> Launch:
         opened.append(rec)
         track_dir = rec.path.with_suffix(".track")
-        track_dir.mkdir(exist_ok=True)
+        private_dir(track_dir)
         env = dict(os.environ, EFFMON_TRACK_DIR=str(track_dir))
         rec.source_options.extra["track_dir"] = str(track_dir)
         rec.registry.launch_env(env)
@@ -65,6 +67,9 @@ def run_training(
         on_child=on_child,
         capture_output=capture_output,
     )
+    if opened and not opened[0].write_error:
+        # every event is in the session now (redacted); the raw files the job wrote go (kept when writing failed)
+        shutil.rmtree(opened[0].path.with_suffix(".track"), ignore_errors=True)
     if opened and not opened[0].live.counts.get("train_step"):
         print(
             "effmon: no training steps were reported: the command never created a transformers Trainer and "

@@ -396,6 +396,7 @@ class EffmonApp(App[None]):
         """The report of the session so far: the same code as `effmon report` (HTML and EfficientLLM JSON)."""
         import json
 
+        from effmon.core.files import UnsafePath, private_dir, safe_write
         from effmon.core.store import SessionReader
         from effmon.metrics import ExactAggregation, MetricsError, Window, evaluate
         from effmon.report.formats import efficientllm
@@ -408,10 +409,9 @@ class EffmonApp(App[None]):
                 end = min(self.cursor, hi) if self.cursor is not None else hi
                 agg = ExactAggregation(reader)
                 summary = evaluate(reader, Window(lo, end, "so far", lo, hi), aggregation=agg)
-                out_dir = self.report_dir or self.view.path.parent.parent / "reports"
-                out_dir.mkdir(parents=True, exist_ok=True)
+                out_dir = private_dir(self.report_dir or self.view.path.parent.parent / "reports")
                 stem = out_dir / f"{self.view.path.stem}-{time.strftime('%H%M%S')}"
-                Path(f"{stem}.efficientllm.json").write_text(json.dumps(efficientllm(summary)) + "\n")
+                safe_write(f"{stem}.efficientllm.json", json.dumps(efficientllm(summary)) + "\n")
                 html_note = ""
                 try:
                     from effmon.report.document import write
@@ -422,7 +422,7 @@ class EffmonApp(App[None]):
             self.call_from_thread(
                 self.notify, visible(f"report written: {stem}.html / .efficientllm.json{html_note}"), markup=False
             )
-        except (MetricsError, OSError) as exc:
+        except (MetricsError, OSError, UnsafePath) as exc:
             self.call_from_thread(self.notify, visible(f"no report: {exc}"), severity="error", markup=False)
 
     async def action_quit(self) -> None:

@@ -105,11 +105,26 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return bounds[-2] if len(bounds) > 1 else None
 
 
+def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``http://user:password@host/metrics`` (a server behind a proxy with basic auth) as the URL without its
+    user info (what is stored and shown) and the Authorization header that carries it."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, {}
+    info, _, host = parts.netloc.rpartition("@")
+    user, _, password = info.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
+
+
 class VllmMetricsSource:
     name = "vllm_metrics"
 
     def __init__(self, options: SourceOptions):
-        self.url = str(options.extra.get("metrics_url") or "")
+        self.url, self.headers = _split_credentials(str(options.extra.get("metrics_url") or ""))
         self.window_s = float(options.extra.get("window_s", 60.0))
         self.wait_for_server = bool(options.extra.get("wait_for_server", False))
         self.channels = {"scrape": 1.0}
@@ -119,7 +134,7 @@ class VllmMetricsSource:
 
     def _fetch(self) -> str:
         try:
-            with urllib.request.urlopen(self.url, timeout=2.0) as resp:
+            with urllib.request.urlopen(urllib.request.Request(self.url, headers=self.headers), timeout=2.0) as resp:
                 return resp.read().decode("utf-8", errors="replace")
         except urllib.error.HTTPError as exc:
             raise ConnectionError(f"{self.url} answered HTTP {exc.code}") from None
