@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -34,12 +33,15 @@ from effmon.core.declare import CORE_ENTITIES, Row
 from effmon.core.energy import EnergyIntegrator
 from effmon.core.logpipe import RedactedLog
 from effmon.core.paths import sessions_dir
+from effmon.core.procs import Interrupts, die_with_parent, identity
 from effmon.core.redact import REDACTED, redact_argv, redact_env, redact_text
 from effmon.core.sampler import Sampler
 from effmon.core.store import SUFFIX, SessionExists, SessionWriter, StoreError, StoreFull
 from effmon.plugins import Registry, Source, SourceOptions, SourceUnavailable, load_registry
 
 FLUSH_EVERY_S = 0.5
+MAX_PENDING_ROWS = 20_000
+"""More rows than this waiting for the writer: the thread that adds them writes them (a bound on memory)."""
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -68,6 +70,8 @@ class RecordOptions:
     sources: tuple[str, ...] | None = None
     """Source names to use; None: every live source registered."""
     quiet: bool = False
+    hung_after_s: float = 10.0
+    """A read that has not returned after this long marks its channel hung (and the session says so)."""
 
 
 class LiveState:
@@ -136,6 +140,12 @@ class Recording:
         self._writer: SessionWriter | None = None
         self._pending = _Pending()
         self._lock = threading.Lock()
+        self._sink_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._hung: set[tuple[str, str]] = set()
+        self._hung_since: dict[str, float] = {}  # "source.channel" -> seconds from the start when reads stopped
+        self._hung_changed = False
+        self.started_at = 0.0
         self._key_cols: dict[str, tuple[str, ...]] = {}
         self._stop_flusher = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -168,6 +178,7 @@ class Recording:
         self._key_cols = {name: e.keys for name, e in entities.items()}
         self.clock = clock or RealClock()
         started = time.time() if isinstance(self.clock, RealClock) else self.clock.now()
+        self.started_at = started
         wanted = self.options.name or session_name(self.slug, time.time())
         meta = {
             "effmon_version": __version__,
@@ -193,7 +204,7 @@ class Recording:
             **self.meta,
         }
         self._writer = self._create(directory, wanted, entities.values(), meta)
-        self.sampler = Sampler(self.sources, self.sink, clock=self.clock)
+        self.sampler = Sampler(self.sources, self.sink, clock=self.clock, hung_after_s=self.options.hung_after_s)
         return self.path
 
     def _create(self, directory: Path, wanted: str, entities: Any, meta: dict[str, Any]) -> SessionWriter:
@@ -249,12 +260,19 @@ class Recording:
         if any(row.entity == "notice" for row in rows):
             for row in rows:
                 if row.entity == "notice":
-                    self.notice(str(row.values.get("level", "notice")), str(row.values.get("text", "")))
+                    text, t = str(row.values.get("text", "")), row.values.get("t")
+                    if t is not None and self.started_at:
+                        text += f" (at t+{t - self.started_at:.1f} s)"
+                    self.notice(str(row.values.get("level", "notice")), text)
             rows = [row for row in rows if row.entity != "notice"]
-        self.integrator.feed(rows)
-        with self._lock:
-            self._pending.rows.extend(rows)
-        self.live.update(rows, self._key_cols)
+        with self._sink_lock:  # each source samples on its own thread
+            self.integrator.feed(rows)
+            with self._lock:
+                self._pending.rows.extend(rows)
+                backlog = len(self._pending.rows)
+            self.live.update(rows, self._key_cols)
+        if backlog > MAX_PENDING_ROWS:
+            self.flush()  # a replay as fast as possible outruns the flusher: the producer writes, memory stays bounded
 
     add = sink
 
@@ -276,6 +294,11 @@ class Recording:
             print(f"effmon: {text}", file=sys.stderr)
 
     def flush(self) -> None:
+        """Write what is pending, in one transaction; batches are written in the order they were taken."""
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             batch, self._pending.rows = list(self._pending.rows), deque()
             notices, self._pending.notices = self._pending.notices, []
@@ -285,12 +308,52 @@ class Recording:
         for row in batch:
             if row.entity == "meta":  # a source adding to the session's metadata (model info, ranks)
                 meta.update(row.values)
+        status = self.sampler.status() if self.sampler else None
+        if status:
+            notices = notices + self._hung_notices(status)
+            if self._hung_changed:
+                meta["hung"] = dict(self._hung_since)
         try:
             if meta:
                 self._writer.set_meta(**meta)
-            self._write(batch, self.sampler.status() if self.sampler else None, notices)
+            self._write(batch, status, notices)
         except StoreError as exc:
             self._failed_write(exc)
+
+    def _hung_notices(self, status: list[dict[str, Any]]) -> list[tuple[float, str, str]]:
+        """A channel whose read stopped returning (a hung driver call), and one that came back: said once each."""
+        out: list[tuple[float, str, str]] = []
+        self._hung_changed = False
+        for st in status:
+            key = (st["source"], st["channel"])
+            if st["state"] == "hung" and key not in self._hung:
+                self._hung.add(key)
+                since = st.get("reading_since")
+                rel = since - self.started_at if since is not None else None
+                self._hung_since[f"{key[0]}.{key[1]}"] = rel if rel is not None else -1.0
+                at = f" at t+{rel:.1f} s" if rel is not None else ""
+                out.append(
+                    self._note(
+                        "error",
+                        f"{key[0]}.{key[1]}: a read has not returned since{at} (a hung "
+                        "driver or server?); its readings stop there, the other sources go on",
+                    )
+                )
+            elif st["state"] != "hung" and key in self._hung:
+                self._hung.discard(key)
+                self._hung_since.pop(f"{key[0]}.{key[1]}", None)
+                out.append(self._note("notice", f"{key[0]}.{key[1]}: reads return again"))
+            else:
+                continue
+            self._hung_changed = True
+        return out
+
+    def _note(self, level: str, text: str) -> tuple[float, str, str]:
+        entry = (time.time(), level, text)
+        self.notices.append(entry)
+        if not self.options.quiet or level == "error":
+            _say(f"effmon: {text}")
+        return entry
 
     def _write(self, batch: list[Row], status: Any, notices: Sequence[tuple[float, str, str]]) -> None:
         """One transaction; when the session is full, what still fits is written (halves, then quarters ...)."""
@@ -336,15 +399,14 @@ class Recording:
         if self._flusher is not None:
             self._flusher.join(10)
         self.flush()
-        for source in self.sources:
-            try:
-                source.close()
-            except Exception:
-                pass
+        self._close_sources()
         if self._writer is None:
             return
         if self.write_error:
             status, reason = "failed", self.write_error
+        elif self._hung:
+            stuck = ", ".join(f"{s}.{c}" for s, c in sorted(self._hung))
+            reason = f"{reason or status}; {stuck} stopped answering during the session (its readings end there)"
         try:
             self._writer.set_meta(
                 status=status,
@@ -358,6 +420,17 @@ class Recording:
         except StoreError as exc:
             print(f"effmon: could not write the session's end ({exc}); the samples are kept", file=sys.stderr)
         self._writer.close()
+
+    def _close_sources(self) -> None:
+        """Close each source, at most a few seconds each; one with a hung call is not touched (closing a driver
+        while a call of it hangs can hang too)."""
+        hung = {source for source, _ in self._hung}
+        for source in self.sources:
+            if source.name in hung:
+                continue
+            closer = threading.Thread(target=_quietly, args=(source.close,), name="effmon-close", daemon=True)
+            closer.start()
+            closer.join(5.0)
 
     def __enter__(self) -> Recording:
         return self
@@ -375,6 +448,21 @@ class Recording:
             f"See it with: effmon sessions show {self.path.name.removesuffix(SUFFIX)}",
             file=sys.stderr,
         )
+
+
+def _quietly(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+def _say(text: str) -> None:
+    """A message on stderr that never fails (the terminal may be gone)."""
+    try:
+        print(text, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
 
 
 def session_name(slug: str, when: float) -> str:
@@ -400,37 +488,6 @@ def command_slug(argv: Sequence[str]) -> str:
     return Path(argv[0]).name
 
 
-class Interrupts:
-    """Turns SIGINT, SIGTERM and SIGHUP into counted flags while recording, and restores the handlers."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.signals: list[int] = []
-        self.event = threading.Event()
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Interrupts:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        self.signals.append(signum)
-        self.event.set()
-
-    @property
-    def last_name(self) -> str:
-        return signal.Signals(self.signals[-1]).name if self.signals else "a signal"
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 @dataclass
 class Launch:
     """What a recorded command runs with, decided once the session exists (``effmon run`` puts the
@@ -453,9 +510,10 @@ def record_command(
     on_child: Callable[[subprocess.Popen[Any]], None] | None = None,
     capture_output: bool = False,
     registry: Registry | None = None,
+    interrupts: Interrupts | None = None,
 ) -> int:
     """Run ``argv`` (or what ``prepare`` decides once the session exists) and record until it exits;
-    returns its exit status."""
+    returns its exit status. ``interrupts``: the stop requests of a dashboard on the main thread."""
     import shutil
 
     if prepare is None and not argv:
@@ -465,7 +523,7 @@ def record_command(
         raise RecordError(f"command not found: {argv[0]}{hint}", EXIT_NOT_FOUND)
     meta = {"cwd": os.getcwd(), "env": redact_env(dict(os.environ)), **(meta or {})}
     rec = Recording(mode, options, slug=slug or command_slug(argv or ["command"]), meta=meta, registry=registry)
-    with Interrupts() as intr, rec:
+    with interrupts or Interrupts() as intr, rec:
         rec.open()
         if intr.count:  # stopped while effmon was starting: never start the command
             rec.finish("interrupted", f"stopped by {intr.last_name} before the command started", EXIT_INTERRUPTED)
@@ -507,8 +565,10 @@ def _start_child(
         child = subprocess.Popen(
             launch.argv,
             env=launch.env,
+            stdin=subprocess.DEVNULL if log else None,  # the dashboard reads the keyboard
             stdout=log.fd if log else None,
             stderr=subprocess.STDOUT if log else None,
+            preexec_fn=die_with_parent(),  # effmon killed: the job gets SIGTERM, never runs on unwatched
         )
     except OSError as exc:
         if log is not None:
@@ -517,6 +577,7 @@ def _start_child(
         raise RecordError(f"could not start {launch.argv[0]}: {exc.strerror or exc}", EXIT_NOT_FOUND) from None
     if log is not None:
         log.started()
+    rec.set_meta(launched={"pid": child.pid, "started": identity(child.pid)})
     return child, log
 
 
@@ -531,13 +592,17 @@ def _wait_for_child(child: subprocess.Popen[Any], intr: Interrupts) -> tuple[str
             if handled == 1:
                 status, reason = "interrupted", f"stopped by {intr.last_name}"
                 _forward(child, intr.signals[-1])
-                print("effmon: stopping; waiting for the command to exit (Ctrl-C again to kill it)", file=sys.stderr)
+                _say("effmon: stopping; waiting for the command to exit (Ctrl-C again to kill it)")
             else:
                 child.kill()
         try:
             child.wait(FLUSH_EVERY_S)
         except subprocess.TimeoutExpired:
             pass
+    if status == "complete" and child.returncode < 0 and -child.returncode in Interrupts.SIGNALS and not intr.count:
+        intr.event.wait(0.3)  # the terminal's signal (Ctrl-C, a hangup) reached the job first; effmon's is coming
+    if status == "complete" and intr.count:
+        status, reason = "interrupted", f"stopped by {intr.last_name}"
     if status == "complete" and child.returncode != 0:
         code = child.returncode
         status = "failed"
@@ -561,6 +626,7 @@ def record_pid(
     *,
     stop: threading.Event | None = None,
     on_open: Callable[[Recording], None] | None = None,
+    interrupts: Interrupts | None = None,
 ) -> int:
     """Watch a running process (and its children) until it exits, or until Ctrl-C or ``stop``."""
     import psutil
@@ -579,7 +645,7 @@ def record_pid(
     rec = Recording(
         "pid", options, watched=[pid], slug=f"pid{pid}-{name}", meta={"command": redact_argv(cmdline), "pid": pid}
     )
-    with Interrupts() as intr, rec:
+    with interrupts or Interrupts() as intr, rec:
         rec.open()
         if on_open is not None:
             on_open(rec)
@@ -624,6 +690,7 @@ def record_replay(
     slug: str | None = None,
     stop: threading.Event | None = None,
     on_open: Callable[[Recording], None] | None = None,
+    interrupts: Interrupts | None = None,
 ) -> int:
     """Play a trace file as a live machine into a new session."""
     from effmon.sources.replay import ReplaySource
@@ -645,7 +712,7 @@ def record_replay(
     )
     source = ReplaySource(rec.source_options, trace)
     clock = VirtualClock(source.start_time) if as_fast_as_possible else ScaledClock(source.start_time, speed)
-    with Interrupts() as intr, rec:
+    with interrupts or Interrupts() as intr, rec:
         rec.open(clock=clock, sources=[source])
         if on_open is not None:
             on_open(rec)
@@ -669,7 +736,8 @@ def record_replay(
         status, reason, code = "complete", "the trace ended", 0
         while not done.is_set():
             if intr.count or (stop is not None and stop.is_set()):
-                status, reason, code = "interrupted", "stopped by the user", EXIT_INTERRUPTED
+                why = f"stopped by {intr.last_name}" if intr.count else "stopped by the user"
+                status, reason, code = "interrupted", why, EXIT_INTERRUPTED
                 break
             done.wait(FLUSH_EVERY_S)
         sampler.stop_event.set()

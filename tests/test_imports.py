@@ -43,7 +43,12 @@ def test_the_in_process_tracker_is_stdlib_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     import json
 
-    assert set(json.loads(out.strip().splitlines()[-1])) == {"effmon", "effmon.track", "effmon.core", "effmon.core.files"}
+    assert set(json.loads(out.strip().splitlines()[-1])) == {
+        "effmon",
+        "effmon.track",
+        "effmon.core",
+        "effmon.core.files",
+    }
     bare = _loaded_after("pass")  # what the interpreter's site hooks load anyway (certifi, setuptools' hack ...)
     loaded = _loaded_after(code.rsplit("import sys, json", 1)[0]) - bare
     assert loaded <= set(sys.stdlib_module_names) | {"effmon"}, loaded - set(sys.stdlib_module_names)

@@ -87,6 +87,8 @@ def test_failed_and_cut_off_requests_are_counted_apart(server, tmp_path):
         "8",
         "--json",
         str(tmp_path / "s.json"),
+        "--max-failures",
+        "50%",  # the server fails a third of them on purpose
         env_home=home,
     )
     assert res.returncode == 0, res.stderr

@@ -9,6 +9,7 @@ GPU 1 plays a pre-Hopper GPU: no GPM, no energy counter. Every call is counted.
 from __future__ import annotations
 
 import bisect
+import threading
 import types
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +20,14 @@ import pynvml as real
 from tests.conftest import trace_lines
 
 
-def make(now: Callable[[], float], gpus: int = 2) -> types.ModuleType:
+def make(
+    now: Callable[[], float],
+    gpus: int = 2,
+    hang_after: float | None = None,
+    lose: tuple[int, float] | None = None,
+) -> types.ModuleType:
+    """``hang_after``: seconds after which every device call blocks (a hung driver; ``nv.release`` lets them
+    return). ``lose``: (GPU index, seconds) after which that GPU's calls fail with NVML_ERROR_GPU_IS_LOST."""
     rows = [x for x in trace_lines() if x["kind"] == "gpu"]
     times = [r["t"] for r in rows]
     t0 = times[0]
@@ -35,9 +43,12 @@ def make(now: Callable[[], float], gpus: int = 2) -> types.ModuleType:
         "c_nvmlGpmMetricsGet_t",
         "NVML_ERROR_NOT_SUPPORTED",
         "NVML_ERROR_NOT_FOUND",
+        "NVML_ERROR_GPU_IS_LOST",
     ):
         setattr(nv, name, getattr(real, name))
     nv.calls = calls  # type: ignore[attr-defined]
+    release = threading.Event()
+    nv.release = release  # type: ignore[attr-defined]
 
     def rec() -> dict[str, Any]:
         i = max(0, bisect.bisect_right(times, t0 + (now() - START[0])) - 1)
@@ -48,6 +59,12 @@ def make(now: Callable[[], float], gpus: int = 2) -> types.ModuleType:
     def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*a: Any) -> Any:
             calls[fn.__name__] += 1
+            device_call = fn.__name__.startswith("nvmlDevice") and a and isinstance(a[0], int)
+            elapsed = now() - START[0]
+            if device_call and hang_after is not None and elapsed >= hang_after:
+                release.wait()  # the driver stops answering
+            if device_call and lose is not None and a[0] == lose[0] and elapsed >= lose[1]:
+                raise real.NVMLError(real.NVML_ERROR_GPU_IS_LOST)
             return fn(*a)
 
         wrapper.__name__ = fn.__name__

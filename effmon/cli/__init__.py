@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from effmon.cli import record, serve, sessions
+from effmon.cli import control, record, serve, sessions
 from effmon.cli.common import Handler, err
 
 EPILOG = """\
@@ -30,7 +30,7 @@ examples:
 Sessions are stored in $EFFMON_HOME (default ~/.local/share/effmon).
 """
 
-GROUPS = (record, sessions, serve)
+GROUPS = (record, sessions, serve, control)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nNo GPU here? Try: effmon demo", file=sys.stderr)
             return 0
         args = parser.parse_args(["top"])
+    args.argv = argv  # effmon's own arguments (before --): --detach starts effmon again with them
     try:
         return int(_dispatch(handlers[args.cmd], args, command) or 0)
     except BrokenPipeError:

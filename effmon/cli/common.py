@@ -34,6 +34,18 @@ def positive(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A fraction: 0.05 or 5%."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share; use e.g. 0.05 or 5%") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share is between 0 and 1 (0% and 100%)")
+    return value
+
+
 def add_rate_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from effmon.cli.common import (
     positive,
     record_options,
 )
+from effmon.cli.control import announce, detach, detached, relaunch_args
 
 
 def register(sub: Any) -> dict[str, Handler]:
@@ -39,6 +39,12 @@ def register(sub: Any) -> dict[str, Handler]:
     rep = rec.add_argument_group("replay")
     rep.add_argument("--speed", type=positive, default=1.0, help="replay N times faster than real time (default: 1)")
     rep.add_argument("--as-fast-as-possible", action="store_true", help="replay without waiting")
+    rec.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background, without a terminal (survives an SSH drop); prints the session name: watch it with "
+        "effmon replay NAME, stop it with effmon stop NAME",
+    )
     add_rate_options(rec)
     rec.add_argument("command", nargs="*", help="the command to run, after --")
 
@@ -78,6 +84,12 @@ def register(sub: Any) -> dict[str, Handler]:
     run.add_argument("--preset", help="a bundled preset (see `effmon presets`) or a .toml file")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field")
     run.add_argument("--headless", action="store_true", help="record only, no dashboard")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background, without a terminal (survives an SSH drop); prints the session name: watch it with "
+        "effmon replay NAME, stop it with effmon stop NAME",
+    )
     add_rate_options(run)
     run.add_argument("command", nargs="*", help="the command to run, after --")
 
@@ -133,17 +145,23 @@ def cmd_record(args: argparse.Namespace, command: list[str]) -> int:
             "give one of: a command after --, --pid PID, or --replay TRACE (e.g. effmon record -- python train.py)",
             EXIT_USAGE,
         )
+    if args.detach and (args.pid is not None or args.replay):
+        raise RecordError("--detach runs a command in the background: effmon record --detach -- CMD", EXIT_USAGE)
     if args.pid is not None:
         return record_pid(args.pid, options)
     if args.replay:
         return record_replay(args.replay, options, speed=args.speed, as_fast_as_possible=args.as_fast_as_possible)
+    if args.detach:
+        return detach(relaunch_args(args, command), "the command")
+    if detached():
+        return record_command(command, options, capture_output=True, on_open=announce)
     return record_command(command, options)
 
 
-def _dashboard(path: Any, mode: str = "live", **kw: Any) -> None:
-    from effmon.tui.app import make_app
+def _dashboard(path: Any, mode: str = "live", interrupts: Any = None, **kw: Any) -> None:
+    from effmon.tui.app import make_app, run_dashboard
 
-    make_app(path, mode=mode, **kw).run()
+    run_dashboard(make_app(path, mode=mode, **kw), interrupts)
 
 
 def cmd_demo(args: argparse.Namespace, command: list[str]) -> int:
@@ -180,7 +198,7 @@ def cmd_demo(args: argparse.Namespace, command: list[str]) -> int:
         return err(str(exc), 2)
     stop = threading.Event()
 
-    def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None]) -> int:
+    def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None], intr: Any) -> int:
         return record_replay(
             trace,
             RecordOptions(name=args.name, quiet=True),
@@ -189,6 +207,7 @@ def cmd_demo(args: argparse.Namespace, command: list[str]) -> int:
             slug="demo-h100",
             stop=stop,
             on_open=on_open,
+            interrupts=intr,
         )
 
     code, path = _watch_in_dashboard(start, "the demo", stop, on_quit=stop.set)
@@ -203,42 +222,56 @@ def cmd_demo(args: argparse.Namespace, command: list[str]) -> int:
     return code
 
 
+Start = Callable[[Callable[[Any], None], Callable[[Any], None], Any], int]
+"""``start(on_open, on_child, interrupts)``: records (on the recording thread) and returns an exit status."""
+
+
 def _watch_in_dashboard(
-    start: Callable[[Callable[[Any], None], Callable[[Any], None]], int],
+    start: Start,
     what: str,
     stop: threading.Event | None = None,
     on_quit: Callable[[], None] | None = None,
 ) -> tuple[int, Any]:
-    """Record on a background thread (``start(on_open, on_child)`` returns an exit code) while the dashboard
-    runs here. With ``on_quit`` (attach, demo) quitting the dashboard ends the recording; without it (a
-    launched command) the recording goes on until the command ends, and Ctrl-C is passed on to it."""
-    opened = threading.Event()
+    """Record on a background thread while the dashboard runs here. With ``on_quit`` (attach, demo) quitting the
+    dashboard ends the recording; without it (a launched command) the recording goes on until the command ends.
+
+    One ``Interrupts`` serves both threads: Ctrl-C, SIGTERM or SIGHUP close the dashboard (the terminal is
+    restored) and reach the recording, which passes them on to the command and records why it ended. The wait
+    for the recording is an event, never a ``join`` that a Ctrl-C could cut short."""
+    from effmon.core.procs import Interrupts
+
+    opened, done = threading.Event(), threading.Event()
     holder: dict[str, Any] = {}
 
     def on_open(recording: Any) -> None:
         holder["path"] = recording.path
         opened.set()
 
-    def work() -> None:
-        try:
-            holder["code"] = start(on_open, lambda child: holder.update(child=child))
-        except Exception as exc:
-            holder["error"] = exc
-        finally:
-            opened.set()
+    with Interrupts() as intr:
 
-    thread = threading.Thread(target=work, name="effmon-record", daemon=True)
-    thread.start()
-    opened.wait()
-    if "path" not in holder:
-        error = holder.get("error")
-        return err(str(error), getattr(error, "code", 1)), None
-    _dashboard(holder["path"], on_quit=on_quit)
-    if on_quit is not None:
-        on_quit()
-        thread.join()
-    else:
-        _wait_for_command(thread, holder, what)
+        def work() -> None:
+            try:
+                holder["code"] = start(on_open, lambda child: holder.update(child=child), intr)
+            except Exception as exc:
+                holder["error"] = exc
+            finally:
+                opened.set()
+                done.set()
+
+        thread = threading.Thread(target=work, name="effmon-record", daemon=True)
+        thread.start()
+        opened.wait()
+        if "path" not in holder:
+            done.wait()
+            error = holder.get("error")
+            return err(str(error), getattr(error, "code", 1)), None
+        _dashboard(holder["path"], interrupts=intr, on_quit=on_quit)
+        if on_quit is not None:
+            on_quit()
+        elif not done.is_set() and not intr.count:
+            _say(f"effmon: {what} is still running; recording goes on until it ends (Ctrl-C to stop it)")
+        while not done.wait(0.5):
+            pass
     if "error" in holder:
         error = holder["error"]
         return err(str(error), getattr(error, "code", 1)), holder.get("path")
@@ -246,18 +279,12 @@ def _watch_in_dashboard(
     return int(holder.get("code", 0)), holder.get("path")
 
 
-def _wait_for_command(thread: threading.Thread, holder: dict[str, Any], what: str) -> None:
-    if thread.is_alive():
-        print(f"effmon: {what} is still running; recording goes on until it ends (Ctrl-C to stop it)", file=sys.stderr)
-    interrupts = 0
-    while thread.is_alive():
-        try:
-            thread.join(0.5)
-        except KeyboardInterrupt:
-            interrupts += 1
-            child = holder.get("child")
-            if child is not None:
-                child.send_signal(signal.SIGINT) if interrupts == 1 else child.kill()
+def _say(text: str) -> None:
+    """A message on stderr that never fails (the terminal may be gone after a hangup)."""
+    try:
+        print(text, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
 
 
 def _say_saved(path: Any) -> None:
@@ -266,10 +293,9 @@ def _say_saved(path: Any) -> None:
 
     e = entry(path)
     reason = e.meta.get("end_reason")
-    print(
+    _say(
         f"effmon: session {e.name} saved: {e.state}" + (f" ({reason})" if reason else "") + f"; see it with: "
-        f"effmon sessions show {e.name}",
-        file=sys.stderr,
+        f"effmon sessions show {e.name}"
     )
 
 
@@ -286,12 +312,18 @@ def cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     if not args.preset and args.set:
         raise RecordError("--set changes a preset's fields; with a command, pass its own arguments", EXIT_USAGE)
     preset = load_training_preset(args.preset, args.set) if args.preset else None
+    if args.detach:
+        return detach(relaunch_args(args, command), "the run")
+    if detached():
+        return run_training(command, preset, record_options(args), capture_output=True, on_open=announce)
     if args.headless or not interactive():
         return run_training(command, preset, record_options(args))
     options = record_options(args, quiet=True)
 
-    def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None]) -> int:
-        return run_training(command, preset, options, on_open=on_open, on_child=on_child, capture_output=True)
+    def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None], intr: Any) -> int:
+        return run_training(
+            command, preset, options, on_open=on_open, on_child=on_child, capture_output=True, interrupts=intr
+        )
 
     code, path = _watch_in_dashboard(start, "the command")
     if path is not None:
@@ -337,8 +369,8 @@ def cmd_attach(args: argparse.Namespace, command: list[str]) -> int:
             return record_url(args.url, options, window_s=args.window, duration_s=args.duration)
         stop = threading.Event()
 
-        def start_url(on_open: Callable[[Any], None], on_child: Callable[[Any], None]) -> int:
-            return record_url(args.url, options, window_s=args.window, stop=stop, on_open=on_open)
+        def start_url(on_open: Callable[[Any], None], on_child: Callable[[Any], None], intr: Any) -> int:
+            return record_url(args.url, options, window_s=args.window, stop=stop, on_open=on_open, interrupts=intr)
 
         return _watch_in_dashboard(start_url, args.url, stop, on_quit=stop.set)[0]
     if headless:
@@ -349,8 +381,8 @@ def cmd_attach(args: argparse.Namespace, command: list[str]) -> int:
         return err(f"no process with pid {args.pid}; check the pid (e.g. with `ps aux`)", 2)
     stop = threading.Event()
 
-    def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None]) -> int:
-        return record_pid(args.pid, options, stop=stop, on_open=on_open)
+    def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None], intr: Any) -> int:
+        return record_pid(args.pid, options, stop=stop, on_open=on_open, interrupts=intr)
 
     return _watch_in_dashboard(start, f"process {args.pid}", stop, on_quit=stop.set)[0]
 
@@ -359,6 +391,7 @@ def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
     bad = need_terminal("effmon top")
     if bad is not None:
         return bad
+    from effmon.core.procs import Interrupts
     from effmon.recording import Recording
 
     rec = Recording(
@@ -368,14 +401,17 @@ def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
         meta={"command": ["effmon", "top"]},
         extra={"busiest": 10},  # nothing is watched in top: show the busiest processes, as top does
     )
-    with rec:
+    with Interrupts() as intr, rec:
         path = rec.open()
         for _, _level, text in rec.notices:
             print(f"effmon: {text}", file=sys.stderr)
         rec.start()
-        _dashboard(path, refresh_s=args.refresh)
-        rec.finish("complete", "the dashboard was closed")
-    print(f"effmon: session {path.name.removesuffix('.effmon')} saved", file=sys.stderr)
+        _dashboard(path, interrupts=intr, refresh_s=args.refresh)
+        if intr.count:
+            rec.finish("interrupted", f"stopped by {intr.last_name}")
+        else:
+            rec.finish("complete", "the dashboard was closed")
+    _say(f"effmon: session {path.name.removesuffix('.effmon')} saved")
     return 0
 
 
@@ -384,7 +420,7 @@ def cmd_replay(args: argparse.Namespace, command: list[str]) -> int:
     if bad is not None:
         return bad
     from effmon.core.sessions import entry, resolve
-    from effmon.tui.app import make_app
+    from effmon.tui.app import make_app, run_dashboard
 
     path = resolve(args.session)
     e = entry(path)
@@ -397,5 +433,5 @@ def cmd_replay(args: argparse.Namespace, command: list[str]) -> int:
         lo, _ = app.view.time_range()
         if args.at is not None and lo is not None:
             app.cursor = lo + args.at
-    app.run()
+    run_dashboard(app)
     return 0

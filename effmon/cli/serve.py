@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from effmon.cli.common import Handler, err, formatter, interactive, positive
+from effmon.cli.common import Handler, err, formatter, interactive, positive, share
 
 
 def register(sub: Any) -> dict[str, Handler]:
@@ -34,6 +35,12 @@ def register(sub: Any) -> dict[str, Handler]:
         help="how long to wait for the server to become healthy (default: 600 s)",
     )
     srv.add_argument("--headless", action="store_true", help="no dashboard: serve until Ctrl-C")
+    srv.add_argument(
+        "--detach",
+        action="store_true",
+        help="serve in the background, without a terminal (survives an SSH drop); prints the session name: watch "
+        "it with effmon replay NAME, stop the server with effmon stop NAME",
+    )
     srv.add_argument("--load", action="store_true", help="drive the server with the load generator, then stop it")
     srv.add_argument("--concurrency", type=int, default=None, help="--load: requests in flight (default 8)")
     srv.add_argument("--rate", type=positive, help="--load: Poisson arrivals per second")
@@ -76,6 +83,13 @@ def register(sub: Any) -> dict[str, Handler]:
     ld.add_argument("--slo", help="goodput SLO, e.g. ttft=200ms,tpot=50ms")
     ld.add_argument("--timeout", type=positive, default=120.0, help="per-request timeout in s (default: 120)")
     ld.add_argument(
+        "--max-failures",
+        type=share,
+        default=0.1,
+        metavar="SHARE",
+        help="exit 1 when more than this share of requests fail, e.g. 0.05 or 5%% (default: 10%%)",
+    )
+    ld.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -114,13 +128,21 @@ def cmd_serve(args: argparse.Namespace, command: list[str]) -> int:
             slo_ttft_s=slo[0],
             slo_tpot_s=slo[1],
         )
+    from effmon.cli.control import announce, detach, detached, relaunch_args
+
+    if args.detach:
+        if args.load:
+            raise RecordError("--detach serves until effmon stop; load it with effmon load URL", EXIT_USAGE)
+        return detach(relaunch_args(args, command), f"the server of {preset.name}")
+    if detached():
+        return serve(preset, RecordOptions(name=args.name, quiet=True), timeout_s=args.timeout, on_open=announce)
     dashboard = None
     if not args.load and not args.headless and interactive():
 
-        def dashboard(path: Path) -> None:
-            from effmon.tui.app import make_app
+        def dashboard(path: Path, intr: Any) -> None:
+            from effmon.tui.app import make_app, run_dashboard
 
-            make_app(path, mode="live").run()
+            run_dashboard(make_app(path, mode="live"), intr)
 
     return serve(
         preset, RecordOptions(name=args.name, quiet=args.quiet), load=cfg, timeout_s=args.timeout, dashboard=dashboard
@@ -152,9 +174,10 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
     import asyncio
 
     from effmon.core.files import check_target, safe_write
+    from effmon.core.procs import Interrupts
     from effmon.core.redact import redact_obj, redact_text
     from effmon.recording import Recording, RecordOptions
-    from effmon.serving.load import LoadConfig, parse_slo, print_summary, request_row, run_load, summarize
+    from effmon.serving.load import LoadConfig, parse_slo, print_summary, request_row, run_load, summarize, verdict
 
     if args.json and args.json != "-":
         check_target(args.json, args.force)
@@ -186,6 +209,7 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
         slo_ttft_s=slo_ttft,
         slo_tpot_s=slo_tpot,
         timeout_s=args.timeout,
+        max_failures=args.max_failures,
     )
     rec = Recording(
         "load",
@@ -197,7 +221,7 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
             "load": {k: v for k, v in vars(cfg).items() if k != "prompts"},
         },
     )
-    with rec:
+    with Interrupts() as intr, rec:
         path = rec.open()
         rec.start()
         if not args.quiet:
@@ -205,22 +229,30 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
             until = f"{cfg.duration:g} s" if cfg.duration else f"{cfg.requests} requests"
             shown = redact_text(args.url)
             print(f"effmon load: {shown} ({args.endpoint}), {how}, {until}; recording {path.stem}", file=sys.stderr)
-        status = "complete"
-        try:
-            results, wall = asyncio.run(run_load(cfg, on_result=lambda r: rec.add([request_row(r)])))
-        except KeyboardInterrupt:
-            status, results, wall = "interrupted", [], 0.0
-        summary = redact_obj(summarize(results, wall, cfg))  # a server's error text may echo a key
+        results: list[Any] = []  # every finished request, whatever stops the load
+        started = time.perf_counter()
+        asyncio.run(
+            run_load(cfg, on_result=lambda r: rec.add([request_row(r)]), stop=lambda: intr.count > 0, results=results)
+        )
+        summary = redact_obj(summarize(results, time.perf_counter() - started, cfg))  # error texts may echo a key
         rec.set_meta(load_summary=summary)
-        rec.finish(status, "the load ended")
+        failed = verdict(summary)
+        if intr.count:
+            rec.finish("interrupted", f"stopped by {intr.last_name} after {len(results)} requests")
+        else:
+            rec.finish("failed" if failed else "complete", failed or "the load ended")
     if args.json == "-":
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
         print_summary(summary)
     if args.json and args.json != "-":
         safe_write(args.json, json.dumps(summary, indent=2) + "\n", args.force)
+    if intr.count:
+        return err(f"the load was stopped by {intr.last_name}; the {len(results)} requests that ended are kept", 130)
     if summary["succeeded"] == 0:
         return err(_no_success(summary, redact_text(args.url), args.endpoint, model), 1)
+    if failed:
+        return err(failed, 1)
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from effmon.cli.common import Handler, err, formatter
+from effmon.core.fmt import visible
 
 REPORT_FORMATS = ["table", "efficientllm", "efficientllm-pretrain", "json", "csv", "md", "html"]
 
@@ -27,6 +28,14 @@ def register(sub: Any) -> dict[str, Handler]:
     ses_sub = ses.add_subparsers(dest="sessions_cmd", metavar="ACTION")
     show = ses_sub.add_parser("show", help="one-screen summary of a session")
     show.add_argument("session", help="name, unique prefix, path, 'last' or 'last~N' (N before the newest)")
+    chk = ses_sub.add_parser(
+        "check",
+        help="check a session file: what can be read, what is lost (a damaged file)",
+        description="Read every row of a session file and say what cannot be read. Reports of a damaged session "
+        "use what can be read on their own; --salvage also writes that as a new session, NAME-salvaged.",
+    )
+    chk.add_argument("session")
+    chk.add_argument("--salvage", action="store_true", help="write what can be read into NAME-salvaged")
     path = ses_sub.add_parser("path", help="print the path of a session file")
     path.add_argument("session")
 
@@ -139,10 +148,8 @@ def _report_text(reader: Any, args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
-    from effmon.core.files import check_target, safe_write
+    from effmon.core.files import check_target
     from effmon.core.sessions import resolve
-    from effmon.core.store import SessionReader
-    from effmon.metrics import MetricsError
 
     if args.format in ("md", "html") and not args.output:
         return err(f"--format {args.format} writes a file: give -o report.{args.format}", 2)
@@ -152,7 +159,15 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
         need("report", f"effmon report --format {args.format} (its plots)")
     if args.output:
         check_target(args.output, args.force)  # a bad -o is said before the work, not after
-    with SessionReader(resolve(args.session)) as reader:
+    return int(readable(resolve(args.session), lambda path: _report(path, args)))
+
+
+def _report(path: Path, args: argparse.Namespace) -> int:
+    from effmon.core.files import safe_write
+    from effmon.core.store import SessionReader
+    from effmon.metrics import MetricsError
+
+    with SessionReader(path) as reader:
         name = reader.meta().get("name")
         try:
             if args.format in ("md", "html"):
@@ -176,6 +191,60 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
     return 0
 
 
+def readable(path: Path, fn: Any) -> Any:
+    """``fn(path)``; when the file turns out damaged, ``fn`` of a copy of what can be read (said on stderr,
+    and in the copy's notes)."""
+    import tempfile
+
+    from effmon.core.salvage import salvage
+    from effmon.core.store import StoreDamaged
+
+    try:
+        return fn(path)
+    except StoreDamaged:
+        pass
+    with tempfile.TemporaryDirectory(prefix=".effmon-salvage-", dir=path.parent) as tmp:
+        copy = Path(tmp) / path.name
+        result = salvage(path, copy)
+        if result.schema_error:
+            raise StoreDamaged(f"session {path.stem} is damaged: {result.schema_error}") from None
+        print(
+            f"effmon: session {path.stem} is damaged: using what can be read ({result.rows_lost} row(s) lost; "
+            f"details: effmon sessions check {path.stem})",
+            file=sys.stderr,
+        )
+        return fn(copy)
+
+
+def _check(path: Path, write_copy: bool) -> int:
+    from effmon.core.salvage import DERIVED, check, salvage
+
+    out = path.with_name(f"{path.stem}-salvaged{path.suffix}")
+    if write_copy and out.exists():
+        return err(f"{out} exists already; remove it first", 2)
+    result = salvage(path, out) if write_copy else check(path)
+    if result.schema_error:
+        return err(f"session {path.stem} is damaged: {result.schema_error}", 1)
+    state = "damaged" if result.damaged else "sound: every row reads"
+    print(f"session {path.stem}: {state}")
+    for problem in "\n".join(result.problems).splitlines()[:4]:
+        print(f"  sqlite: {visible(problem)}")
+    for t in result.tables:
+        lost = f", {t.rows_lost} unreadable" if t.rows_lost else ""
+        if t.rows_lost and t.name in DERIVED:
+            lost += " (packed again from the rows)"
+        error = f" ({visible(t.error)})" if t.error else ""
+        print(f"  {t.name:<16} {t.rows_read} rows read{lost}{error}")
+    if write_copy:
+        print(f"what can be read is in {out} (session {out.stem}); reports of it note the loss")
+    elif result.damaged:
+        print(
+            f"reports use what can be read (effmon report {path.stem}); a copy: effmon sessions check {path.stem} "
+            "--salvage"
+        )
+    return 1 if result.damaged else 0
+
+
 def _session_record(e: Any) -> dict[str, Any]:
     gpus = e.meta.get("gpus") or []
     return {
@@ -184,6 +253,7 @@ def _session_record(e: Any) -> dict[str, Any]:
         "started_at": e.meta.get("wall_started_at"),
         "duration_s": e.duration,
         "status": e.state if not e.error else "unreadable",
+        "left_behind_pid": e.left_behind,
         "exit_code": e.meta.get("exit_code"),
         "end_reason": e.meta.get("end_reason"),
         "gpus": [g.get("name") for g in gpus],
@@ -195,8 +265,11 @@ def _session_record(e: Any) -> dict[str, Any]:
 
 def _status_text(e: Any) -> str:
     if e.error:
-        return "unreadable"
+        return "starting" if "being created" in e.error else "damaged" if "damaged" in e.error else "unreadable"
     code = e.meta.get("exit_code")
+    left = e.left_behind
+    if left is not None:
+        return f"crashed: its job {left} still runs (effmon stop {e.name})"
     return e.state + (f" (exit {code})" if code is not None else "")
 
 
@@ -213,8 +286,10 @@ def cmd_sessions(args: argparse.Namespace, command: list[str]) -> int:
     if args.sessions_cmd == "show":
         from effmon.report.render import print_summary
 
-        print_summary(resolve(args.session))
+        readable(resolve(args.session), print_summary)
         return 0
+    if args.sessions_cmd == "check":
+        return _check(resolve(args.session), args.salvage)
     if args.sessions_cmd == "path":
         print(resolve(args.session))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from effmon.core.files import private_dir
@@ -30,9 +31,9 @@ def sessions_dir(create: bool = False) -> Path:
             if not home.exists():
                 private_dir(home)
             private_dir(path)
-            probe = path / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)  # its own name: starts may run at once
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
             raise HomeError(
                 f"cannot write sessions to {path} ({exc.strerror or exc}); "

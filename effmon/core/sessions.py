@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from effmon.core.paths import sessions_dir
+from effmon.core.procs import still_running
 from effmon.core.store import SUFFIX, SessionReader, StoreError
 
 
@@ -33,6 +34,14 @@ class SessionEntry:
         if status == "complete" and self.meta.get("detached"):
             return "complete (detached)"
         return str(status or "unknown")
+
+    @property
+    def left_behind(self) -> int | None:
+        """The pid of the job effmon launched, when its recorder crashed and the job still runs."""
+        launched = self.meta.get("launched") or {}
+        if self.state != "crashed" or not still_running(launched.get("pid"), launched.get("started")):
+            return None
+        return int(launched["pid"])
 
     @property
     def duration(self) -> float | None:

@@ -20,7 +20,8 @@ import os
 import sqlite3
 import threading
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +51,14 @@ class StoreFull(StoreError):
 
 class SessionExists(StoreError):
     pass
+
+
+class SessionStarting(StoreError):
+    """The file exists but its recorder has not written its first transaction yet."""
+
+
+class StoreDamaged(StoreError):
+    """Part of a session file cannot be read (a damaged page); ``salvage`` copies what can."""
 
 
 REDACTION = 1
@@ -117,14 +126,14 @@ class SessionWriter:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process; fsync at checkpoints
-        self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.max_bytes = max_bytes
         self.entities: dict[str, Entity] = {}
         self._inserts: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._chunks: dict[str, tuple[int, ...]] = {}  # entity -> positions of its chunk columns in a row tuple
         self._texts: dict[str, tuple[int, ...]] = {}  # entity -> positions of its TEXT columns (redacted)
-        with self._tx():
+        with self._tx():  # one transaction: a reader sees no session or a whole one (never half a header)
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self._db.execute("CREATE TABLE entities (name TEXT PRIMARY KEY, keys TEXT, span INTEGER, description TEXT)")
             self._db.execute(
@@ -244,6 +253,42 @@ class SessionWriter:
             self._db.close()
 
 
+def rebuild_chunks(path: Path, rows_per_chunk: int = 5000) -> list[str]:
+    """Make a session's columnar chunks agree with its wide rows again (after ``salvage`` kept rows whose chunk
+    was lost, or the reverse): for each series entity whose chunks hold another number of rows than its table,
+    the chunks are packed anew from the rows. Returns the entities rebuilt."""
+    with SessionReader(path) as reader:
+        entities = reader.entities()
+    db = sqlite3.connect(path, isolation_level=None)
+    rebuilt = []
+    try:
+        db.execute("BEGIN")
+        for entity in entities.values():
+            layout = chunk_layout(entity)
+            if layout is None:
+                continue
+            table = _table(entity.name)
+            in_rows = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            in_chunks = db.execute(
+                "SELECT coalesce(sum(n), 0) FROM chunks WHERE entity = ?", (entity.name,)
+            ).fetchone()[0]
+            if in_rows == in_chunks:
+                continue
+            db.execute("DELETE FROM chunks WHERE entity = ?", (entity.name,))
+            cur = db.execute(f"SELECT {', '.join(layout)} FROM {table} ORDER BY rowid")
+            while batch := cur.fetchmany(rows_per_chunk):
+                times = [v[0] for v in batch]
+                db.execute(
+                    "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                    (entity.name, min(times), max(times), len(batch), ",".join(layout), _pack(batch)),
+                )
+            rebuilt.append(entity.name)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return rebuilt
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -330,7 +375,10 @@ class SessionReader:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not an effmon session ({exc})") from None
         if app_id != APPLICATION_ID:
+            empty = app_id == 0 and not self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             self._db.close()
+            if empty:  # claimed a moment ago; its recorder is writing its first transaction
+                raise SessionStarting(f"session {self.path.stem} is being created; try again in a moment")
             raise StoreError(f"{self.path} is not an effmon session (it is some other SQLite file or data)")
         if version > SCHEMA_VERSION:
             self._db.close()
@@ -351,12 +399,26 @@ class SessionReader:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The connection, one thread at a time; a damaged file is a ``StoreDamaged`` that says what to do."""
         with self._lock:
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and "malformed" not in str(exc):
+                    raise
+                raise StoreDamaged(
+                    f"session {self.path.stem} is damaged ({exc}); see what can be read with: "
+                    f"effmon sessions check {self.path.stem}"
+                ) from None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._reading():
             return self._db.execute(sql, params).fetchall()
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self._lock:
+        with self._reading():
             row: tuple[Any, ...] | None = self._db.execute(sql, params).fetchone()
             return row
 
@@ -544,7 +606,7 @@ class SessionReader:
         if end_before is not None:
             sql += " AND t_end <= ?"
             params.append(end_before)
-        with self._lock:
+        with self._reading():
             cur = self._db.execute(sql + " ORDER BY rowid", params)
             names = [d[0] for d in cur.description][1:]
             rows = cur.fetchall()
@@ -578,7 +640,7 @@ class SessionReader:
         if not self.has(entity):
             return []
         op = ">=" if inclusive_start else ">"
-        with self._lock:
+        with self._reading():
             cur = self._db.execute(f"SELECT * FROM {_table(entity)} WHERE t <= ? AND t {op} ? ORDER BY t", (end, start))
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

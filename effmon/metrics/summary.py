@@ -99,6 +99,35 @@ def _without_gpu(reader: SessionReader, meta: dict[str, Any], w: Window, has_wor
     return f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed"
 
 
+def coverage_notes(meta: dict[str, Any], w: Window, gpus: list[GpuStats]) -> list[str]:
+    """The time each GPU's figures cover, when it is not the whole window: a GPU lost, a source that stopped
+    answering, readings that stop early."""
+    notes = []
+    damaged = meta.get("damaged") or {}
+    lost = sum((damaged or {}).get("rows_lost", {}).values())
+    if lost:
+        notes.append(
+            f"this session file is damaged: {lost} row(s) could not be read and are missing from every figure "
+            "(effmon sessions check NAME says where)"
+        )
+    for index, t in sorted((meta.get("lost_gpus") or {}).items()):
+        if t <= w.end:
+            notes.append(
+                f"GPU {index} was lost at t+{t - w.session_start:.1f} s: its memory, utilisation, power and energy "
+                "figures cover the window up to then"
+            )
+    for channel, rel in sorted((meta.get("hung") or {}).items()):
+        at = f" at t+{rel:.1f} s" if rel is not None and rel >= 0 else ""
+        notes.append(f"{channel} stopped answering{at}: its readings, and the figures made from them, end there")
+    for g in gpus:
+        if w.duration > 0 and g.energy_covered_s < 0.9 * w.duration:
+            notes.append(
+                f"GPU {g.index}: power readings cover {g.energy_covered_s:.1f} s of the {w.duration:.1f} s window; "
+                "AEC and energy are over that part"
+            )
+    return notes
+
+
 def evaluate(
     reader: SessionReader,
     window: Window | None = None,
@@ -124,6 +153,7 @@ def evaluate(
     server = server_stats(agg, w) if reader.has("serving") else None
     if not gpus:
         notes.append(_without_gpu(reader, meta, w, bool(steps.rows or requests.rows)))
+    notes += coverage_notes(meta, w, gpus)
     model = dict(meta.get("model") or {})
     if options.params:
         model["params"], model["source"] = options.params, "--params"

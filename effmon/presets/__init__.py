@@ -7,6 +7,7 @@ value converted to the field's type.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -49,6 +50,20 @@ SERVE_SCHEMA: dict[str, type] = {
 SCHEMAS: dict[str, dict[str, type]] = {"train": TRAIN_SCHEMA, "serve": SERVE_SCHEMA}
 TOP_SCHEMA: dict[str, type] = {"description": str, "kind": str, "train": dict, "serve": dict}
 METHODS = ("lora", "rslora", "dora", "pissa", "full")
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "port": (1, 65535),
+    "r": (1, None),
+    "alpha": (1, None),
+    "steps": (1, None),
+    "batch_size": (1, None),
+    "seq_len": (1, None),
+    "lr": (0, None),
+    "max_model_len": (1, None),
+    "gpu_memory_utilization": (0.01, 1.0),
+    "tensor_parallel_size": (1, None),
+    "bits": (1, 64),
+}
+"""Numbers a preset field may hold (and every float must be finite)."""
 
 
 class PresetError(Exception):
@@ -139,9 +154,18 @@ def find(name: str) -> Path:
     return presets[name]
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PresetError(f"{path}: not a text file (a preset is TOML, e.g. {bundled()['lora-tiny']})") from None
+    except OSError as exc:
+        raise PresetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def load(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
     path = find(name)
-    text = path.read_text(encoding="utf-8")
+    text = _text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -187,6 +211,12 @@ def _check(key: str, value: Any, where: str, schema: dict[str, type] = TRAIN_SCH
         raise PresetError(f"{where}: {key!r} must be {typ.__name__}, got {value!r} ({type(value).__name__})")
     if key == "method" and value not in METHODS:
         raise PresetError(f"{where}: method {value!r} is not one of {', '.join(METHODS)}")
+    low, high = RANGES.get(key, (None, None))
+    if isinstance(value, (int, float)) and not (
+        math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
+    ):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}" if low is not None else "finite"
+        raise PresetError(f"{where}: {key} must be {bounds}, got {value!r}")
     if key == "engine":
         engine(value, where)
 

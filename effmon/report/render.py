@@ -200,3 +200,9 @@ def print_summary(path: Path) -> None:
                 "yellow",
             )
         )
+        if e.left_behind is not None:
+            console.print(
+                literal(
+                    f"the job it launched (pid {e.left_behind}) still runs: stop it with effmon stop {e.name}", "red"
+                )
+            )

@@ -52,6 +52,7 @@ def record_url(
     duration_s: float | None = None,
     stop: threading.Event | None = None,
     on_open: Callable[[Recording], None] | None = None,
+    interrupts: Interrupts | None = None,
 ) -> int:
     """Watch a serving engine through its metrics, beside this machine, until Ctrl-C, ``stop`` or ``duration_s``."""
     target = metrics_url(url)
@@ -68,7 +69,7 @@ def record_url(
         registry=registry,
         extra={"metrics_url": target, "window_s": window_s},
     )
-    with Interrupts() as intr, rec:
+    with interrupts or Interrupts() as intr, rec:
         rec.open()
         if source not in [s.name for s in rec.sources]:
             why = next((text for _, _, text in rec.notices if text.startswith(source)), "")

@@ -43,6 +43,8 @@ class LoadConfig:
     slo_tpot_s: float | None = None
     timeout_s: float = 120.0
     seed: int = 0
+    max_failures: float = 0.1
+    """The share of failed requests above which the load counts as failed (``--max-failures``)."""
 
 
 @dataclass
@@ -103,6 +105,19 @@ class StreamError(Exception):
     """A streamed response that is not what an OpenAI-compatible server sends."""
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise StreamError(f"{what} that is not a JSON object: {str(value)[:200]}")
+    return value
+
+
+def _count(usage: dict[str, Any], key: str) -> int:
+    value = usage[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+        raise StreamError(f"usage.{key} is not a token count: {str(value)[:100]}")
+    return int(value)
+
+
 def _request(cfg: LoadConfig, prompt: str) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any]
     if cfg.endpoint == "chat":
@@ -143,26 +158,36 @@ class _Stream:
             chunk = json.loads(data)
         except ValueError:
             raise StreamError(data[:200].decode(errors="replace")) from None
-        self._chunk(chunk, now)
+        self._chunk(_object(chunk, "a chunk"), now)
         return False
 
     def _chunk(self, chunk: Any, now: float) -> None:
-        if not isinstance(chunk, dict):
-            raise StreamError(f"a chunk that is not a JSON object: {str(chunk)[:200]}")
+        """One JSON chunk. Anything not shaped as the OpenAI stream is (a non-object choice, delta or usage, a
+        token count that is not a number) fails this request with what was wrong, never the load."""
         res = self.res
-        if res.response_id is None:
-            res.response_id = chunk.get("id")
-        usage = chunk.get("usage")
-        if usage:
-            if usage.get("completion_tokens") is not None:
-                res.output_tokens, res.tokens_from_usage = int(usage["completion_tokens"]), True
-            res.prompt_tokens = usage.get("prompt_tokens")
-        for choice in chunk.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content") if self.endpoint == "chat" else choice.get("text")
+        if res.response_id is None and isinstance(chunk.get("id"), str):
+            res.response_id = chunk["id"]
+        if chunk.get("usage"):
+            self._usage(_object(chunk["usage"], "usage"))
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise StreamError(f"choices that are not a list: {str(choices)[:200]}")
+        for choice in map(lambda c: _object(c, "a choice"), choices):
+            text = (
+                _object(choice.get("delta") or {}, "a delta").get("content")
+                if self.endpoint == "chat"
+                else choice.get("text")
+            )
             if text:
                 self._content(now)
             if choice.get("finish_reason"):
                 self.finished = True
+
+    def _usage(self, usage: dict[str, Any]) -> None:
+        if usage.get("completion_tokens") is not None:
+            self.res.output_tokens, self.res.tokens_from_usage = _count(usage, "completion_tokens"), True
+        if usage.get("prompt_tokens") is not None:
+            self.res.prompt_tokens = _count(usage, "prompt_tokens")
 
     def _content(self, now: float) -> None:
         res = self.res
@@ -174,7 +199,14 @@ class _Stream:
         res.chunks += 1
 
 
+MAX_LINE = 512 * 1024
+"""The longest streamed line read (aiohttp reads a line up to twice its buffer size); a longer one fails its
+request (bad_stream), never the load."""
+
+
 async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
+    """One request, whatever happens: an error is a kind and a detail on its result, never an exception (a
+    Ctrl-C cancels it: ``cancelled``)."""
     import aiohttp
 
     url, body = _request(cfg, prompt)
@@ -184,23 +216,17 @@ async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
     try:
         async with session.post(url, json=body) as resp:
             if resp.status >= 400:
-                res.error, res.detail = f"http_{resp.status}", (await resp.text())[:200]
+                res.error, res.detail = f"http_{resp.status}", (await resp.text(errors="replace"))[:200]
                 return res
             async for raw in resp.content:
                 if stream.feed(raw, time.perf_counter()):
                     break
             if not stream.finished:
                 res.error = "cut_off"  # the stream ended before the server said it was done
-    except StreamError as exc:
-        res.error, res.detail = "bad_stream", str(exc)
-    except asyncio.TimeoutError:
-        res.error = "timeout"
-    except aiohttp.ClientConnectorError as exc:
-        res.error, res.detail = "connect", str(exc)
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-        res.error, res.detail = "cut_off", str(exc)
-    except aiohttp.ClientError as exc:
-        res.error, res.detail = "client_error", str(exc)
+    except (StreamError, asyncio.CancelledError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        res.error, res.detail = _failure(exc)
+    except Exception as exc:  # anything else a server can make a client library raise (LineTooLong ...)
+        res.error, res.detail = _failure(exc)
     finally:
         res.t_end = start_wall + (time.perf_counter() - start)
     if res.ok and res.ttft_s is None:
@@ -208,6 +234,49 @@ async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
     if res.ok and not res.tokens_from_usage:
         res.output_tokens = res.chunks
     return res
+
+
+def _failure(exc: BaseException) -> tuple[str, str | None]:
+    """The kind (and detail) of a request's failure."""
+    import aiohttp
+
+    kinds: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+        (StreamError, "bad_stream"),
+        (asyncio.CancelledError, "cancelled"),
+        (asyncio.TimeoutError, "timeout"),
+        (aiohttp.ClientConnectorError, "connect"),
+        ((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError), "cut_off"),
+        (aiohttp.ClientError, "client_error"),
+    ]
+    for types, kind in kinds:
+        if isinstance(exc, types):
+            detail = {"cancelled": "the load was stopped while this request ran", "timeout": None}.get(kind, str(exc))
+            return kind, detail
+    if isinstance(exc, ValueError) or type(exc).__name__ == "LineTooLong":
+        return "bad_stream", f"a streamed line over {MAX_LINE // 1024} KiB ({type(exc).__name__})"
+    return "client_error", f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+RETRYABLE = ("connect", "timeout", "cut_off", "client_error")
+"""Errors after which the next request waits (the server may be down or overloaded); http_5xx too."""
+
+
+class Backoff:
+    """Waits between requests while they fail the way a down or overloaded server fails: 50 ms, doubling to 2 s;
+    one success ends it."""
+
+    FIRST_S, MAX_S = 0.05, 2.0
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def record(self, res: RequestResult) -> None:
+        failing = res.error in RETRYABLE or (res.error or "").startswith("http_5")
+        self.delay = min(self.MAX_S, max(self.FIRST_S, self.delay * 2)) if failing else 0.0
+
+    async def wait(self) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
 
 
 class DiscoveryError(Exception):
@@ -255,55 +324,98 @@ def discover_model(url: str, endpoint: str = "chat", timeout_s: float = 30.0) ->
 
 
 async def run_load(
-    cfg: LoadConfig, on_result: Callable[[RequestResult], None] | None = None, stop: Callable[[], bool] | None = None
+    cfg: LoadConfig,
+    on_result: Callable[[RequestResult], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    results: list[RequestResult] | None = None,
 ) -> tuple[list[RequestResult], float]:
-    """Run the load; returns the results and the wall time it took."""
-    import aiohttp
+    """Run the load; returns the results and the wall time it took. Finished requests go into ``results`` (the
+    caller's list, kept whatever ends the load) as they finish. When ``stop()`` turns true, no request starts
+    and those in flight are cancelled (``cancelled``, kept apart from the failures)."""
+    run = _LoadRun(cfg, on_result, stop or (lambda: False), [] if results is None else results)
+    await run.run()
+    return run.results, time.perf_counter() - run.started
 
-    rng = random.Random(cfg.seed)
-    prompts = cfg.prompts or [make_prompt(rng, cfg.prompt_tokens) for _ in range(64)]
-    results: list[RequestResult] = []
-    started = time.perf_counter()
-    issued = 0
 
-    def more() -> bool:
-        if stop is not None and stop():
+class _LoadRun:
+    def __init__(
+        self,
+        cfg: LoadConfig,
+        on_result: Callable[[RequestResult], None] | None,
+        stop: Callable[[], bool],
+        results: list[RequestResult],
+    ):
+        self.cfg, self.on_result, self.stop, self.results = cfg, on_result, stop, results
+        self.rng = random.Random(cfg.seed)
+        self.prompts = cfg.prompts or [make_prompt(self.rng, cfg.prompt_tokens) for _ in range(64)]
+        self.started = time.perf_counter()
+        self.issued = 0
+        self.backoff = Backoff()
+        self.inflight: set[asyncio.Task[RequestResult]] = set()
+
+    def more(self) -> bool:
+        cfg = self.cfg
+        if self.stop() or (cfg.requests is not None and self.issued >= cfg.requests):
             return False
-        if cfg.requests is not None and issued >= cfg.requests:
-            return False
-        return not (cfg.duration is not None and time.perf_counter() - started >= cfg.duration)
+        return not (cfg.duration is not None and time.perf_counter() - self.started >= cfg.duration)
 
-    def done(res: RequestResult) -> None:
-        results.append(res)
-        if on_result is not None:
-            on_result(res)
+    def next_prompt(self) -> str:
+        self.issued += 1
+        return self.prompts[self.issued % len(self.prompts)]
 
-    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        if cfg.rate is None:
+    async def request(self, session: Any, prompt: str) -> None:
+        task = asyncio.create_task(_one(session, self.cfg, prompt))
+        self.inflight.add(task)
+        try:
+            res = await task
+        finally:
+            self.inflight.discard(task)
+        self.backoff.record(res)
+        self.results.append(res)
+        if self.on_result is not None:
+            self.on_result(res)
 
-            async def worker() -> None:
-                nonlocal issued
-                while more():
-                    issued += 1
-                    done(await _one(session, cfg, prompts[issued % len(prompts)]))
+    async def cancel_when_stopped(self) -> None:
+        while not self.stop():
+            await asyncio.sleep(0.1)
+        for task in list(self.inflight):
+            task.cancel()
 
-            await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
-        else:
-            limit = asyncio.Semaphore(cfg.concurrency if cfg.concurrency > 0 else 1_000_000)
-            tasks = []
+    async def run(self) -> None:
+        import aiohttp
 
-            async def bounded(prompt: str) -> None:
-                async with limit:
-                    done(await _one(session, cfg, prompt))
+        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector, read_bufsize=MAX_LINE // 2) as session:
+            watcher = asyncio.create_task(self.cancel_when_stopped())
+            await (self.closed_loop(session) if self.cfg.rate is None else self.open_loop(session, self.cfg.rate))
+            watcher.cancel()
 
-            while more():
-                issued += 1
-                tasks.append(asyncio.create_task(bounded(prompts[issued % len(prompts)])))
-                await asyncio.sleep(rng.expovariate(cfg.rate))
-            await asyncio.gather(*tasks)
-    return results, time.perf_counter() - started
+    async def closed_loop(self, session: Any) -> None:
+        """``concurrency`` workers, each sending its next request when the last one ends."""
+
+        async def worker() -> None:
+            while self.more():
+                await self.backoff.wait()
+                if self.more():
+                    await self.request(session, self.next_prompt())
+
+        await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
+
+    async def open_loop(self, session: Any, rate: float) -> None:
+        """Poisson arrivals at ``rate``, at most ``concurrency`` in flight."""
+        limit = asyncio.Semaphore(self.cfg.concurrency if self.cfg.concurrency > 0 else 1_000_000)
+        tasks = []
+
+        async def bounded(prompt: str) -> None:
+            async with limit:
+                if not self.stop():
+                    await self.request(session, prompt)
+
+        while self.more():
+            tasks.append(asyncio.create_task(bounded(self.next_prompt())))
+            await asyncio.sleep(self.rng.expovariate(rate) + self.backoff.delay)
+        await asyncio.gather(*tasks)
 
 
 def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> dict[str, Any]:
@@ -325,11 +437,16 @@ def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> d
         if (cfg.slo_ttft_s is None or (r.ttft_s or 0) <= cfg.slo_ttft_s)
         and (cfg.slo_tpot_s is None or (r.tpot_s is not None and r.tpot_s <= cfg.slo_tpot_s))
     ]
-    errors = Counter(r.error for r in results if not r.ok)
+    errors = Counter(r.error for r in results if not r.ok and r.error != "cancelled")
+    cancelled = sum(r.error == "cancelled" for r in results)
+    finished = len(results) - cancelled
     return {
         "requests": len(results),
         "succeeded": len(ok),
-        "failed": len(results) - len(ok),
+        "failed": finished - len(ok),
+        "cancelled": cancelled,
+        "failure_share": (finished - len(ok)) / finished if finished else None,
+        "max_failures": cfg.max_failures,
         "errors": dict(errors),
         "wall_s": wall_s,
         "request_throughput": len(ok) / wall_s if wall_s else None,
@@ -349,7 +466,9 @@ def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> d
             "requests": len(good),
             "requests_per_s": len(good) / wall_s if wall_s else None,
         },
-        "first_error": next((f"{r.error}: {r.detail}" for r in results if not r.ok and r.detail), None),
+        "first_error": next(
+            (f"{r.error}: {r.detail}" for r in results if not r.ok and r.detail and r.error != "cancelled"), None
+        ),
     }
 
 
@@ -411,3 +530,19 @@ def print_summary(s: dict[str, Any]) -> None:
             + ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items()))
             + "[/]"
         )
+    if s.get("cancelled"):
+        console.print(f"[yellow]cancelled when the load was stopped: {s['cancelled']} (not counted as failed)[/]")
+
+
+def verdict(s: dict[str, Any]) -> str | None:
+    """Why the load as a whole failed (None when it did not): no success, or more failures than allowed."""
+    if s["succeeded"] == 0 and s["requests"] - s.get("cancelled", 0) > 0:
+        return "no request succeeded"
+    share = s.get("failure_share")
+    if share is not None and share > s.get("max_failures", 1.0):
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items()))
+        return (
+            f"{s['failed']} of {s['failed'] + s['succeeded']} requests failed ({share:.0%}, more than --max-failures "
+            f"{s['max_failures']:.0%}): {kinds}"
+        )
+    return None

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from effmon.core.logpipe import RedactedLog
-from effmon.core.redact import redact_argv
+from effmon.core.procs import die_with_parent, identity
+from effmon.core.redact import redact_argv, redact_obj
 from effmon.plugins import EngineSpec, load_registry
 from effmon.recording import (
     EXIT_ERROR,
@@ -32,7 +33,7 @@ from effmon.recording import (
     RecordOptions,
 )
 from effmon.serving.attach import server_metrics_source
-from effmon.serving.load import LoadConfig, print_summary, request_row, run_load, summarize
+from effmon.serving.load import LoadConfig, RequestResult, print_summary, request_row, run_load, summarize, verdict
 
 GRACE_S = 15.0
 
@@ -173,23 +174,27 @@ def _wait_healthy(server: Server, url: str, intr: Interrupts, timeout_s: float, 
 
 
 def _drive_load(rec: Recording, server: Server, cfg: LoadConfig, intr: Interrupts) -> tuple[str, str, int]:
-    results, wall = asyncio.run(
+    results: list[RequestResult] = []  # every finished request, whatever stops the load
+    started = time.perf_counter()
+    asyncio.run(
         run_load(
             cfg,
             on_result=lambda r: rec.add([request_row(r)]),
             stop=lambda: intr.count > 0 or server.process.poll() is not None,
+            results=results,
         )
     )
-    summary = summarize(results, wall, cfg)
+    summary = redact_obj(summarize(results, time.perf_counter() - started, cfg))
     rec.set_meta(load_summary=summary)
     print_summary(summary)
     if server.process.poll() is not None:
         raise server.died(f"the server died under load (status {server.process.returncode})")
     if intr.count:
-        return "interrupted", "stopped by the user", EXIT_INTERRUPTED
-    if summary["succeeded"] == 0:
-        print(f"effmon: error: no request succeeded ({summary['first_error']})", file=sys.stderr)
-        return "failed", "no request succeeded", EXIT_ERROR
+        return "interrupted", f"stopped by {intr.last_name} after {len(results)} requests", EXIT_INTERRUPTED
+    failed = verdict(summary)
+    if failed:
+        print(f"effmon: error: {failed} ({summary['first_error']})", file=sys.stderr)
+        return "failed", failed, EXIT_ERROR
     return "complete", "the load finished", 0
 
 
@@ -201,7 +206,7 @@ def _serve_until_stopped(server: Server, intr: Interrupts, say: Callable[[str], 
         reason = f"the server exited (status {server.process.returncode})"
         print(f"effmon: error: {server.died(reason)}", file=sys.stderr)
         return "failed", reason, EXIT_ERROR
-    return "interrupted", "stopped by the user", EXIT_INTERRUPTED
+    return "interrupted", f"stopped by {intr.last_name}", EXIT_INTERRUPTED
 
 
 def serve(
@@ -210,7 +215,8 @@ def serve(
     *,
     load: LoadConfig | None = None,
     timeout_s: float = 600.0,
-    dashboard: Callable[[Path], None] | None = None,
+    dashboard: Callable[[Path, Interrupts], None] | None = None,
+    on_open: Callable[[Recording], None] | None = None,
 ) -> int:
     """Launch, watch (``dashboard``, a load, or until Ctrl-C), stop; returns the exit status."""
     if preset.kind != "serve":
@@ -248,12 +254,21 @@ def serve(
         if model_dir:
             env.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            process = subprocess.Popen(argv, stdout=log.fd, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log.fd,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: stopped as a whole
+                preexec_fn=die_with_parent(),  # effmon killed: the server gets SIGTERM, never holds the port on
+            )
         except OSError as exc:
             log.close()
             rec.finish("failed", f"could not start the server: {exc}")
             raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_ERROR) from None
         log.started()
+        rec.set_meta(launched={"pid": process.pid, "started": identity(process.pid)})
         server = Server(process, log_path, engine, log)
         rec.watch(process.pid)
         status, reason, code = "failed", "effmon serve stopped", EXIT_ERROR
@@ -267,13 +282,18 @@ def serve(
                 rec.sampler.retry_now(sources[-1])
             model_id = model_dir or str(f.get("model"))
             say(f"effmon serve: ready: effmon load {preset.url} --model {model_id}")
+            if on_open is not None:
+                on_open(rec)
             if load is not None:
                 load.url = preset.url
                 load.model = load.model if load.model != "default" else model_id
                 status, reason, code = _drive_load(rec, server, load, intr)
             elif dashboard is not None:
-                dashboard(rec.path)
-                status, reason, code = "complete", "the dashboard was closed", 0
+                dashboard(rec.path, intr)
+                if intr.count:
+                    status, reason, code = "interrupted", f"stopped by {intr.last_name}", EXIT_INTERRUPTED
+                else:
+                    status, reason, code = "complete", "the dashboard was closed", 0
             else:
                 status, reason, code = _serve_until_stopped(server, intr, say)
             return code

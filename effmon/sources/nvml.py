@@ -39,6 +39,7 @@ class _Gpu:
         self.gpm_samples: list[Any] = []
         self.gpm_have_prev = False
         self.proc_util_ts = 0
+        self.lost_at: float | None = None
 
 
 class NvmlSource:
@@ -54,6 +55,7 @@ class NvmlSource:
         }
         self.gpus: list[_Gpu] = []
         self.nv: Any = None
+        self._said: list[Row] = []  # notices and metadata about lost GPUs, sent with the next read
 
     def open(self) -> SourceInfo:
         try:
@@ -142,20 +144,46 @@ class NvmlSource:
         return lambda: fn(h)
 
     def read(self, channel: str, now: float) -> list[Row]:
-        if channel == "fast":
-            return [self._fast(gpu, now) for gpu in self.gpus]
-        if channel == "energy":
-            return self._energy(now)
-        if channel == "procs":
-            return self._procs(now)
-        return self._gpm(now)
+        """One channel over every GPU still here. A GPU the driver reports lost (fallen off the bus, XID 79) is
+        said once, kept in the session's metadata, and read no more; the other GPUs go on."""
+        reader = {"fast": self._fast, "energy": self._energy, "procs": self._procs, "gpm": self._gpm}[channel]
+        rows: list[Row] = []
+        for gpu in self.gpus:
+            if gpu.lost_at is not None:
+                continue
+            try:
+                rows.extend(reader(gpu, now))
+            except self.nv.NVMLError as exc:
+                if not self._lost(gpu, exc, now):
+                    raise
+        said, self._said = self._said, []
+        return rows + said
 
-    def _fast(self, gpu: _Gpu, now: float) -> Row:
+    def _lost(self, gpu: _Gpu, exc: Exception, now: float) -> bool:
+        if getattr(exc, "value", None) != getattr(self.nv, "NVML_ERROR_GPU_IS_LOST", 15):
+            return False
+        gpu.lost_at = now
+        self._said.append(
+            Row(
+                "notice",
+                {
+                    "level": "error",
+                    "t": now,
+                    "text": f"GPU {gpu.index} lost ({exc}): its readings stop here; the other GPUs go on",
+                },
+            )
+        )
+        self._said.append(Row("meta", {"lost_gpus": {str(g.index): g.lost_at for g in self.gpus if g.lost_at}}))
+        return True
+
+    def _fast(self, gpu: _Gpu, now: float) -> list[Row]:
         values: dict[str, Any] = {"t": now, "gpu": gpu.index, "power_limit_w": gpu.power_limit_w}
         for name, fn in gpu.gauges:
             try:
                 result = fn()
-            except self.nv.NVMLError:
+            except self.nv.NVMLError as exc:
+                if self._lost(gpu, exc, now):
+                    return []
                 continue  # a passing failure reads N/A for this tick
             if name == "mem":
                 values["mem_used_bytes"], values["mem_total_bytes"] = result.used, result.total
@@ -163,70 +191,67 @@ class NvmlSource:
                 values["util_gpu_pct"], values["util_mem_pct"] = result.gpu, result.memory
             else:
                 values[name] = result
-        return Row("gpu", values)
+        return [Row("gpu", values)]
 
-    def _energy(self, now: float) -> list[Row]:
-        rows = []
-        for gpu in self.gpus:
-            counter = None
-            if gpu.energy:
-                counter = self.nv.nvmlDeviceGetTotalEnergyConsumption(gpu.handle) / 1000.0
-            rows.append(Row("gpu_energy", {"t": now, "gpu": gpu.index, "energy_counter_j": counter}))
-            gpu.power_limit_w = _try(partial(self._power_limit, gpu.handle))
-        return rows
+    def _energy(self, gpu: _Gpu, now: float) -> list[Row]:
+        counter = None
+        if gpu.energy:
+            counter = self.nv.nvmlDeviceGetTotalEnergyConsumption(gpu.handle) / 1000.0
+        gpu.power_limit_w = _try(partial(self._power_limit, gpu.handle))
+        return [Row("gpu_energy", {"t": now, "gpu": gpu.index, "energy_counter_j": counter})]
 
-    def _procs(self, now: float) -> list[Row]:
+    def _procs(self, gpu: _Gpu, now: float) -> list[Row]:
         nv = self.nv
         rows = []
-        for gpu in self.gpus:
-            procs = {p.pid: p for p in nv.nvmlDeviceGetComputeRunningProcesses(gpu.handle)}
-            util: dict[int, Any] = {}
-            try:
-                for sample in nv.nvmlDeviceGetProcessUtilization(gpu.handle, gpu.proc_util_ts):
-                    gpu.proc_util_ts = max(gpu.proc_util_ts, sample.timeStamp)
-                    util[sample.pid] = sample
-            except nv.NVMLError:
-                pass  # NOT_FOUND when no sample is newer than the last one
-            for pid in sorted(set(procs) | set(util)):
-                proc, sample = procs.get(pid), util.get(pid)
-                rows.append(
-                    Row(
-                        "gpu_process",
-                        {
-                            "t": now,
-                            "gpu": gpu.index,
-                            "pid": pid,
-                            "used_mem_bytes": getattr(proc, "usedGpuMemory", None),
-                            "sm_util_pct": getattr(sample, "smUtil", None),
-                            "mem_util_pct": getattr(sample, "memUtil", None),
-                        },
-                    )
+        procs = {p.pid: p for p in nv.nvmlDeviceGetComputeRunningProcesses(gpu.handle)}
+        util: dict[int, Any] = {}
+        try:
+            for sample in nv.nvmlDeviceGetProcessUtilization(gpu.handle, gpu.proc_util_ts):
+                gpu.proc_util_ts = max(gpu.proc_util_ts, sample.timeStamp)
+                util[sample.pid] = sample
+        except nv.NVMLError as exc:
+            if exc.value == getattr(nv, "NVML_ERROR_GPU_IS_LOST", 15):
+                raise
+            # NOT_FOUND when no sample is newer than the last one
+        for pid in sorted(set(procs) | set(util)):
+            proc, sample = procs.get(pid), util.get(pid)
+            rows.append(
+                Row(
+                    "gpu_process",
+                    {
+                        "t": now,
+                        "gpu": gpu.index,
+                        "pid": pid,
+                        "used_mem_bytes": getattr(proc, "usedGpuMemory", None),
+                        "sm_util_pct": getattr(sample, "smUtil", None),
+                        "mem_util_pct": getattr(sample, "memUtil", None),
+                    },
                 )
+            )
         return rows
 
-    def _gpm(self, now: float) -> list[Row]:
+    def _gpm(self, gpu: _Gpu, now: float) -> list[Row]:
         nv = self.nv
+        if not gpu.gpm:
+            return []
+        prev, cur = gpu.gpm_samples
+        nv.nvmlGpmSampleGet(gpu.handle, cur)
         rows = []
-        for gpu in self.gpus:
-            if not gpu.gpm:
-                continue
-            prev, cur = gpu.gpm_samples
-            nv.nvmlGpmSampleGet(gpu.handle, cur)
-            if gpu.gpm_have_prev:
-                req = nv.c_nvmlGpmMetricsGet_t()
-                req.version = nv.NVML_GPM_METRICS_GET_VERSION
-                req.numMetrics = len(_GPM_METRICS)
-                req.sample1, req.sample2 = prev, cur
-                for i, (_, metric_id, _) in enumerate(_GPM_METRICS):
-                    req.metrics[i].metricId = metric_id
-                nv.nvmlGpmMetricsGet(req)
-                values: dict[str, Any] = {"t": now, "gpu": gpu.index}
-                for i, (name, _, scale) in enumerate(_GPM_METRICS):
-                    metric = req.metrics[i]
-                    values[name] = metric.value * scale if metric.nvmlReturn == nv.NVML_SUCCESS else None
-                rows.append(Row("gpu_gpm", values))
-            gpu.gpm_samples = [cur, prev]
-            gpu.gpm_have_prev = True
+        if gpu.gpm_have_prev:
+            req = nv.c_nvmlGpmMetricsGet_t()
+            req.version = nv.NVML_GPM_METRICS_GET_VERSION
+            req.numMetrics = len(_GPM_METRICS)
+            req.sample1, req.sample2 = prev, cur
+            for i, (_, metric_id, _) in enumerate(_GPM_METRICS):
+                req.metrics[i].metricId = metric_id
+            nv.nvmlGpmMetricsGet(req)
+            values: dict[str, Any] = {"t": now, "gpu": gpu.index}
+            for i, (name, _, scale) in enumerate(_GPM_METRICS):
+                metric = req.metrics[i]
+                values[name] = metric.value * scale if metric.nvmlReturn == nv.NVML_SUCCESS else None
+            rows.append(Row("gpu_gpm", values))
+        gpu.gpm_samples = [cur, prev]
+        gpu.gpm_have_prev = True
         return rows
 
     def close(self) -> None:

@@ -8,12 +8,13 @@ replayed session computes to the same numbers as the machine that was recorded.
 
 from __future__ import annotations
 
-import bisect
+import heapq
+import math
 from typing import Any
 
 from effmon.core.declare import GPM_ACTIVITY, Row
 from effmon.core.source import SourceInfo, SourceOptions
-from effmon.sources.trace import Trace, load_trace
+from effmon.sources.trace import TOLERANCE_S, Trace, load_trace
 
 _GPM = GPM_ACTIVITY
 _GPU = (
@@ -38,8 +39,11 @@ class ReplaySource:
             trace = load_trace(options.replay_path)
         self.trace = trace
         self.channels = {"fast": options.tick_s, "energy": options.slow_s, "events": options.tick_s}
-        self._times = [r["t"] for r in trace.gpu]
-        self._fast_pos = 0
+        self._rows = trace.gpu_rows()  # streamed: hours of readings are never all in memory
+        self._ahead: list[tuple[float, int, dict[str, Any]]] = []  # read, not yet due (a heap by time)
+        self._read_to = -math.inf  # the latest time stamp read from the file
+        self._seq = 0
+        self._rows_done = False
         self._events = sorted(
             [("train_step", s["t_end"], s) for s in trace.steps]
             + [("request", b["t_end"], b) for b in trace.batches]
@@ -59,7 +63,7 @@ class ReplaySource:
         return self.trace.t1
 
     def finished(self, now: float) -> bool:
-        return now >= self.end_time and self._fast_pos >= len(self._times) and self._event_pos >= len(self._events)
+        return now >= self.end_time and self._rows_done and not self._ahead and self._event_pos >= len(self._events)
 
     def open(self) -> SourceInfo:
         meta = self.trace.meta
@@ -77,9 +81,9 @@ class ReplaySource:
                 }
             )
         unsupported = {}
-        if all(r.get("sm_active_pct") is None for r in self.trace.gpu):
+        if not self.trace.has_gpm:
             unsupported["gpu_gpm.*"] = "the trace holds no NVML GPM readings"
-        if all(r.get("energy_j") is None for r in self.trace.gpu):
+        if not self.trace.has_energy:
             unsupported["gpu_energy.energy_counter_j"] = "the trace holds no energy counter"
         model = _model_from_meta(meta)
         return SourceInfo(
@@ -95,10 +99,25 @@ class ReplaySource:
             return self._read_energy(now)
         return self._read_events(now)
 
+    def _due(self, now: float) -> list[dict[str, Any]]:
+        """The readings up to ``now``, in time order: the file is read until a reading lies more than the
+        trace's tolerance past ``now`` (nothing later in the file can then be due)."""
+        while not self._rows_done and self._read_to <= now + TOLERANCE_S:
+            rec = next(self._rows, None)
+            if rec is None:
+                self._rows_done = True
+                break
+            self._read_to = max(self._read_to, rec["t"])
+            self._seq += 1
+            heapq.heappush(self._ahead, (rec["t"], self._seq, rec))
+        due = []
+        while self._ahead and self._ahead[0][0] <= now:
+            due.append(heapq.heappop(self._ahead)[2])
+        return due
+
     def _read_fast(self, now: float) -> list[Row]:
-        end = bisect.bisect_right(self._times, now)
         rows: list[Row] = []
-        for rec in self.trace.gpu[self._fast_pos : end]:
+        for rec in self._due(now):
             self._latest[rec["gpu"]] = rec
             values: dict[str, Any] = {"t": rec["t"], "gpu": rec["gpu"]}
             for key in _GPU:
@@ -109,7 +128,6 @@ class ReplaySource:
             if any(rec.get(k) is not None for k in _GPM):
                 gpm = {"t": rec["t"], "gpu": rec["gpu"], **{k: rec.get(k) for k in _GPM}}
                 rows.append(Row("gpu_gpm", gpm))
-        self._fast_pos = max(self._fast_pos, end)
         return rows
 
     def _read_energy(self, now: float) -> list[Row]:

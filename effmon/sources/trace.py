@@ -1,21 +1,32 @@
 """Trace files: recorded NVML readings and step/request events, one JSON object a line.
 
-The format is the one in ``../shared/traces/README.md``: a ``meta`` line first, then
-``gpu``, ``train_step`` and ``generate_batch`` lines. ``load_trace`` checks every line
-and names the first bad one with how to fix it, before anything is recorded.
+A ``meta`` line first, then ``gpu``, ``train_step`` and ``generate_batch`` lines. ``load_trace``
+checks every line (numbers finite, times in order, no hour-long jump) and names the first bad one
+with how to fix it, before anything is recorded; a replay then streams the GPU readings.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 GPU_FIELDS_REQUIRED = ("t", "gpu", "mem_used_bytes", "power_w")
+GPU_FIELDS_NUMERIC = (
+    "mem_total_bytes", "util_gpu_pct", "util_mem_pct", "energy_j", "sm_clock_mhz", "mem_clock_mhz", "temp_c",
+    "sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct", "power_limit_w", "clock_event_reasons",
+)  # fmt: skip
+STEP_FIELDS_NUMERIC = ("step", "tokens", "samples", "loss", "lr", "grad_norm", "epoch")
+BATCH_FIELDS_NUMERIC = ("requests", "prompt_tokens_each", "new_tokens_each")
 KINDS = ("meta", "gpu", "train_step", "generate_batch")
+TOLERANCE_S = 1.0
+"""GPU readings come in time order, give or take this much (several GPUs read in turn)."""
+MAX_GAP_S = 3600.0
+"""Longer than this without a reading (or an event this far outside the readings) is not one recording."""
 
 
 class TraceError(Exception):
@@ -24,25 +35,35 @@ class TraceError(Exception):
 
 @dataclass
 class Trace:
+    """A checked trace: its metadata, events and summary in memory; its GPU readings streamed from the file
+    (``gpu_rows()``), so a replay of hours of readings holds a few seconds of them at a time."""
+
     path: str
     meta: dict[str, Any]
-    gpu: list[dict[str, Any]]
+    t0: float
+    t_gpu_end: float
     steps: list[dict[str, Any]]
     batches: list[dict[str, Any]]
+    gpu_indices: list[int]
+    gpu_count: int = 0
+    has_gpm: bool = False
+    has_energy: bool = False
     phases: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
-    def t0(self) -> float:
-        return self.gpu[0]["t"]
-
-    @property
     def t1(self) -> float:
-        ends = [self.gpu[-1]["t"]] + [s["t_end"] for s in self.steps] + [b["t_end"] for b in self.batches]
+        ends = [self.t_gpu_end] + [s["t_end"] for s in self.steps] + [b["t_end"] for b in self.batches]
         return max(ends)
 
-    @property
-    def gpu_indices(self) -> list[int]:
-        return sorted({int(r["gpu"]) for r in self.gpu})
+    def gpu_rows(self) -> Iterator[dict[str, Any]]:
+        """The GPU readings in file order (checked by ``load_trace``: in time order within ``TOLERANCE_S``)."""
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if '"gpu"' not in line:
+                    continue
+                obj = json.loads(line)
+                if obj.get("kind") == "gpu":
+                    yield obj
 
 
 def bundled_trace_path() -> Path:
@@ -57,13 +78,10 @@ def _number(obj: dict[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TraceError(f"trace file not found: {path}; pass the path of a .jsonl trace") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"cannot read trace {path}: {exc}") from None
+def _optional_numbers(obj: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        if obj.get(key) is not None:
+            _number(obj, key, where)
 
 
 def _parse(line: str, path: Path, lineno: int, last: bool) -> dict[str, Any]:
@@ -87,57 +105,134 @@ def _parse(line: str, path: Path, lineno: int, last: bool) -> dict[str, Any]:
 def _check_gpu(obj: dict[str, Any], where: str) -> None:
     for key in GPU_FIELDS_REQUIRED:
         _number(obj, key, where)
+    _optional_numbers(obj, GPU_FIELDS_NUMERIC, where)
 
 
 def _check_step(obj: dict[str, Any], where: str) -> None:
     if "t_start" in obj and "t_end" in obj:
         obj["t_start"] = _number(obj, "t_start", where)
         obj["t_end"] = _number(obj, "t_end", where)
-    else:
-        _number(obj, "secs", where)
+        if obj["t_end"] < obj["t_start"]:
+            raise TraceError(f"{where}: t_end {obj['t_end']} is before t_start {obj['t_start']}")
+    elif _number(obj, "secs", where) < 0:
+        raise TraceError(f"{where}: secs must not be negative, got {obj['secs']}")
+    _optional_numbers(obj, STEP_FIELDS_NUMERIC, where)
 
 
 def _check_batch(obj: dict[str, Any], where: str) -> None:
-    _number(obj, "t_start", where)
-    _number(obj, "t_end", where)
+    if _number(obj, "t_end", where) < _number(obj, "t_start", where):
+        raise TraceError(f"{where}: t_end {obj['t_end']} is before t_start {obj['t_start']}")
+    _optional_numbers(obj, BATCH_FIELDS_NUMERIC, where)
 
 
 CHECKS = {"gpu": _check_gpu, "train_step": _check_step, "generate_batch": _check_batch}
 
 
-def load_trace(path: str | Path) -> Trace:
-    """Read and check a whole trace; the first bad line is named with how to fix it."""
-    path = Path(path)
-    text = _read(path)
-    lines = text.splitlines()
-    if not lines:
-        raise TraceError(f'{path} is empty; a trace starts with a {{"kind": "meta"}} line')
-    meta: dict[str, Any] | None = None
-    by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CHECKS}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        obj = _parse(line, path, lineno, last=lineno == len(lines) and not text.endswith("\n"))
+class _Scan:
+    """What one pass over the lines learns: events, the readings' extent, phases; the readings are not kept."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.meta: dict[str, Any] | None = None
+        self.steps: list[dict[str, Any]] = []
+        self.batches: list[dict[str, Any]] = []
+        self.t0: float | None = None
+        self.last_t: float | None = None
+        self.latest_t: float | None = None
+        self.indices: set[int] = set()
+        self.count = 0
+        self.has_gpm = self.has_energy = False
+        self.spans: dict[str, list[float]] = {}
+
+    def line(self, obj: dict[str, Any], where: str) -> None:
         if obj["kind"] == "meta":
-            if meta is not None:
+            if self.meta is not None:
                 raise TraceError(f"{where}: a second meta line; a trace has one, first")
-            meta = obj
-            continue
-        if meta is None:
+            self.meta = obj
+            return
+        if self.meta is None:
             raise TraceError(f'{where}: the first line must be the {{"kind": "meta"}} line')
         CHECKS[obj["kind"]](obj, where)
-        by_kind[obj["kind"]].append(obj)
-    if meta is None:
+        if obj["kind"] == "gpu":
+            self.gpu(obj, where)
+        else:
+            (self.steps if obj["kind"] == "train_step" else self.batches).append(obj)
+
+    def gpu(self, obj: dict[str, Any], where: str) -> None:
+        t = obj["t"]
+        if self.latest_t is not None and t < self.latest_t - TOLERANCE_S:
+            raise TraceError(
+                f"{where}: time goes back from {self.latest_t} to {t}; a trace's GPU readings come in time order "
+                "(sort it: effmon replays it as it was recorded)"
+            )
+        if self.latest_t is not None and t > self.latest_t + MAX_GAP_S:
+            raise TraceError(
+                f"{where}: time jumps from {self.latest_t} to {t}, more than {MAX_GAP_S:.0f} s without a reading; "
+                "a trace is one continuous recording (split it, or fix its time stamps)"
+            )
+        self.t0 = t if self.t0 is None else min(self.t0, t)
+        self.latest_t = t if self.latest_t is None else max(self.latest_t, t)
+        self.indices.add(int(obj["gpu"]))
+        self.count += 1
+        self.has_gpm = self.has_gpm or obj.get("sm_active_pct") is not None
+        self.has_energy = self.has_energy or obj.get("energy_j") is not None
+        if obj.get("phase"):
+            self.extend_phase(str(obj["phase"]), t, t)
+
+    def extend_phase(self, name: str, a: float, b: float) -> None:
+        """A phase label's extent: the first to the last time stamp of anything labelled with it."""
+        ext = self.spans.setdefault(name, [a, b])
+        ext[0], ext[1] = min(ext[0], a), max(ext[1], b)
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Check a whole trace, line by line (the first bad line is named with how to fix it), keeping its events
+    and summary; its GPU readings are read again, streamed, when it is replayed."""
+    path = Path(path)
+    scan = _Scan(path)
+    lineno, text_end = 0, "\n"
+    try:
+        with open(path, encoding="utf-8") as f:
+            pending: str | None = None
+            for lineno, line in enumerate(f, 1):  # noqa: B007 - lineno is used after the loop
+                if pending is not None:
+                    scan.line(_parse(pending, path, lineno - 1, last=False), f"{path}:{lineno - 1}")
+                pending = line if line.strip() else None
+                text_end = line[-1:]
+            if pending is not None:
+                scan.line(_parse(pending, path, lineno, last=text_end != "\n"), f"{path}:{lineno}")
+    except FileNotFoundError:
+        raise TraceError(f"trace file not found: {path}; pass the path of a .jsonl trace") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(f"cannot read trace {path}: {exc}") from None
+    if lineno == 0:
+        raise TraceError(f'{path} is empty; a trace starts with a {{"kind": "meta"}} line')
+    if scan.meta is None:
         raise TraceError(f"{path}: no meta line")
-    gpu, steps = by_kind["gpu"], by_kind["train_step"]
-    if not gpu:
+    if scan.t0 is None or scan.latest_t is None:
         raise TraceError(f"{path}: no gpu readings; a trace needs lines of kind 'gpu'")
-    gpu.sort(key=lambda r: (r["t"], r["gpu"]))
-    _place_steps_without_times(steps, gpu[0]["t"])
-    trace = Trace(str(path), meta, gpu, steps, by_kind["generate_batch"])
-    trace.phases = _phases(trace)
-    return trace
+    _place_steps_without_times(scan.steps, scan.t0)
+    for ev in scan.steps + scan.batches:
+        if not (scan.t0 - MAX_GAP_S <= ev["t_start"] and ev["t_end"] <= scan.latest_t + MAX_GAP_S):
+            raise TraceError(
+                f"{path}: an event at {ev['t_start']}..{ev['t_end']} lies far outside the GPU readings "
+                f"({scan.t0}..{scan.latest_t}); fix its time stamps"
+            )
+        if ev.get("phase"):
+            scan.extend_phase(str(ev["phase"]), ev["t_start"], ev["t_end"])
+    return Trace(
+        str(path),
+        scan.meta,
+        scan.t0,
+        scan.latest_t,
+        scan.steps,
+        scan.batches,
+        sorted(scan.indices),
+        scan.count,
+        scan.has_gpm,
+        scan.has_energy,
+        sorted(((name, a, b) for name, (a, b) in scan.spans.items()), key=lambda p: p[1]),
+    )
 
 
 def _place_steps_without_times(steps: list[dict[str, Any]], t0: float) -> None:
@@ -148,17 +243,3 @@ def _place_steps_without_times(steps: list[dict[str, Any]], t0: float) -> None:
             step["t_start"] = cursor
             step["t_end"] = cursor + float(step["secs"])
         cursor = step["t_end"]
-
-
-def _phases(trace: Trace) -> list[tuple[str, float, float]]:
-    """Each phase label's extent: the first to the last time stamp of anything labelled with it."""
-    spans: dict[str, list[float]] = {}
-    for row in trace.gpu:
-        if row.get("phase"):
-            ext = spans.setdefault(row["phase"], [row["t"], row["t"]])
-            ext[0], ext[1] = min(ext[0], row["t"]), max(ext[1], row["t"])
-    for ev in trace.steps + trace.batches:
-        if ev.get("phase"):
-            ext = spans.setdefault(ev["phase"], [ev["t_start"], ev["t_end"]])
-            ext[0], ext[1] = min(ext[0], ev["t_start"]), max(ext[1], ev["t_end"])
-    return sorted(((name, a, b) for name, (a, b) in spans.items()), key=lambda p: p[1])

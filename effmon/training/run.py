@@ -16,6 +16,7 @@ from typing import Any
 
 from effmon.core.extras import need
 from effmon.core.files import private_dir
+from effmon.core.procs import Interrupts
 from effmon.presets import Preset, PresetError, load
 from effmon.recording import EXIT_USAGE, Launch, RecordError, Recording, RecordOptions, command_slug, record_command
 
@@ -39,6 +40,7 @@ def run_training(
     on_open: Callable[[Recording], None] | None = None,
     on_child: Callable[[subprocess.Popen[Any]], None] | None = None,
     capture_output: bool = False,
+    interrupts: Interrupts | None = None,
 ) -> int:
     """Record ``command`` (or the preset's) instrumented; returns its exit status."""
     opened: list[Recording] = []
@@ -66,6 +68,7 @@ def run_training(
         on_open=on_open,
         on_child=on_child,
         capture_output=capture_output,
+        interrupts=interrupts,
     )
     if opened and not opened[0].write_error:
         # every event is in the session now (redacted); the raw files the job wrote go (kept when writing failed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Sparkline, Static
 
 from effmon.core.fmt import human_bytes, human_duration, visible
+from effmon.core.procs import Interrupts
 from effmon.tui.snapshot import CHART_METRICS, WINDOWS, SessionView, Snapshot
 from effmon.tui.widgets import GpuCardWidget, chart_axis, chart_renderable, efficiency_text, pairs_table
 
@@ -124,6 +126,8 @@ class EffmonApp(App[None]):
         self._building = False
         self._again = False
         self._compact = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_requested = False
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -147,6 +151,9 @@ class EffmonApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self.stop_requested:  # a stop came while the dashboard was starting
+            self.exit()
         self.query_one("#throughput", Static).border_title = "throughput"
         self.query_one("#latency", Static).border_title = "latency"
         self.query_one("#efficiency", Static).border_title = "EfficientLLM so far"
@@ -237,6 +244,7 @@ class EffmonApp(App[None]):
         if self.paused:
             state += " ‖ paused"
         text = Text.assemble(
+            *[(f"⚠ {visible(alert)} ", "bold white on red") for alert in snap.alerts],
             (visible(snap.name), "bold"),
             " · ",
             (state, "bold"),
@@ -436,3 +444,21 @@ class EffmonApp(App[None]):
 
 def make_app(session: Path | str, *, mode: str = "live", **kw: Any) -> EffmonApp:
     return EffmonApp(SessionView(session), mode=mode, **kw)
+
+
+def run_dashboard(app: EffmonApp, interrupts: Interrupts | None = None) -> None:
+    """Run the dashboard until q, or until a stop request (SIGTERM, SIGHUP, a SIGINT sent to effmon) closes it
+    the way q does: the terminal is restored and the caller records the session's end. ``interrupts``: the
+    recording's, so the same request also stops what is recorded."""
+
+    def close(signum: int) -> None:
+        app.stop_requested = True
+        if app.loop is not None:
+            app.loop.call_soon_threadsafe(app.exit)
+
+    with interrupts or Interrupts() as intr:
+        intr.callbacks.append(close)
+        try:
+            app.run()
+        finally:
+            intr.callbacks.remove(close)

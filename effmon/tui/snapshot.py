@@ -75,6 +75,16 @@ class Snapshot:
     host_line: str
     chart: dict[str, Any]
     watched_pids: list[int]
+    alerts: list[str]
+    """What went wrong with the readings themselves (a GPU lost, a source that stopped answering)."""
+
+
+def alerts(meta: dict[str, Any], session_start: float) -> list[str]:
+    """``GPU 0 lost at t+3.0 s``, ``nvml.fast stopped answering at t+5.2 s``: shown in the dashboard's header."""
+    out = [f"GPU {i} lost at t+{t - session_start:.1f} s" for i, t in sorted((meta.get("lost_gpus") or {}).items())]
+    for channel, rel in sorted((meta.get("hung") or {}).items()):
+        out.append(f"{channel} stopped answering" + (f" at t+{rel:.1f} s" if rel is not None and rel >= 0 else ""))
+    return out
 
 
 def _fmt(x: float | None, spec: str, unit: str = "") -> str:
@@ -161,6 +171,7 @@ class SessionView:
             host_line=self._host_line(t),
             chart=self._chart(chart_metric, chart_gpu, w0, t, chart_width),
             watched_pids=list(meta.get("watched_pids") or []),
+            alerts=alerts(meta, lo),
         )
 
     def _cards(self, meta: dict[str, Any], w0: float, t: float, sparklines: bool) -> list[GpuCard]:
