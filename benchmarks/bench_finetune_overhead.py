@@ -6,7 +6,9 @@ A randomly initialised Llama-shaped model of about 0.85B parameters (bf16, batch
 q/k/v/o) is fine-tuned with the transformers Trainer, alternately bare (A) and under `effmon run --headless`
 sampling at 10 Hz (B), A/B/A/B... Each run's median step time comes from the Trainer itself (a callback that
 synchronises CUDA at step boundaries, the same in A and B), skipping 10 warm-up steps. Prints the per-round
-figures, the median B/A ratio and the run-to-run spread of A. Target (issue 6): slowdown <= 0.5 %.
+figures, the median B/A ratio and the run-to-run spread of A. Target (issues 6, 15): slowdown <= 0.5 %, no host
+sync added (issue 15: tokens are counted from the batches' shapes and a device-side sum read once per optimizer
+step after a CUDA event, no gather). Without a GPU it runs a small model on the CPU through the same Trainer path.
 """
 
 from __future__ import annotations
@@ -26,20 +28,28 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArgumen
 from peft import LoraConfig, get_peft_model
 steps, out = int(sys.argv[1]), sys.argv[2]
 torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=32000, hidden_size=1536, intermediate_size=6144, num_hidden_layers=24,
-                  num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048)
-model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+gpu = torch.cuda.is_available()
+sync = torch.cuda.synchronize if gpu else (lambda: None)
+if gpu:
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=1536, intermediate_size=6144, num_hidden_layers=24,
+                      num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048)
+    batch, seq = 8, 1024
+else:  # no GPU: a small model on the CPU, the same Trainer path (a CPU step is no GPU step: see the docs)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
+    batch, seq = 4, 256
+model = LlamaForCausalLM(cfg).to(torch.bfloat16 if gpu else torch.float32)
 model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                          task_type="CAUSAL_LM"))
-data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 32000, (steps * 8 + 8, 1024)).tolist()]
+data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 32000, (steps * batch + batch, seq)).tolist()]
 times = []
 class Timer(TrainerCallback):
     def on_step_begin(self, *a, **k):
-        torch.cuda.synchronize(); self.t = time.perf_counter()
+        sync(); self.t = time.perf_counter()
     def on_step_end(self, *a, **k):
-        torch.cuda.synchronize(); times.append(time.perf_counter() - self.t)
-args = TrainingArguments(output_dir="/tmp/ovh", max_steps=steps, per_device_train_batch_size=8, bf16=True,
-                         logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True)
+        sync(); times.append(time.perf_counter() - self.t)
+args = TrainingArguments(output_dir="/tmp/ovh", max_steps=steps, per_device_train_batch_size=batch, bf16=gpu,
+                         use_cpu=not gpu, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True)
 Trainer(model=model, args=args, train_dataset=data, callbacks=[Timer()]).train()
 json.dump(times, open(out, "w"))
 """

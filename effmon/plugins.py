@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -64,6 +65,11 @@ class HookSpecs:
         """Add to the environment of a command ``effmon run`` launches (e.g. a PYTHONPATH entry that
         instruments a framework). Change ``env`` in place."""
 
+    @hookspec
+    def effmon_attach_notes(self, pid: int, cmdline: list[str], cwd: str | None) -> list[str] | None:
+        """Lines for ``effmon attach`` / ``record --pid`` about what this plugin can read of a process effmon did
+        not start (e.g. a Trainer's own state files), or None."""
+
 
 @dataclass
 class Registry:
@@ -81,6 +87,17 @@ class Registry:
                 except Exception as exc:
                     self.load_errors.append(f"plugin {impl.plugin_name!r} failed in effmon_launch_env: {exc}")
         return env
+
+    def attach_notes(self, pid: int, cmdline: list[str], cwd: str | None) -> list[str]:
+        out: list[str] = []
+        if self.plugin_manager is not None:
+            for impl in self.plugin_manager.hook.effmon_attach_notes.get_hookimpls():
+                try:
+                    lines: Any = impl.function(pid=pid, cmdline=cmdline, cwd=cwd) or []
+                    out += [str(x) for x in lines]
+                except Exception as exc:
+                    self.load_errors.append(f"plugin {impl.plugin_name!r} failed in effmon_attach_notes: {exc}")
+        return out
 
     def live_sources(self) -> list[str]:
         return [name for name, spec in self.sources.items() if spec.live]

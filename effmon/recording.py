@@ -651,6 +651,8 @@ def record_pid(
             on_open(rec)
         if not options.quiet:
             print(f"effmon: recording {rec.path.name} while pid {pid} ({name}) lives; Ctrl-C to stop", file=sys.stderr)
+            for line in attach_notes(proc, rec.registry):
+                print(f"effmon: {line}", file=sys.stderr)
         rec.start()
         started = time.monotonic()
         status, reason, code = "complete", f"process {pid} exited", 0
@@ -669,6 +671,35 @@ def record_pid(
         )
     rec.report_end(reason)
     return EXIT_IOERR if rec.write_error else code
+
+
+def attach_notes(proc: Any, registry: Any) -> list[str]:
+    """What ``effmon attach`` can and cannot see of a process it did not start, said at once, with how to get the
+    rest: steps come from ``effmon.track`` files when the job writes them, else from a plugin (a Trainer's own state
+    files), else not at all."""
+    import psutil
+
+    from effmon.track import track_location, track_path
+
+    lines = ["GPU, power, memory and host figures: yes (NVML and psutil, any process)"]
+    try:
+        tree = [proc, *proc.children(recursive=True)]
+        tracked = False
+        for p in tree:
+            folder = track_location(p.environ(), p.uids().effective)[1]
+            tracked = tracked or os.path.exists(track_path(p.pid, folder))
+        cmdline, cwd = proc.cmdline(), proc.cwd()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+        return lines
+    if tracked:
+        lines.append("steps, tokens and loss: yes, the job reports through effmon.track (its whole history)")
+        return lines
+    lines.append(
+        "steps, tokens and step times: no - the job was not started by effmon and does not use effmon.track. For "
+        "them, start it with `effmon run -- COMMAND` (a transformers Trainer needs no change) or add "
+        "`import effmon.track as et` to the loop (README: Training)"
+    )
+    return lines + registry.attach_notes(proc.pid, cmdline, cwd)
 
 
 def _alive(proc: Any) -> bool:

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -116,6 +117,10 @@ class _Tracker:
                     "local_rank": self.local_rank,
                     "world_size": int(os.environ.get("WORLD_SIZE", "1") or 1),
                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    # a torchrun job: the run id all its nodes share, and which node this is
+                    "run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+                    "node_rank": int(os.environ.get("GROUP_RANK", "0") or 0),
+                    "host": socket.gethostname(),
                 }
             )
 
@@ -225,6 +230,8 @@ def record_step(
     """Report a step timed elsewhere (the transformers integration uses this)."""
     tr = _get()
     tr.step_no = step if step is not None else tr.step_no + 1
+    if "comm_s" not in extra:
+        extra.update(communication())
     event = {
         "kind": "train_step",
         "t_start": t_start,
@@ -252,6 +259,93 @@ def model_info(**info: Any) -> None:
 def phase(name: str) -> None:
     """Mark the start of a named phase (warm-up, eval ...); ``effmon report --phase`` uses it."""
     _get().emit({"kind": "phase", "t": time.time(), "name": name})
+
+
+def span(name: str, t_start: float, t_end: float) -> None:
+    """A stretch of work between steps (evaluation, checkpoint saving, logging), timed elsewhere: it is recorded
+    as a phase of its own and kept out of the steps' latency and throughput. Rank 0 reports them."""
+    tr = _get()
+    if tr.rank == 0:
+        tr.emit({"kind": "span", "name": name, "t_start": t_start, "t_end": t_end, "step": tr.step_no})
+
+
+class _Comm:
+    """Gradient synchronisation of one DDP model, per step: a comm hook that does what DDP's default one does
+    (average each bucket over the ranks) and notes when each bucket was launched and when it completed.
+
+    *Exposed* communication is the time from the last bucket's launch (this rank's backward computation is
+    done then) to the completion of the last all-reduce: what the step waits for beyond its computation
+    (waiting for a slower rank included). *Busy* time is the union of the buckets' all-reduce intervals, most of
+    it overlapped with the backward pass. Both are host wall times: exact for gloo on the CPU; with NCCL the
+    completion callbacks follow the CUDA stream (pending a GPU check)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.intervals: list[tuple[float, float]] = []
+        self.last_launch = 0.0
+        self.completed = 0.0
+
+    def take(self) -> tuple[float, float]:
+        """(exposed, busy) seconds since the previous call."""
+        with self.lock:
+            intervals, self.intervals = self.intervals, []
+            last_launch = self.last_launch
+        if not intervals:
+            return 0.0, 0.0
+        busy, end = 0.0, None
+        for a, b in sorted(intervals):
+            if end is None or a > end:
+                busy += b - a
+                end = b
+            elif b > end:
+                busy += b - end
+                end = b
+        exposed = max(0.0, max(b for _, b in intervals) - last_launch)
+        return exposed, busy
+
+
+_comm: _Comm | None = None
+
+
+def communication() -> dict[str, float]:
+    """The gradient synchronisation since the previous call (``comm_s`` exposed, ``comm_busy_s`` busy), when
+    ``ddp()`` watches a model; empty otherwise."""
+    if _comm is None:
+        return {}
+    exposed, busy = _comm.take()
+    return {"comm_s": exposed, "comm_busy_s": busy}
+
+
+def ddp(model: Any) -> Any:
+    """Measure the gradient synchronisation of a ``DistributedDataParallel`` model: every step then carries its
+    exposed communication time (``comm_s``) and all-reduce busy time (``comm_busy_s``). Call it once, after
+    wrapping the model and before the first backward pass; returns the model. (The transformers integration
+    does this for a Trainer.) Replaces DDP's default comm hook with one that does the same averaging."""
+    global _comm
+    dist = sys.modules.get("torch.distributed")  # the caller's own, already imported: effmon.track imports no torch
+    if dist is None or _comm is not None or not dist.is_initialized():
+        return model
+    comm = _Comm()
+    world = dist.get_world_size()
+
+    def timed_allreduce(state: Any, bucket: Any) -> Any:
+        t0 = time.perf_counter()
+        with comm.lock:
+            comm.last_launch = t0
+        tensor = bucket.buffer().div_(world)
+        fut = dist.all_reduce(tensor, async_op=True).get_future()
+
+        def done(f: Any) -> Any:
+            with comm.lock:
+                comm.intervals.append((t0, time.perf_counter()))
+            return f.value()[0]
+
+        return fut.then(done)
+
+    timed_allreduce.__annotations__ = {}  # DDP checks annotations; string ones (postponed) fail its check
+    model.register_comm_hook(None, timed_allreduce)
+    _comm = comm
+    return model
 
 
 def flush() -> None:

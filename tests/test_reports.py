@@ -215,3 +215,32 @@ def test_a_session_from_a_newer_schema_is_refused_with_the_fix(tmp_path):
     assert res.returncode == 2
     assert "newer effmon (schema 99" in res.stderr and "pip install -U effmon" in res.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_compare_repeats_show_their_spread_and_the_baseline_mcr_is_one(tmp_path):
+    """Repeats joined by commas: the mean of each metric with its spread, from the trace's own power readings;
+    a ranking within the spread is flagged; the baseline's MCR is 1 by definition."""
+    home = tmp_path / "h"
+    _phase_session(home, "matmul_bf16", "matmul")
+    _phase_session(home, "copy", "copy")
+    _phase_session(home, "idle3", "idle")
+    res = run_effmon("compare", "matmul,copy", "idle", "-f", "json", env_home=home)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result["repeats"] == {"matmul (+1 repeats)": ["matmul", "copy"]}
+
+    def avg_power(phase):
+        rows = [x for x in trace_lines() if x["kind"] == "gpu" and x.get("phase") == phase and x.get("power_w")]
+        area = sum((a["power_w"] + b["power_w"]) / 2 * (b["t"] - a["t"]) for a, b in itertools.pairwise(rows))
+        return area / (rows[-1]["t"] - rows[0]["t"])
+
+    p = [avg_power("matmul_bf16"), avg_power("copy")]
+    aec = next(m for m in result["metrics"] if m["key"] == "AEC")
+    assert aec["values"][0] == pytest.approx(sum(p) / 2, rel=1e-6)
+    assert aec["spread"][0] == pytest.approx((max(p) - min(p)) / (sum(p) / 2), rel=1e-6)
+    assert aec["spread"][1] is None  # one run: no spread
+    mcr = next(m for m in result["metrics"] if m["key"] == "MCR")
+    assert mcr["values"][0] == 1.0 and mcr["values"][1] is None
+    table = run_effmon("compare", "matmul,copy", "idle", env_home=home)
+    assert table.returncode == 0 and "MCR of the baseline is 1 by definition" in table.stdout
+    assert "±" in table.stdout

@@ -33,7 +33,9 @@ def runs(tmp_path_factory):
     out = {}
     for method in ("lora", "rslora", "dora"):
         home = tmp_path_factory.mktemp(method)
-        res = run_effmon("run", "--headless", "--preset", f"{method}-tiny", env_home=home, timeout=300)
+        res = run_effmon(
+            "run", "--headless", "--preset", f"{method}-tiny", "--set", "steps=40", env_home=home, timeout=300
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         path = session_of(home)
         trainer_log = json.loads((path.with_suffix(".out") / "trainer_log.json").read_text())
@@ -57,7 +59,9 @@ def test_every_step_is_recorded_with_the_trainers_token_count(runs, method):
 
 @pytest.mark.parametrize("method", ["lora", "rslora", "dora"])
 def test_tokens_per_second_agree_with_the_trainers_log_history(runs, method):
-    """Steps 2..N: tokens per step ÷ step time, from the Trainer's own log (tokens seen, runtime)."""
+    """Steps 2..N: tokens over the wall time between two logged steps, against the Trainer's own log (tokens
+    seen, runtime). (Over the steps' own time, begin to end, effmon's rate is higher: data loading and logging
+    between steps are not in it, tests/test_training_scale.py.)"""
     path, log = runs[method]
     entries = [e for e in log["log_history"] if "loss" in e and "train_runtime" in e]
     if len(entries) < 10:
@@ -69,7 +73,8 @@ def test_tokens_per_second_agree_with_the_trainers_log_history(runs, method):
     with SessionReader(path) as r:
         steps = sorted(r.rows("train_step"), key=lambda s: s["step"])
     later = [s for s in steps if first["step"] < s["step"] <= last["step"]]
-    effmon_tps = sum(s["tokens"] for s in later) / sum(s["t_end"] - s["t_start"] for s in later)
+    by_step = {s["step"]: s for s in steps}
+    effmon_tps = sum(s["tokens"] for s in later) / (by_step[last["step"]]["t_end"] - by_step[first["step"]]["t_end"])
     assert effmon_tps == pytest.approx(trainer_tps, rel=0.02)
 
 
@@ -273,9 +278,12 @@ def test_torchrun_ranks_report_into_one_session(tmp_path):
     assert sum(1 for s in steps if s["rank"] == 0) == sum(1 for s in steps if s["rank"] == 1) == 10
     assert sorted(x["rank"] for x in ranks) == [0, 1] and {x["local_rank"] for x in ranks} == {0, 1}
     doc = json.loads(run_effmon("report", str(session_of(home)), "-f", "json").stdout)
-    per_rank_time = sum(s["t_end"] - s["t_start"] for s in steps) / 2  # ranks step at the same time
-    assert doc["training"]["ranks"] == 2
-    assert doc["training"]["tokens_per_s"] == pytest.approx(sum(s["tokens"] for s in steps) / per_rank_time)
+    # one optimizer step per step number, its latency the slowest rank's; each rank counts its own tokens
+    slowest: dict[int, float] = {}
+    for s in steps:
+        slowest[s["step"]] = max(slowest.get(s["step"], 0.0), s["t_end"] - s["t_start"])
+    assert doc["training"]["ranks"] == 2 and doc["training"]["steps"] == 10
+    assert doc["training"]["tokens_per_s"] == pytest.approx(sum(s["tokens"] for s in steps) / sum(slowest.values()))
 
 
 def test_ddp_communication_time_is_measured_apart(tmp_path):
@@ -312,7 +320,7 @@ def test_ddp_communication_time_is_measured_apart(tmp_path):
     assert all(s["comm_s"] is not None and 0 < s["comm_s"] < s["t_end"] - s["t_start"] + 1.0 for s in steps)
     doc = json.loads(run_effmon("report", str(session_of(home)), "-f", "efficientllm", env_home=home).stdout)
     rl = doc["request_level"]
-    assert len(rl["communication_times"]) == len(rl["latencies"]) == 12
+    assert len(rl["communication_times"]) == len(rl["latencies"]) == 6  # optimizer steps, not rank-steps
     for lat, comp, comm in zip(rl["latencies"], rl["computation_times"], rl["communication_times"], strict=True):
         assert comp + comm == pytest.approx(lat)
     assert doc["effmon"]["training"]["communication_measured"] is True

@@ -429,6 +429,12 @@ def cmd_replay(args: argparse.Namespace, command: list[str]) -> int:
     if e.state == "live":
         app = make_app(path, mode="live", refresh_s=args.refresh)
     else:
+        from effmon.core.jobs import JobError, as_one
+
+        try:  # a node's session of a multi-node job: the whole job, every node's GPUs
+            path = as_one([path])[0][0]
+        except JobError as exc:
+            return err(str(exc), 2)
         app = make_app(path, mode="replay", refresh_s=args.refresh, speed=args.speed, paused=args.paused)
         lo, _ = app.view.time_range()
         if args.at is not None and lo is not None:

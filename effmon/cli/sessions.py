@@ -45,7 +45,10 @@ def register(sub: Any) -> dict[str, Handler]:
         description="Compare sessions or exported JSON files (--format efficientllm / json) against the first.",
     )
     cmp.add_argument(
-        "runs", nargs="+", help="sessions (name, prefix, path, 'last') or .json exports; the first is the baseline"
+        "runs",
+        nargs="+",
+        help="sessions (name, prefix, path, 'last') or .json exports; the first is the baseline. Repeats of one "
+        "configuration joined by commas (A1,A2,A3) are compared by their mean, with their spread",
     )
     cmp.add_argument("--format", "-f", choices=["table", "md", "html", "json"], default="table")
     cmp.add_argument("-o", "--output", help="write to this file (md and html need one)")
@@ -74,7 +77,12 @@ def register(sub: Any) -> dict[str, Handler]:
         "--window takes seconds from the session start: 10:60, 30: (from 30 s on), :-5 (all but the last 5 s).",
         formatter_class=formatter(),
     )
-    rpt.add_argument("session", help="name, unique prefix, path, or 'last'")
+    rpt.add_argument(
+        "session",
+        nargs="+",
+        help="name, unique prefix, path, or 'last'; the sessions of a multi-node job (one effmon run per node) are "
+        "reported as one run, found beside the one given or all given",
+    )
     rpt.add_argument("--format", "-f", default="table", choices=REPORT_FORMATS)
     rpt.add_argument("-o", "--output", help="write to this file (default: standard output)")
     rpt.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -88,6 +96,13 @@ def register(sub: Any) -> dict[str, Handler]:
     mcr.add_argument("--baseline-precision", help="precision of the baseline (default: bf16)")
     mcr.add_argument("--baseline-perf", type=float, help="task performance score of the baseline")
     rpt.add_argument("--params", type=int, help="model parameter count, when the session does not know it")
+    rpt.add_argument(
+        "--tokens",
+        choices=("real", "padded"),
+        default="real",
+        help="what TT counts: real tokens, padding not counted (default), or every padded input position (the "
+        "benchmark reference's count); the export says which",
+    )
     rpt.add_argument(
         "--json",
         action="store_true",
@@ -111,7 +126,9 @@ def _options(args: argparse.Namespace) -> Any:
     if args.baseline:
         with SessionReader(resolve(args.baseline)) as base:
             baseline_precision = baseline_precision or base.meta().get("precision")
-    return Options(args.params, args.precision, args.perf, baseline_precision, args.baseline_perf)
+    return Options(
+        args.params, args.precision, args.perf, baseline_precision, args.baseline_perf, getattr(args, "tokens", "real")
+    )
 
 
 def _report_text(reader: Any, args: argparse.Namespace) -> tuple[str, str]:
@@ -159,7 +176,19 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
         need("report", f"effmon report --format {args.format} (its plots)")
     if args.output:
         check_target(args.output, args.force)  # a bad -o is said before the work, not after
-    return int(readable(resolve(args.session), lambda path: _report(path, args)))
+    from effmon.core.jobs import JobError, as_one
+
+    try:
+        paths, line = as_one([resolve(ref) for ref in args.session])
+    except JobError as exc:
+        return err(str(exc), 2)
+    if len(paths) > 1:
+        return err(
+            "give one session (or the sessions of one multi-node job); to set runs side by side: effmon compare A B", 2
+        )
+    if line:
+        print(f"effmon: {line}", file=sys.stderr)
+    return int(readable(paths[0], lambda path: _report(path, args)))
 
 
 def _report(path: Path, args: argparse.Namespace) -> int:
@@ -370,14 +399,14 @@ def _print_stacked(out: Any, rows: list[tuple[Any, ...]]) -> None:
 
 def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
     from effmon.core.files import check_target, safe_write
-    from effmon.report.compare import CompareError, compare, html_doc, load_run, markdown
+    from effmon.report.compare import CompareError, compare, html_doc, load_group, markdown
 
     if args.format in ("md", "html") and not args.output:
         return err(f"--format {args.format} writes a file: give -o compare.{args.format}", 2)
     if args.output:
         check_target(args.output, args.force)
     try:
-        result = compare([load_run(ref) for ref in args.runs])
+        result = compare([load_group(ref) for ref in args.runs])
     except CompareError as exc:
         return err(str(exc), 2)
     if args.format == "json":
@@ -394,6 +423,11 @@ def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
         out = (markdown if args.format == "md" else html_doc)(result, Path(args.output), args.force)
         print(f"effmon: wrote {out}", file=sys.stderr)
         return 0
+    _print_compare(result)
+    return 0
+
+
+def _print_compare(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     from effmon.cli.output import console, literal
@@ -413,11 +447,23 @@ def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
     for m in result["metrics"]:
         t.add_row(
             literal(f"{m['metric']} ({m['unit']})" if m["unit"] else m["metric"]),
-            *(cell(v) for v in m["values"]),
+            *(
+                cell(v) + (f" ±{sp / 2:.0%}" if sp is not None else "")
+                for v, sp in zip(m["values"], m["spread"], strict=True)
+            ),
             *(cell(x, ".3f") for x in m["ratio"][1:]),
         )
     out.print(t)
-    return 0
+    if result["repeats"]:
+        out.print("± : half the range of the repeats, relative to their mean")
+    if result["not_ranked"]:
+        out.print(
+            literal(
+                "not a ranking: on " + ", ".join(result["not_ranked"]) + " the runs differ less than their repeats do"
+            )
+        )
+    if result["metrics"] and any(m["key"] == "MCR" for m in result["metrics"]):
+        out.print("MCR of the baseline is 1 by definition")
 
 
 def cmd_sources(args: argparse.Namespace, command: list[str]) -> int:

@@ -176,13 +176,20 @@ TRAIN_STEP = Entity(
     description="One optimiser step of a training run",
     metrics=(
         M("step", "", "count", "Global step number", "INTEGER"),
-        M("tokens", "tokens", "count", "Input tokens in the step", "INTEGER"),
-        M("samples", "samples", "count", "Samples in the step", "INTEGER"),
+        M("tokens", "tokens", "count", "Input tokens in the step on this rank, padding not counted", "INTEGER"),
+        M("padded_tokens", "tokens", "count", "Input positions in the step on this rank, padding included", "INTEGER"),
+        M("samples", "samples", "count", "Samples in the step on this rank (counted from its batches)", "INTEGER"),
         M("loss", "", "gauge", "Training loss"),
         M("lr", "", "gauge", "Learning rate"),
         M("grad_norm", "", "gauge", "Gradient norm"),
         M("epoch", "", "gauge", "Epoch (fractional)"),
-        M("comm_s", "s", "duration", "Time in communication (e.g. DDP all-reduce), when measured"),
+        M(
+            "comm_s",
+            "s",
+            "duration",
+            "Exposed communication: time the step waited for gradient sync beyond its computation, when measured",
+        ),
+        M("comm_busy_s", "s", "duration", "Gradient all-reduce busy time (mostly overlapped with backward)"),
         M("phase", "", "info", "Phase label", "TEXT"),
     ),
 )

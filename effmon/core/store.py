@@ -614,6 +614,23 @@ class SessionReader:
             return [], cursor
         return [dict(zip(names, r[1:], strict=True)) for r in rows], rows[-1][0]
 
+    def batches(self, entity: str, size: int = 5000) -> Iterator[list[dict[str, Any]]]:
+        """Every row of an entity as dicts, ``size`` at a time, in recording order (copies, merges)."""
+        cursor = 0
+        while True:
+            if not self.has(entity):
+                return
+            with self._reading():
+                cur = self._db.execute(
+                    f"SELECT rowid, * FROM {_table(entity)} WHERE rowid > ? ORDER BY rowid LIMIT ?", (cursor, size)
+                )
+                names = [d[0] for d in cur.description][1:]
+                rows = cur.fetchall()
+            if not rows:
+                return
+            cursor = rows[-1][0]
+            yield [dict(zip(names, r[1:], strict=True)) for r in rows]
+
     def rows(self, entity: str) -> list[dict[str, Any]]:
         """Every row of an entity as a dict, in recording order (for small entities and tests)."""
         return self.spans(entity)[0]

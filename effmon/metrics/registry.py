@@ -137,6 +137,7 @@ class Options:
     perf: float | None = None
     baseline_precision: str | None = None
     baseline_perf: float | None = None
+    tokens: str = "real"  # TT over real (non-padding) tokens, or "padded" positions (the benchmark reference's count)
 
 
 @dataclass

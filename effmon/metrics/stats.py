@@ -133,26 +133,34 @@ def all_gpu_stats(agg: Aggregation, window: Window, meta: dict[str, Any]) -> lis
 
 @dataclass
 class TrainingStats:
-    steps: int
+    steps: int  # optimizer steps (a step of a distributed run counted once, however many ranks took it)
     step_time_sum_s: float
     step_time_mean_s: float
     ranks: int
     step_time_p50_s: float | None
     step_time_p95_s: float | None
-    tokens: int
+    tokens: int  # real (non-padding) tokens, or padded positions with --tokens padded: see tokens_counted
     samples: int
     tokens_per_s: float | None
     samples_per_s: float | None
     communication_measured: bool
-    communication_s_sum: float | None
+    communication_s_sum: float | None  # exposed communication
     loss_first: float | None
     loss_last: float | None
+    tokens_counted: str = "real"  # "real" (padding not counted) or "padded" (every input position)
+    real_tokens: int | None = None
+    padded_tokens: int | None = None
+    rank_spread_mean_s: float | None = None  # per step: slowest rank's time minus the fastest's, averaged
+    rank_step_time_mean_s: dict[int, float] | None = None
+    communication_busy_s_sum: float | None = None
+    phases_s: dict[str, float] | None = None  # evaluation, saving, logging: time kept out of the steps
 
 
 @dataclass
-class Steps:
-    """A window's training steps, in (start, rank) order, with what the exports list per step."""
+class StepGroup:
+    """One optimizer step: the rows of the ranks that took it."""
 
+    step: int | None
     rows: list[dict[str, Any]]
 
     @property
@@ -160,48 +168,155 @@ class Steps:
         return [r["t_end"] - r["t_start"] for r in self.rows]
 
     @property
-    def comm(self) -> list[float | None]:
-        return [r.get("comm_s") for r in self.rows]
+    def latency(self) -> float:
+        """The step's wall time across ranks: its slowest rank (robust to clock offsets between nodes)."""
+        return max(self.times)
 
     @property
-    def comm_measured(self) -> bool:
-        return bool(self.rows) and all(c is not None for c in self.comm)
+    def spread(self) -> float:
+        return max(self.times) - min(self.times)
+
+    def total(self, column: str) -> int | None:
+        values = [r.get(column) for r in self.rows]
+        return None if any(v is None for v in values) else int(sum(values))  # type: ignore[arg-type]
+
+    @property
+    def comm(self) -> float | None:
+        """Exposed communication of the step: the least any rank waited beyond its computation (the slowest rank's
+        wait is the communication itself; the others' waits add the time they waited for it)."""
+        values = [r.get("comm_s") for r in self.rows]
+        known = [float(v) for v in values if v is not None]
+        return min(known) if len(known) == len(values) else None
+
+    @property
+    def comm_busy(self) -> float | None:
+        values = [r.get("comm_busy_s") for r in self.rows]
+        return None if any(v is None for v in values) else float(sum(values)) / len(values)  # type: ignore[arg-type]
+
+
+@dataclass
+class Steps:
+    """A window's training steps, in (start, rank) order, and grouped into optimizer steps by step number."""
+
+    rows: list[dict[str, Any]]
+
+    @property
+    def groups(self) -> list[StepGroup]:
+        by_step: dict[Any, StepGroup] = {}
+        for i, r in enumerate(self.rows):
+            key = r.get("step") if r.get("step") is not None else ("row", i)
+            if key not in by_step:
+                by_step[key] = StepGroup(r.get("step"), [])
+            by_step[key].rows.append(r)
+        return sorted(by_step.values(), key=lambda g: min(r["t_start"] for r in g.rows))
+
+    @property
+    def times(self) -> list[float]:
+        return [g.latency for g in self.groups]
 
     @property
     def ranks(self) -> int:
         return max(1, len({r.get("rank") or 0 for r in self.rows}))
 
+    @property
+    def comm_measured(self) -> bool:
+        return bool(self.rows) and all(r.get("comm_s") is not None for r in self.rows)
 
-def training_stats(steps: Steps, notes: list[str]) -> TrainingStats | None:
-    """Ranks of a distributed run take their steps at the same time: tokens and samples add up over ranks,
-    time does not. The run's step time is the per-rank total, averaged over ranks."""
+    def comm(self) -> list[float] | None:
+        """Exposed communication per optimizer step: measured, zeros for one process (nothing to synchronise),
+        or None (several ranks, not measured)."""
+        groups = self.groups
+        if self.comm_measured:
+            return [g.comm or 0.0 for g in groups]
+        if self.ranks == 1:
+            return [0.0] * len(groups)
+        return None
+
+
+def training_stats(
+    steps: Steps, notes: list[str], tokens: str = "real", phases: dict[str, float] | None = None
+) -> TrainingStats | None:
+    """Each rank reports what it processed itself: tokens and samples add up over ranks, once per token. A step's
+    latency is its slowest rank's time; the run's time is the sum over optimizer steps."""
     if not steps.rows:
         return None
-    times = steps.times
-    sum_time = sum(times) / steps.ranks
-    tokens = sum(r.get("tokens") or 0 for r in steps.rows)
-    samples = sum(r.get("samples") or 0 for r in steps.rows)
-    if steps.ranks > 1:
-        notes.append(f"{steps.ranks} ranks: tokens and samples summed over ranks, step time averaged over ranks")
-    measured = steps.comm_measured
-    if not measured:
-        notes.append("AL (training): communication time was not measured apart; step wall time includes it")
+    groups = steps.groups
+    times = [g.latency for g in groups]
+    sum_time = sum(times)
+    real = _sum_known(steps.rows, "tokens")
+    padded = _sum_known(steps.rows, "padded_tokens")
+    if tokens == "padded":
+        if padded is None:
+            notes.append("--tokens padded: padded positions were not recorded; TT counts the tokens reported")
+            counted, label = real or 0, "real"
+        else:
+            counted, label = padded, "padded"
+    else:
+        counted, label = real or 0, "real"
+    if real is not None and padded is not None and padded > real:
+        notes.append(
+            f"tokens: {real:,} real, {padded:,} padded positions ({padded / real - 1:+.1%}); "
+            f"TT counts {'padded positions' if label == 'padded' else 'real tokens'} (--tokens real|padded)"
+        )
+    samples = sum(int(r.get("samples") or 0) for r in steps.rows)
+    ranks = steps.ranks
+    by_rank: dict[int, list[float]] = {}
+    for r in steps.rows:
+        by_rank.setdefault(int(r.get("rank") or 0), []).append(r["t_end"] - r["t_start"])
+    spread = sum(g.spread for g in groups) / len(groups) if ranks > 1 else None
+    if spread is not None:
+        notes.append(
+            f"{ranks} ranks: tokens and samples summed over ranks (each counts its own batches), a step's latency "
+            f"is its slowest rank's; rank spread {spread * 1e3:.1f} ms per step on average"
+        )
+    comm = steps.comm()
+    busy = [g.comm_busy for g in groups]
+    if comm is None:
+        notes.append(
+            "AL (training): communication was not measured apart (effmon times DDP gradient sync: a Trainer's "
+            "automatically, a plain loop's with effmon.track.ddp(model); FSDP collectives are not timed apart); "
+            "step wall time includes it"
+        )
+    if phases:
+        kept = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(phases.items()))
+        notes.append(f"kept out of AL/TT/ST: {kept}")
     return TrainingStats(
-        steps=len(steps.rows),
+        steps=len(groups),
         step_time_sum_s=sum_time,
-        step_time_mean_s=sum(times) / len(times),
-        ranks=steps.ranks,
+        step_time_mean_s=sum_time / len(groups),
+        ranks=ranks,
         step_time_p50_s=percentile(times, 50),
         step_time_p95_s=percentile(times, 95),
-        tokens=tokens,
+        tokens=counted,
         samples=samples,
-        tokens_per_s=tokens / sum_time if sum_time else None,
+        tokens_per_s=counted / sum_time if sum_time else None,
         samples_per_s=samples / sum_time if sum_time else None,
-        communication_measured=measured,
-        communication_s_sum=sum(c for c in steps.comm if c is not None) if measured else None,
+        communication_measured=comm is not None,
+        communication_s_sum=sum(comm) if comm is not None else None,
         loss_first=steps.rows[0].get("loss"),
-        loss_last=steps.rows[-1].get("loss"),
+        loss_last=_last_loss(groups),
+        tokens_counted=label,
+        real_tokens=real,
+        padded_tokens=padded,
+        rank_spread_mean_s=spread,
+        rank_step_time_mean_s={k: sum(v) / len(v) for k, v in sorted(by_rank.items())} if ranks > 1 else None,
+        communication_busy_s_sum=sum(b for b in busy if b is not None) if any(b is not None for b in busy) else None,
+        phases_s=phases or None,
     )
+
+
+def _sum_known(rows: list[dict[str, Any]], column: str) -> int | None:
+    values = [r.get(column) for r in rows]
+    known = [int(v) for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _last_loss(groups: list[StepGroup]) -> float | None:
+    for g in reversed(groups):
+        for r in g.rows:
+            if r.get("loss") is not None:
+                return float(r["loss"])
+    return None
 
 
 @dataclass

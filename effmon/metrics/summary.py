@@ -128,6 +128,31 @@ def coverage_notes(meta: dict[str, Any], w: Window, gpus: list[GpuStats]) -> lis
     return notes
 
 
+def _logged_only(reader: SessionReader, meta: dict[str, Any]) -> str:
+    """A job effmon attached to late, with only its own logged steps (a Trainer's trainer_state.json)."""
+    logged = sorted(reader.rows("train_log"), key=lambda r: r["step"])
+    if not logged:
+        return "no training steps were recorded"
+    first, last = logged[0], logged[-1]
+    return (
+        f"training (from {meta.get('trainer_state', 'the job state file')}): {len(logged)} logged steps, step "
+        f"{first['step']}-{last['step']}, loss {first['loss']:.4g} -> {last['loss']:.4g}; no step times there, so AL, "
+        "TT and ST need the job started with effmon run or reporting through effmon.track"
+    )
+
+
+BETWEEN_STEPS = ("eval", "save", "log")
+"""Phases the transformers integration times between optimizer steps (kept out of the steps' figures)."""
+
+
+def _between_steps(agg: Aggregation, w: Window) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in agg.spans("phase", w):
+        if p.get("name") in BETWEEN_STEPS:
+            out[p["name"]] = out.get(p["name"], 0.0) + (p["t_end"] - p["t_start"])
+    return out
+
+
 def evaluate(
     reader: SessionReader,
     window: Window | None = None,
@@ -148,11 +173,13 @@ def evaluate(
         notes.append("throttle time: clock-event reasons were not recorded (replayed trace or unsupported GPU)")
     steps = Steps(sorted(agg.spans("train_step", w), key=lambda r: (r["t_start"], r.get("rank") or 0)))
     requests = split_requests(agg.spans("request", w))
-    training = training_stats(steps, notes)
+    training = training_stats(steps, notes, options.tokens, _between_steps(agg, w)) if steps.rows else None
+    if not steps.rows and reader.count("train_log"):
+        notes.append(_logged_only(reader, meta))
     inference = inference_stats(requests)
     server = server_stats(agg, w) if reader.has("serving") else None
     if not gpus:
-        notes.append(_without_gpu(reader, meta, w, bool(steps.rows or requests.rows)))
+        notes.append(_without_gpu(reader, meta, w, bool(steps.rows or requests.rows or reader.count("train_log"))))
     notes += coverage_notes(meta, w, gpus)
     model = dict(meta.get("model") or {})
     if options.params:

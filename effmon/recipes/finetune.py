@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         bf16=cuda,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",  # the Trainer's own count, to check effmon's against
     )
     trainer = Trainer(model=model, args=targs, train_dataset=data)
     result: Any = trainer.train()

@@ -62,20 +62,61 @@ def load_run(ref: str) -> dict[str, Any]:
         if not isinstance(doc, dict) or "AMU" not in doc:
             raise CompareError(f"{ref}: not an effmon export (use --format efficientllm or json)")
         return _from_export(doc, path.stem)  # an export names the run by its file (several can come from one session)
+    from effmon.core.jobs import JobError, as_one
     from effmon.core.sessions import resolve
     from effmon.core.store import SessionReader
     from effmon.metrics import MetricsError, evaluate
 
     try:
-        with SessionReader(resolve(ref)) as reader:
+        path = as_one([resolve(ref)])[0][0]  # a node's session of a multi-node job: the whole job
+    except JobError as exc:
+        raise CompareError(f"{ref}: {exc}") from None
+    try:
+        with SessionReader(path) as reader:
             return from_summary(evaluate(reader, with_series=False), reader.meta().get("name", ref))
     except MetricsError as exc:
         raise CompareError(f"{ref}: {exc}") from None
 
 
+REPEAT_SEP = ","
+"""``effmon compare A1,A2,A3 B1,B2,B3``: repeats of one configuration, compared by their mean with their spread."""
+
+
+def load_group(ref: str) -> dict[str, Any]:
+    """A run, or the repeats of one run (comma-separated): their mean, and per metric its min, max and n."""
+    parts = [p for p in ref.split(REPEAT_SEP) if p] if REPEAT_SEP in ref and not Path(ref).exists() else [ref]
+    runs = [load_run(p) for p in parts]
+    if len(runs) == 1:
+        return runs[0]
+    values: dict[str, Any] = {}
+    spread: dict[str, Any] = {}
+    for m in axes():
+        got = [r["values"].get(m.key) for r in runs if r["values"].get(m.key) is not None]
+        values[m.key] = sum(got) / len(got) if got else None
+        if got:
+            spread[m.key] = {"min": min(got), "max": max(got), "n": len(got)}
+    names = [r["name"] for r in runs]
+    return {
+        "name": f"{names[0]} (+{len(names) - 1} repeats)",
+        "values": values,
+        "gpu": runs[0]["gpu"],
+        "repeats": names,
+        "spread": spread,
+    }
+
+
+def _relative_spread(s: dict[str, Any] | None, mean: float | None) -> float | None:
+    if not s or mean in (None, 0) or s["n"] < 2:
+        return None
+    return (s["max"] - s["min"]) / abs(mean)  # type: ignore[operator]
+
+
 def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs: effmon compare BASELINE OTHER [...]")
+    if runs[0]["values"].get("MCR") is None and "MCR" in {m.key for m in axes()}:
+        # the baseline against itself: (bits/bits) x (perf/perf), 1 by definition
+        runs[0] = {**runs[0], "values": {**runs[0]["values"], "MCR": 1.0}}
     base = runs[0]["values"]
     rows = []
     for m in axes():
@@ -102,15 +143,28 @@ def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "ratio": [None if v is None or not base.get(key) else v / base[key] for v in vals],
                 "normalized": norm,
                 "missing": [r["name"] for r, v in zip(runs, vals, strict=True) if v is None],
+                "spread": [
+                    _relative_spread((r.get("spread") or {}).get(key), v) for r, v in zip(runs, vals, strict=True)
+                ],
             }
         )
+        row: dict[str, Any] = rows[-1]
+        spreads = [x for x in row["spread"] if x is not None]
+        if spreads and present and len(present) > 1:
+            gap = (max(present) - min(present)) / abs(sum(present) / len(present)) if any(present) else 0.0
+            row["within_spread"] = gap <= max(spreads)  # the runs differ less than their repeats do
     return {
         "runs": [r["name"] for r in runs],
         "gpus": [r["gpu"] for r in runs],
         "baseline": runs[0]["name"],
         "metrics": rows,
         "normalization": "min-max across the runs; lower-is-better metrics flipped so higher is better",
+        "repeats": {r["name"]: r["repeats"] for r in runs if r.get("repeats")},
+        "not_ranked": [m["metric"] for m in rows if m.get("within_spread")],
     }
+
+
+RADAR_FLOOR = 0.2
 
 
 def radar_png(result: dict[str, Any]) -> bytes:
@@ -127,13 +181,21 @@ def radar_png(result: dict[str, Any]) -> bytes:
     fig = plt.figure(figsize=(6, 6))
     ax = fig.add_subplot(projection="polar")
     for i, name in enumerate(result["runs"]):
-        vals = [m["normalized"][i] if m["normalized"][i] is not None else 0.0 for m in axes]
+        # drawn on RADAR_FLOOR..1: the worst run on an axis sits on the inner ring, never hidden at the centre
+        vals = [
+            RADAR_FLOOR + (1 - RADAR_FLOOR) * m["normalized"][i] if m["normalized"][i] is not None else 0.0
+            for m in axes
+        ]
         ax.plot(angles + angles[:1], vals + vals[:1], lw=1.5, label=name)
         ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
     ax.set_xticks(angles)
     ax.set_xticklabels([m["metric"] for m in axes])
     ax.set_ylim(0, 1)
-    ax.set_title("min-max normalised, higher is better", fontsize=9)
+    ax.set_title(
+        f"min-max across the runs drawn on {RADAR_FLOOR:g}-1 (inner ring = the worst run on that axis), "
+        "higher is better",
+        fontsize=8,
+    )
     ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
     gaps = [
         f"{name}: {', '.join(m['metric'] for m in axes if m['normalized'][i] is None)}"

@@ -115,19 +115,20 @@ def _request_level(s: Summary) -> tuple[dict[str, list[Any]], int]:
             "computation_times": list(latencies),
             "communication_times": [],
         }, len(latencies)
-    rows = s.steps.rows
-    latencies = s.steps.times
-    communication = [float(c) for c in s.steps.comm if c is not None] if s.steps.comm_measured else []
+    groups = s.steps.groups  # one entry per optimizer step, however many ranks took it
+    latencies = [g.latency for g in groups]
+    communication = s.steps.comm()
+    padded = bool(s.training and s.training.tokens_counted == "padded")
     return {
         "latencies": latencies,
-        "tokens": [r.get("tokens") or 0 for r in rows],
-        "samples": [r.get("samples") or 0 for r in rows],
+        "tokens": [(g.total("padded_tokens") if padded else g.total("tokens")) or 0 for g in groups],
+        "samples": [g.total("samples") or 0 for g in groups],
         "generated_tokens": s.requests.generated_tokens if s.inference else [],
-        "computation_times": [lat - c for lat, c in zip(latencies, communication, strict=False)]
-        if communication
+        "computation_times": [lat - c for lat, c in zip(latencies, communication, strict=True)]
+        if communication is not None
         else list(latencies),
-        "communication_times": communication,
-    }, len(rows)
+        "communication_times": communication if communication is not None else [],
+    }, len(groups)
 
 
 def efficientllm(s: Summary) -> dict[str, Any]:
@@ -165,7 +166,12 @@ def efficientllm(s: Summary) -> dict[str, Any]:
         "session": s.session,
         "window": window_dict(s),
         "model": s.model,
-        "num_requests_counts": "requests" if num_requests and inference and kind != "training" else "training steps",
+        "num_requests_counts": "requests" if num_requests and inference and kind != "training" else "optimizer steps",
+        "tokens_counted": None
+        if not training
+        else "padded input positions (--tokens padded)"
+        if training.tokens_counted == "padded"
+        else "real tokens, padding not counted",
         **tree,
         "throughput": {
             "tokens_per_s": training.tokens_per_s if training else None,

@@ -17,7 +17,22 @@ from effmon.core.files import UnsafePath, chain_problem, open_owned
 from effmon.core.source import SourceInfo, SourceOptions
 from effmon.track import track_location, track_path
 
-STEP_FIELDS = ("step", "tokens", "samples", "loss", "lr", "grad_norm", "epoch", "comm_s", "phase")
+STEP_FIELDS = (
+    "step",
+    "tokens",
+    "padded_tokens",
+    "samples",
+    "loss",
+    "lr",
+    "grad_norm",
+    "epoch",
+    "comm_s",
+    "comm_busy_s",
+    "phase",
+)
+
+
+RANK_FIELDS = ("pid", "rank", "local_rank", "world_size", "cuda_visible_devices", "run_id", "node_rank", "host")
 
 
 class TrackSource:
@@ -151,16 +166,30 @@ class TrackSource:
         elif kind == "model":
             info = {k: v for k, v in ev.items() if k not in ("kind", "t")}
             out.append(Row("meta", {"model": info}))
+            if info.get("precision"):  # MCR's bit width, without --precision
+                out.append(Row("meta", {"precision": info["precision"]}))
         elif kind == "start":
-            self.ranks[path] = {
-                k: ev.get(k) for k in ("pid", "rank", "local_rank", "world_size", "cuda_visible_devices")
-            }
-            out.append(Row("meta", {"ranks": sorted(self.ranks.values(), key=lambda r: r.get("rank") or 0)}))
+            out += self._start(path, ev)
+        elif kind == "span":
+            name = str(ev.get("name"))
+            out.append(Row("phase", {"t_start": ev.get("t_start"), "t_end": ev.get("t_end"), "name": name}))
         elif kind == "phase":
             out += self._close_phase(path, ev["t"])
             self.phase[path] = (str(ev.get("name")), float(ev["t"]))
         elif kind == "dropped":
             out.append(Row("meta", {"track_dropped_events": ev.get("count")}))
+        return out
+
+    def _start(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        self.ranks[path] = {k: ev.get(k) for k in RANK_FIELDS}
+        ranks = sorted(self.ranks.values(), key=lambda r: r.get("rank") or 0)
+        out = [Row("meta", {"ranks": ranks})]
+        job = next((r for r in ranks if r.get("run_id")), None)
+        if job is not None and (job.get("world_size") or 1) > 1:
+            # a torchrun job: the sessions of its nodes (one effmon run per node) are one run
+            nodes = sorted({r.get("node_rank") or 0 for r in ranks})
+            job_meta = {"run_id": job["run_id"], "world_size": job["world_size"], "node_ranks": nodes}
+            out.append(Row("meta", {"job": job_meta}))
         return out
 
     def _release(self, path: str) -> list[Row]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from effmon.plugins import EngineSpec, hookimpl
+from effmon.plugins import EngineSpec, Source, SourceOptions, SourceSpec, hookimpl
 
 INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
 
@@ -36,3 +36,33 @@ def effmon_register_engines(register: Callable[[EngineSpec], None]) -> None:
             prepare=engine.prepare,
         )
     )
+
+
+def _trainer_state(options: SourceOptions) -> Source:
+    from effmon_transformers.state import TrainerStateSource
+
+    return TrainerStateSource(options)
+
+
+@hookimpl
+def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
+    from effmon_transformers.state import TRAIN_LOG
+
+    register(
+        SourceSpec(
+            "trainer_state",
+            "Logged steps of a Trainer job effmon did not start, from its trainer_state.json (effmon attach)",
+            (TRAIN_LOG,),
+            _trainer_state,
+        )
+    )
+
+
+@hookimpl
+def effmon_attach_notes(pid: int, cmdline: list[str], cwd: str | None) -> list[str] | None:
+    from effmon_transformers.state import OUTPUT_FLAGS, describe, job_folders, newest_state
+
+    folders = job_folders(cmdline, cwd)
+    if newest_state(folders) is None and not any(a.split("=")[0] in OUTPUT_FLAGS for a in cmdline):
+        return None  # nothing says this is a Trainer job
+    return [describe(folders)]

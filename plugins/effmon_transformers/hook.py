@@ -52,8 +52,9 @@ def patch(module: Any) -> None:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
         try:
-            _enable_token_count(self.args)
-            self.add_callback(make_callback(self))
+            callback = make_callback(self)
+            self.add_callback(callback)
+            instrument(self, callback)
         except Exception as exc:  # never break training
             sys.stderr.write(f"effmon: could not instrument this Trainer ({exc})\n")
 
@@ -61,16 +62,94 @@ def patch(module: Any) -> None:
     setattr(trainer_cls, PATCHED, True)
 
 
-def _enable_token_count(args: Any) -> None:
-    """Use the Trainer's own input-token count rather than guessing tokens from shapes."""
-    current = getattr(args, "include_num_input_tokens_seen", False)
-    if current in (False, None, "no"):
-        # transformers 5 takes "no" / "all" / "non_padding" (a bool is converted only at construction)
-        value: Any = "all" if isinstance(current, str) else True
+def instrument(trainer: Any, callback: Any) -> None:
+    """Wrap this Trainer's own methods (on the instance; the class and the user's settings are untouched):
+    ``get_batch_samples`` hands over the batches of each optimizer step, counted by ``callback``;
+    ``evaluate``, ``_save_checkpoint`` and ``log`` are timed as phases of their own, outside the steps."""
+    fetch = getattr(trainer, "get_batch_samples", None)
+    if fetch is not None:
+
+        def get_batch_samples(*args: Any, **kwargs: Any) -> Any:
+            result = fetch(*args, **kwargs)
+            try:
+                callback.counter.add(result[0], trainer)
+            except Exception as exc:  # counting is never worth a failed step
+                callback.counter.failed = str(exc)
+            return result
+
+        trainer.get_batch_samples = get_batch_samples
+    for method, name in (("evaluate", "eval"), ("_save_checkpoint", "save"), ("log", "log")):
+        original = getattr(trainer, method, None)
+        if original is not None:
+            setattr(trainer, method, _timed(original, name, callback))
+
+
+def _timed(original: Any, name: str, callback: Any) -> Any:
+    import effmon.track as et
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if callback.in_phase:  # a log inside an evaluation belongs to the evaluation
+            return original(*args, **kwargs)
+        callback.in_phase = True
+        t0 = time.time()
         try:
-            args.include_num_input_tokens_seen = value
-        except Exception:
-            object.__setattr__(args, "include_num_input_tokens_seen", value)
+            return original(*args, **kwargs)
+        finally:
+            callback.in_phase = False
+            et.span(name, t0, time.time())
+
+    return timed
+
+
+class BatchCounter:
+    """Samples, real (non-padding) tokens and padded positions of the batches of one optimizer step, counted
+    the way the Trainer's ``include_num_input_tokens_seen="non_padding"`` counts (the attention mask, else the
+    tokens that are not the pad token), but per rank and without a host sync: shapes are metadata, and the
+    real-token sum stays on the device until it is read once per optimizer step, after it is ready (a
+    non-blocking copy and a CUDA event; at once on the CPU)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.padded = 0
+        self.real: Any = None  # an int, or a tensor on the device
+        self.exact = True
+        self.failed: str | None = None
+
+    def add(self, batches: list[Any], trainer: Any) -> None:
+        name = getattr(getattr(trainer, "model", None), "main_input_name", "input_ids")
+        for batch in batches:
+            ids = batch.get(name) if hasattr(batch, "get") else None
+            if ids is None or not hasattr(ids, "shape"):
+                self.exact = False
+                continue
+            self.samples += int(ids.shape[0])
+            self.padded += int(ids.numel())
+            mask = batch.get("attention_mask")
+            if mask is not None:
+                real = mask.sum()
+            else:
+                pad = getattr(getattr(trainer, "processing_class", None), "pad_token_id", None)
+                real = (ids != pad).sum() if pad is not None else int(ids.numel())
+            self.real = real if self.real is None else self.real + real
+
+    def take(self) -> dict[str, Any]:
+        counts = {"samples": self.samples, "padded_tokens": self.padded, "real": self.real}
+        self.samples, self.padded, self.real = 0, 0, None
+        return counts
+
+
+def _start_read(value: Any) -> tuple[Any, Any]:
+    """(value or host copy, event): a device tensor is copied to the host without waiting; the event says when."""
+    if value is None or isinstance(value, int):
+        return value, None
+    if getattr(value, "is_cuda", False):
+        import torch
+
+        host = value.detach().to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+    return int(value), None
 
 
 def describe_model(model: Any) -> dict[str, Any]:
@@ -115,105 +194,150 @@ def describe_model(model: Any) -> dict[str, Any]:
     return info
 
 
-class CommTimer:
-    """Time in DDP gradient all-reduce, per step: a comm hook doing what DDP's default one does
-    (average the bucket over ranks) and timing each bucket from launch to completion."""
+def describe_precision(model: Any, args: Any) -> dict[str, Any]:
+    """What MCR needs without flags: the weights' dtype, the mixed-precision mode and any quantization."""
+    out: dict[str, Any] = {}
+    try:
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()}) if model is not None else []
+    except Exception:
+        dtypes = []
+    out["dtypes"] = dtypes
+    if args is not None:
+        out["mixed_precision"] = (
+            "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "no"
+        )
+        out["tf32"] = bool(getattr(args, "tf32", False))
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    quant: dict[str, Any] | None = None
+    if config is not None:
+        doc = config.to_dict() if hasattr(config, "to_dict") else dict(config) if isinstance(config, dict) else {}
+        method = str(doc.get("quant_method", "")).split(".")[-1].lower() or "quantized"
+        bits = doc.get("bits") or doc.get("w_bit")
+        if doc.get("load_in_4bit"):
+            bits, method = 4, str(doc.get("bnb_4bit_quant_type") or "bnb-4bit")
+        elif doc.get("load_in_8bit"):
+            bits, method = 8, "bnb-8bit"
+        quant = {"method": method, "bits": bits}
+        out["quantization"] = quant
+    # the session's precision for MCR: the quantization when there is one, else the training compute dtype
+    if quant is not None:
+        out["precision"] = (
+            quant["method"]
+            if quant["method"] in _KNOWN_PRECISIONS
+            else f"int{quant['bits']}"
+            if quant["bits"]
+            else None
+        )
+    elif out.get("mixed_precision") not in (None, "no"):
+        out["precision"] = out["mixed_precision"]
+    elif len(dtypes) == 1:
+        out["precision"] = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtypes[0], dtypes[0])
+    return out
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.installed = False
-        self.failed = False
 
-    def install(self, wrapped: Any) -> None:
-        try:
-            import torch.distributed as dist
-            from torch.nn.parallel import DistributedDataParallel
-        except ImportError:
-            return
-        if self.installed or not isinstance(wrapped, DistributedDataParallel) or not dist.is_initialized():
-            return
+_KNOWN_PRECISIONS = ("nf4", "fp4", "gptq", "awq", "bnb-4bit", "bnb-8bit", "fp8", "int8", "int4")
 
-        def timed_allreduce(state: Any, bucket: Any) -> Any:
-            t0 = time.perf_counter()
-            tensor = bucket.buffer().div_(dist.get_world_size())
-            fut = dist.all_reduce(tensor, async_op=True).get_future()
 
-            def done(f: Any) -> Any:
-                self.seconds += time.perf_counter() - t0
-                return f.value()[0]
+class StepReporter:
+    """What the Trainer callback does, apart from transformers (whose ``TrainerCallback`` it is mixed into)."""
 
-            return fut.then(done)
+    def __init__(self, trainer: Any = None) -> None:
+        self.trainer = trainer
+        self.t_start = 0.0
+        self.counter = BatchCounter()
+        self.in_phase = False
+        self.pending: list[tuple[dict[str, Any], Any, Any]] = []  # steps whose token count is on its way
+        self.comm_tried = False
 
-        timed_allreduce.__annotations__ = {}  # DDP checks annotations; string ones (postponed) fail its check
-        wrapped.register_comm_hook(None, timed_allreduce)
-        self.installed = True
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        import effmon.track as et
 
-    def take(self) -> float | None:
-        if not self.installed:
-            return None
-        seconds, self.seconds = self.seconds, 0.0
-        return seconds
+        info = describe_model(model)
+        info["world_size"] = getattr(args, "world_size", 1)
+        info.update(describe_precision(model, args))
+        et.model_info(**info)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.trainer is not None and not self.comm_tried:
+            # DDP wraps the model once training has started: hook it before the first backward pass
+            self.comm_tried = True
+            try:
+                _watch_ddp(getattr(self.trainer, "model_wrapped", None))
+            except Exception as exc:
+                sys.stderr.write(f"effmon: communication time is off ({exc})\n")
+        # a step runs from here to on_step_end: data loading before it, and evaluation, saving and logging
+        # after it (timed as phases of their own), are not in it
+        self.t_start = time.time()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        import effmon.track as et
+
+        t_end = time.time()
+        counts = self.counter.take()
+        real, event = _start_read(counts.pop("real"))
+        exact = self.counter.exact
+        step = {
+            "t_start": self.t_start,
+            "t_end": t_end,
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "samples": counts["samples"] if exact else None,
+            "padded_tokens": counts["padded_tokens"] if exact else None,
+            **et.communication(),
+        }
+        self.pending.append((step, real, event))
+        self.emit(wait=False)
+
+    def emit(self, wait: bool) -> None:
+        """Report the steps whose token count has reached the host, in order (at the end: all of them)."""
+        import effmon.track as et
+
+        while self.pending:
+            step, real, event = self.pending[0]
+            if event is not None:
+                if not wait and not event.query():
+                    return
+                event.synchronize()
+            self.pending.pop(0)
+            tokens = int(real) if real is not None and self.counter.exact else None
+            et.record_step(step.pop("t_start"), step.pop("t_end"), tokens=tokens, **step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        import effmon.track as et
+
+        if logs and "loss" in logs:
+            self.emit(wait=True)  # the log line belongs to the step just ended
+            et.log(
+                loss=logs.get("loss"),
+                lr=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                epoch=logs.get("epoch"),
+            )
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        import effmon.track as et
+
+        self.emit(wait=True)
+        if self.counter.failed:
+            sys.stderr.write(f"effmon: tokens and samples were not counted ({self.counter.failed})\n")
+        et.flush()
 
 
 def make_callback(trainer: Any = None) -> Any:
     from transformers import TrainerCallback
 
-    import effmon.track as et
+    class EffmonCallback(StepReporter, TrainerCallback):  # type: ignore[misc]
+        pass
 
-    comm = CommTimer()
+    return EffmonCallback(trainer)
 
-    class EffmonCallback(TrainerCallback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.t_start = 0.0
-            self.last_end: float | None = None
-            self.tokens_seen = 0
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            self.tokens_seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            info = describe_model(model)
-            info["world_size"] = getattr(args, "world_size", 1)
-            et.model_info(**info)
+def _watch_ddp(wrapped: Any) -> None:
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except ImportError:
+        return
+    if isinstance(wrapped, DistributedDataParallel):
+        import effmon.track as et
 
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if trainer is not None and not comm.installed and not comm.failed:
-                # DDP wraps the model once training has started: hook it before the first backward pass
-                try:
-                    comm.install(getattr(trainer, "model_wrapped", None))
-                except Exception as exc:
-                    comm.failed = True
-                    sys.stderr.write(f"effmon: communication time is off ({exc})\n")
-            # A step's wall time runs from the previous step's end: data loading, logging and callbacks
-            # between steps belong to the run's throughput, as they do in the Trainer's own runtime.
-            self.t_start = self.last_end if self.last_end is not None else time.time()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            seen = getattr(state, "num_input_tokens_seen", None)
-            tokens = None
-            if seen is not None:
-                tokens = int(seen) - self.tokens_seen
-                self.tokens_seen = int(seen)
-            samples = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-            self.last_end = time.time()
-            et.record_step(
-                self.t_start,
-                self.last_end,
-                tokens=tokens,
-                samples=samples,
-                step=state.global_step,
-                epoch=state.epoch,
-                comm_s=comm.take(),
-            )
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
-                et.log(
-                    loss=logs.get("loss"),
-                    lr=logs.get("learning_rate"),
-                    grad_norm=logs.get("grad_norm"),
-                    epoch=logs.get("epoch"),
-                )
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            et.flush()
-
-    return EffmonCallback()
+        et.ddp(wrapped)

@@ -1,0 +1,301 @@
+"""Training numbers at every scale, checked against figures effmon did not compute (issue 15).
+
+The references: the Trainer's own state (``include_num_input_tokens_seen="non_padding"`` set by the test script,
+not by effmon), what the script's own data collator saw, the script's own step clock, exact token arithmetic,
+and for communication the step-time difference with and without gradient sync (``no_sync()``). Real torchrun
+jobs with gloo on the CPU: one process, DDP 2 ranks, FSDP 2 ranks, 2 nodes x 2 ranks (two ``effmon run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+SCRIPTS = Path(__file__).parent / "scripts"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_for(home: Path) -> dict[str, str]:
+    return dict(os.environ, EFFMON_HOME=str(home), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="120")
+
+
+def effmon(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "effmon", *args], capture_output=True, text=True, env=env_for(home), timeout=timeout
+    )
+
+
+def record(home: Path, *command: str, name: str = "job") -> None:
+    res = effmon(home, "run", "--headless", "--name", name, "--", *command)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def export(home: Path, *refs: str, extra: tuple[str, ...] = ()) -> dict:
+    res = effmon(home, "report", *refs, "--format", "efficientllm", *extra)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    doc["_stderr"] = res.stderr
+    return doc
+
+
+def references(folder: Path, prefix: str) -> list[dict]:
+    docs = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{prefix}-*.json"))]
+    assert docs, f"the script wrote no {prefix} reference"
+    return docs
+
+
+def slowest_rank_mean(docs: list[dict]) -> float:
+    """The reference step latency: per step, the slowest rank's own clock; averaged."""
+    return statistics.mean(max(times) for times in zip(*(d["step_times"] for d in docs), strict=True))
+
+
+def check_counts(doc: dict, refs: list[dict]) -> None:
+    t = doc["effmon"]["training"]
+    seen = [r["collator"] for r in refs]
+    assert t["real_tokens"] == sum(s["real"] for s in seen)
+    assert t["padded_tokens"] == sum(s["padded"] for s in seen)
+    assert t["samples"] == sum(s["samples"] for s in seen)
+    assert t["real_tokens"] == refs[0]["num_input_tokens_seen"]  # the Trainer's own (global) count
+    assert doc["num_requests"] == t["steps"] == refs[0]["global_step"]  # optimizer steps, not rank-steps
+    assert t["step_time_mean_s"] == pytest.approx(slowest_rank_mean(refs), rel=0.01)
+    params = refs[0]["params"]
+    assert doc["TT"] == pytest.approx(t["real_tokens"] / params / t["step_time_sum_s"], rel=1e-9)
+    assert doc["ST"] == pytest.approx(t["samples"] / params / t["step_time_sum_s"], rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    base = tmp_path_factory.mktemp("single")
+    record(base / "h", sys.executable, str(SCRIPTS / "trainer_reference.py"), str(base / "out"))
+    return base
+
+
+def test_one_process_with_padding_eval_and_a_partial_last_batch(single):
+    doc = export(single / "h", "last")
+    refs = references(single / "out", "reference")
+    check_counts(doc, refs)
+    t = doc["effmon"]["training"]
+    # exact arithmetic: 98 samples of known lengths, 4 epochs, every sample seen once an epoch
+    assert t["real_tokens"] == refs[0]["exact_real_tokens"]
+    assert t["samples"] == refs[0]["exact_samples"] == 392  # 13 batches an epoch, the last of 2 samples
+    assert t["padded_tokens"] > t["real_tokens"]
+    # evaluation is a phase of its own, outside every step (its time is not in AL)
+    assert t["phases_s"]["eval"] > 0
+    assert any("kept out of AL/TT/ST: eval" in n for n in doc["effmon"]["notes"])
+    comm = doc["request_level"]["communication_times"]
+    assert comm == [0.0] * t["steps"]  # one process: no communication, zeros rather than an empty list
+    assert doc["effmon"]["tokens_counted"].startswith("real")
+    model = doc["effmon"]["model"]
+    assert model["peft"]["method"] == "lora" and model["peft"]["r"] == 4
+    assert model["params"] == refs[0]["params"] and model["trainable_params"] == refs[0]["trainable_params"]
+    assert model["precision"] == "fp32" and model["mixed_precision"] == "no"
+
+
+def test_padded_positions_on_request_reproduce_the_benchmark_count(single):
+    doc = export(single / "h", "last", extra=("--tokens", "padded"))
+    refs = references(single / "out", "reference")
+    t = doc["effmon"]["training"]
+    assert t["tokens"] == refs[0]["collator"]["padded"] and t["tokens_counted"] == "padded"
+    assert doc["TT"] == pytest.approx(t["padded_tokens"] / refs[0]["params"] / t["step_time_sum_s"], rel=1e-9)
+    assert "padded" in doc["effmon"]["tokens_counted"]
+    assert sum(doc["request_level"]["tokens"]) == refs[0]["collator"]["padded"]
+
+
+def test_tokens_are_counted_without_the_trainers_help_and_its_logs_are_left_alone(tmp_path):
+    """The Trainer's own token count off (its default): effmon no longer switches it on (a gather and a host sync
+    per micro-batch under DDP, and entries in the user's logs), yet counts every token, by exact arithmetic."""
+    out = tmp_path / "out"
+    script = str(SCRIPTS / "trainer_reference.py")
+    record(tmp_path / "h", sys.executable, script, str(out), "--epochs", "1", "--token-count", "no")
+    doc = export(tmp_path / "h", "last")
+    ref = references(out, "reference")[0]
+    assert not any("num_input_tokens_seen" in e for e in ref["log_history"])
+    assert doc["effmon"]["training"]["real_tokens"] == ref["exact_real_tokens"]
+    assert doc["effmon"]["training"]["samples"] == ref["exact_samples"]
+
+
+def test_ddp_two_ranks_counts_every_token_once(tmp_path):
+    out = tmp_path / "out"
+    record(
+        tmp_path / "h",
+        *TORCHRUN,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPTS / "trainer_reference.py"),
+        str(out),
+    )
+    doc = export(tmp_path / "h", "last")
+    refs = references(out, "reference")
+    assert len(refs) == 2 and refs[0]["wrapper"] == "DistributedDataParallel"
+    check_counts(doc, refs)
+    t = doc["effmon"]["training"]
+    assert t["ranks"] == 2 and set(t["rank_step_time_mean_s"]) == {"0", "1"}
+    assert t["rank_spread_mean_s"] >= 0
+    for rank, ref in enumerate(refs):  # per-rank step times kept, against each rank's own clock
+        assert t["rank_step_time_mean_s"][str(rank)] == pytest.approx(statistics.mean(ref["step_times"]), rel=0.01)
+    comm = doc["request_level"]["communication_times"]
+    assert len(comm) == t["steps"] and all(c >= 0 for c in comm)  # exposed communication, measured per step
+    assert t["communication_busy_s_sum"] > 0
+
+
+def test_fsdp_two_ranks(tmp_path):
+    out = tmp_path / "out"
+    record(
+        tmp_path / "h",
+        *TORCHRUN,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPTS / "fsdp_loop.py"),
+        str(out),
+    )
+    doc = export(tmp_path / "h", "last")
+    refs = references(out, "fsdp")
+    assert refs[0]["wrapper"].startswith("FSDP")
+    t = doc["effmon"]["training"]
+    assert t["real_tokens"] == sum(r["real"] for r in refs)
+    assert t["padded_tokens"] == sum(r["padded"] for r in refs)
+    assert t["samples"] == sum(r["samples"] for r in refs)
+    assert doc["num_requests"] == t["steps"] == refs[0]["steps"]
+    assert t["step_time_mean_s"] == pytest.approx(slowest_rank_mean(refs), rel=0.01)
+
+
+def test_two_nodes_of_two_ranks_are_one_run(tmp_path):
+    """Two ``effmon run``, one per node group of a torchrun job (c10d rendezvous on 127.0.0.1): each session
+    holds its node's ranks; a report of either takes the job as one."""
+    home, out, port = tmp_path / "h", tmp_path / "out", free_port()
+    command = [
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "job42",
+        str(SCRIPTS / "trainer_reference.py"),
+        str(out),
+    ]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "effmon", "run", "--headless", "--name", f"node{i}", "--", *command],
+            env=env_for(home),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in nodes:
+        _, errors = p.communicate(timeout=300)
+        assert p.returncode == 0, errors[-3000:]
+    refs = references(out, "reference")
+    assert len(refs) == 4
+    for ref in ("node0", "node1"):
+        doc = export(home, ref)
+        assert "job job42: 2 node sessions taken as one run" in doc["_stderr"]
+        check_counts(doc, refs)
+        assert doc["effmon"]["training"]["ranks"] == 4
+        assert doc["effmon"]["session"]["name"] == "job-job42"
+    both = export(home, "node0", "node1")
+    assert both["effmon"]["training"] == doc["effmon"]["training"]
+    # compare takes the job as one run too
+    res = effmon(home, "compare", "node0", "node1", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    steps = json.loads(res.stdout)
+    assert steps["runs"] == ["job-job42", "job-job42"]
+
+
+def test_exposed_communication_matches_the_no_sync_difference(tmp_path):
+    """Exposed communication (what a step waits for gradient sync beyond its computation) against the same
+    batches stepped without sync: their step-time difference, measured by the script's own clock."""
+    out = tmp_path / "out"
+    record(
+        tmp_path / "h",
+        *TORCHRUN,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPTS / "ddp_comm.py"),
+        str(out),
+    )
+    doc = export(tmp_path / "h", "last")
+    refs = references(out, "comm")
+    synced = [max(x) for x in zip(*(r["synced"] for r in refs), strict=True)]
+    local = [max(x) for x in zip(*(r["no_sync"] for r in refs), strict=True)]
+    reference = statistics.median(synced) - statistics.median(local)
+    exposed = statistics.median(doc["request_level"]["communication_times"])
+    assert reference > 0.002, "the reference shows no synchronisation cost: the test proves nothing"
+    assert exposed == pytest.approx(reference, rel=0.25)
+    busy = doc["effmon"]["training"]["communication_busy_s_sum"] / doc["effmon"]["training"]["steps"]
+    assert busy > 0  # the all-reduce busy time is kept apart, labelled
+
+
+def test_late_attach_to_a_trainer_job_says_what_it_sees_and_reads_the_trainers_state(tmp_path):
+    """A Trainer job started without effmon, attached to mid-run: effmon says at once what it can and cannot
+    see, and takes the logged steps from the job's own trainer_state.json (the losses the Trainer logged)."""
+    from effmon.core.store import SessionReader
+
+    out, home = tmp_path / "out", tmp_path / "h"
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPTS / "trainer_reference.py"),
+            str(out),
+            "--epochs",
+            "2",
+            "--save-steps",
+            "5",
+            "--log-sleep",
+            "0.25",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("trainer/checkpoint-*/trainer_state.json")):
+            assert job.poll() is None and time.time() < deadline, "the job never saved a checkpoint"
+            time.sleep(0.2)
+        res = effmon(home, "attach", "--headless", str(job.pid))
+    finally:
+        job.wait(120)
+    assert res.returncode == 0, res.stderr
+    assert "steps, tokens and step times: no" in res.stderr and "effmon run -- COMMAND" in res.stderr
+    assert "trainer_state.json" in res.stderr
+    ref = references(out, "reference")[0]
+    logged = {e["step"]: e["loss"] for e in ref["log_history"] if "loss" in e}
+    session = next((home / "sessions").glob("*.effmon"))
+    with SessionReader(session) as r:
+        rows = {x["step"]: x["loss"] for x in r.rows("train_log")}
+    assert len(rows) >= 5 and sorted(rows) == list(range(1, len(rows) + 1))
+    assert all(rows[s] == pytest.approx(logged[s]) for s in rows)
+    report = effmon(home, "report", "last")
+    assert report.returncode == 0, report.stderr
+    assert f"{len(rows)} logged steps, step 1-{len(rows)}" in " ".join(report.stdout.split())  # wrapped at 120
