@@ -47,6 +47,11 @@ def record(home: Path, *command: str, name: str = "job") -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def two_ranks(home: Path, script: str, out: Path) -> None:
+    """``effmon run -- torchrun --nproc_per_node 2 SCRIPT OUT`` (gloo on the CPU)."""
+    record(home, *TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPTS / script), str(out))
+
+
 def export(home: Path, *refs: str, extra: tuple[str, ...] = ()) -> dict:
     res = effmon(home, "report", *refs, "--format", "efficientllm", *extra)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -133,16 +138,7 @@ def test_tokens_are_counted_without_the_trainers_help_and_its_logs_are_left_alon
 
 def test_ddp_two_ranks_counts_every_token_once(tmp_path):
     out = tmp_path / "out"
-    record(
-        tmp_path / "h",
-        *TORCHRUN,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(SCRIPTS / "trainer_reference.py"),
-        str(out),
-    )
+    two_ranks(tmp_path / "h", "trainer_reference.py", out)
     doc = export(tmp_path / "h", "last")
     refs = references(out, "reference")
     assert len(refs) == 2 and refs[0]["wrapper"] == "DistributedDataParallel"
@@ -159,16 +155,7 @@ def test_ddp_two_ranks_counts_every_token_once(tmp_path):
 
 def test_fsdp_two_ranks(tmp_path):
     out = tmp_path / "out"
-    record(
-        tmp_path / "h",
-        *TORCHRUN,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(SCRIPTS / "fsdp_loop.py"),
-        str(out),
-    )
+    two_ranks(tmp_path / "h", "fsdp_loop.py", out)
     doc = export(tmp_path / "h", "last")
     refs = references(out, "fsdp")
     assert refs[0]["wrapper"].startswith("FSDP")
@@ -233,16 +220,7 @@ def test_exposed_communication_matches_the_no_sync_difference(tmp_path):
     """Exposed communication (what a step waits for gradient sync beyond its computation) against the same
     batches stepped without sync: their step-time difference, measured by the script's own clock."""
     out = tmp_path / "out"
-    record(
-        tmp_path / "h",
-        *TORCHRUN,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(SCRIPTS / "ddp_comm.py"),
-        str(out),
-    )
+    two_ranks(tmp_path / "h", "ddp_comm.py", out)
     doc = export(tmp_path / "h", "last")
     refs = references(out, "comm")
     synced = [max(x) for x in zip(*(r["synced"] for r in refs), strict=True)]
