@@ -45,8 +45,12 @@ def wait(predicate, timeout: float = 30.0, what: str = "the condition"):
 
 
 def the_session(home: Path) -> Path:
-    return wait(lambda: next(iter(sorted((home / "sessions").glob("*.effmon"))), None) if (home / "sessions").exists()
+    """The first session under `home`, once its recorder has written its first transaction (a file claimed a moment
+    ago raises SessionStarting when read)."""
+    path = wait(lambda: next(iter(sorted((home / "sessions").glob("*.effmon"))), None) if (home / "sessions").exists()
                 else None, what="a session file")  # fmt: skip
+    meta_of(path)
+    return path
 
 
 def meta_of(path: Path) -> dict:
@@ -60,6 +64,11 @@ def meta_of(path: Path) -> dict:
             return None
 
     return wait(read, 10, "the session's first write")
+
+
+def count_of(session: Path, entity: str) -> int:
+    with SessionReader(session) as r:
+        return r.count(entity)
 
 
 def job_of(home: Path) -> psutil.Process:
@@ -313,7 +322,7 @@ def test_a_stopped_load_keeps_every_finished_request_and_prints_its_summary(tmp_
             str(tmp_path / "s.json"),
         )
         session = the_session(tmp_path)
-        wait(lambda: SessionReader(session).count("request") >= 20, 30, "20 requests")
+        wait(lambda: count_of(session, "request") >= 20, 30, "20 requests")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
