@@ -31,7 +31,7 @@ def server(request):
     port = free_port()
     cmd = [sys.executable, "-m", "tests.openai_server", "--port", str(port)]
     for key, value in args.items():
-        cmd += [f"--{key}", str(value)]
+        cmd += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 20
@@ -70,7 +70,7 @@ def test_ttft_and_itl_within_2ms_at_100_concurrent_streams(server):
     mid = (min(r.t_start for r in results) + max(r.t_end for r in results)) / 2
     in_flight = sum(1 for r in results if r.t_start <= mid <= r.t_end)
     assert in_flight >= 80  # it really was ~100 concurrent streams (in the middle of the run)
-    assert s["tokens_counted_from"] == "usage" and s["output_tokens"] == 400 * 16
+    assert s["tokens_counted_from"] == "the server's usage" and s["output_tokens"] == 400 * 16
 
 
 @pytest.mark.parametrize("server", [{"ttft": 0.02, "itl": 0.005, "fail-every": 5, "cut-every": 7}], indirect=True)
@@ -191,3 +191,136 @@ def test_prompts_file_and_session_rows(server, tmp_path):
         rows = r.rows("request")
         assert r.meta()["run_kind"] == "inference" and r.meta()["load_summary"]["succeeded"] == 10
     assert len(rows) == 10 and all(x["generated_tokens"] == 4 and x["ttft_s"] is not None for x in rows)
+
+
+# -- tokens the server does not count, ITL per token, a client that knows its limits ----------------------------
+@pytest.fixture(scope="module")
+def word_tokenizer(tmp_path_factory):
+    """A model folder whose tokenizer knows the test server's tokens (the words t0 … t4095), as a user's
+    model folder would: tokenizer.json written by the tokenizers library, nothing downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = tmp_path_factory.mktemp("model")
+    vocab = {f"t{i}": i for i in range(4096)} | {"[UNK]": 4096}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def served(url: str) -> dict:
+    return json.loads(urllib.request.urlopen(url + "/stats").read())
+
+
+def load_json(url, tmp_path, *args, name="s.json"):
+    res = run_effmon("load", url, "--model", "m", *args, "--json", str(tmp_path / name), env_home=tmp_path / "h")
+    assert res.returncode == 0, res.stderr
+    return json.loads((tmp_path / name).read_text()), res.stdout
+
+
+SEVERAL_A_CHUNK = {"ttft": 0.1, "itl": 0.02, "tokens-per-chunk": "2-3", "no-usage": True, "done": True}
+
+
+@pytest.mark.parametrize("server", [SEVERAL_A_CHUNK], indirect=True)
+def test_without_usage_the_tokenizer_counts_tokens_and_itl_is_per_token(server, tmp_path, word_tokenizer):
+    """2–3 tokens a chunk, no usage, a [DONE] line: with the model's tokenizer the tokens are exactly what the
+    server sent, ITL per token is the injected 20 ms (per chunk it is 40–60 ms), TPOT is 20 ms."""
+    s, out = load_json(server, tmp_path, "--concurrency", "4", "--requests", "12", "--output-tokens", "32",
+                       "--tokenizer", str(word_tokenizer))  # fmt: skip
+    truth = served(server)
+    assert s["succeeded"] == 12
+    assert s["output_tokens"] == sum(x["tokens"] for x in truth.values()) == 12 * 32
+    assert s["chunks"] == sum(x["chunks"] for x in truth.values()) < s["output_tokens"] * 0.5
+    assert s["tokens_counted_from"] == "the model's tokenizer"
+    assert abs(s["itl_s"]["p50"] - 0.020) < 0.002 and abs(s["itl_s"]["mean"] - 0.020) < 0.002
+    assert s["itl_chunk_s"]["p50"] >= 0.038  # 2 or 3 tokens of 20 ms
+    assert abs(s["tpot_s"]["p50"] - 0.020) < 0.001
+    assert s["itl_measured"].startswith("per token")
+    assert "ITL (per token)" in out and "ITL (per chunk)" in out
+    with SessionReader(sorted((tmp_path / "h" / "sessions").glob("*.effmon"))[0]) as r:
+        rows = r.rows("request")
+    assert {(x["generated_tokens"], x["tokens_from"]) for x in rows} == {(32, "tokenizer")}
+    assert all(abs(x["itl_token_mean_s"] - 0.020) < 0.002 for x in rows)
+
+
+@pytest.mark.parametrize("server", [SEVERAL_A_CHUNK], indirect=True)
+def test_without_usage_or_tokenizer_chunks_are_never_called_tokens(server, tmp_path):
+    s, out = load_json(server, tmp_path, "--concurrency", "4", "--requests", "8", "--output-tokens", "32",
+                       "--tokenizer", "none", "--slo", "ttft=1s,tpot=50ms")  # fmt: skip
+    truth = served(server)
+    assert s["output_tokens"] is None and s["output_token_throughput"] is None
+    assert s["chunks"] == sum(x["chunks"] for x in truth.values())
+    assert s["tpot_s"]["p50"] is None and s["itl_s"]["p50"] is None  # per-token figures need tokens
+    assert s["itl_chunk_s"]["p50"] >= 0.038
+    assert s["tokens_counted_from"].startswith("not counted") and "--tokenizer" in s["tokens_counted_from"]
+    assert s["goodput"]["requests"] is None and "per token" in s["goodput"]["why_not"]
+    assert "output tokens not counted" in out and "chunks/s" in out and "goodput: not checked" in out
+    home = tmp_path / "h"
+    with SessionReader(sorted((home / "sessions").glob("*.effmon"))[0]) as r:
+        rows = r.rows("request")
+    assert all(x["generated_tokens"] is None and x["chunks"] >= 12 for x in rows)
+    report = json.loads(run_effmon("report", "last", "-f", "json", env_home=home).stdout)
+    assert report["inference"]["generated_tokens"] is None and report["inference"]["requests"] == 8
+    table = run_effmon("report", "last", env_home=home)
+    assert table.returncode == 0 and "tokens not counted" in table.stdout
+
+
+@pytest.mark.parametrize("server", [SEVERAL_A_CHUNK | {"tokenize": True}], indirect=True)
+def test_without_usage_the_servers_tokenize_counts_tokens(server, tmp_path):
+    s, _ = load_json(server, tmp_path, "--concurrency", "4", "--requests", "8", "--output-tokens", "32")
+    assert s["output_tokens"] == 8 * 32 and s["tokens_counted_from"] == "the server's /tokenize"
+    assert abs(s["tpot_s"]["p50"] - 0.020) < 0.001
+    assert s["itl_s"]["p50"] is None  # a total gives no tokens per chunk: ITL stays per chunk
+    assert s["itl_measured"].startswith("per chunk only")
+
+
+@pytest.mark.parametrize("server", [{"ttft": 0.05, "itl": 0.01, "done": True}], indirect=True)
+def test_usage_and_a_done_line_one_token_a_chunk(server, tmp_path):
+    s, _ = load_json(server, tmp_path, "--concurrency", "2", "--requests", "6", "--output-tokens", "16")
+    assert s["succeeded"] == 6 and s["output_tokens"] == 6 * 16 and s["tokens_counted_from"] == "the server's usage"
+    assert s["itl_s"]["p50"] == s["itl_chunk_s"]["p50"] and abs(s["itl_s"]["p50"] - 0.01) < 0.002
+
+
+def test_per_token_gaps_by_exact_arithmetic():
+    from effmon.serving.tokens import per_token_gaps
+
+    # chunks of 1, 2, 0, 3 tokens; gaps before chunks 2, 3, 4 of 40, 10, 50 ms
+    assert per_token_gaps([0.04, 0.01, 0.05], [1, 2, 0, 3]) == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.02])
+    assert per_token_gaps([], [4]) == []
+
+
+def test_a_token_spanning_two_chunks_belongs_to_the_chunk_that_completed_it(word_tokenizer):
+    from effmon.serving.tokens import LocalTokenizer
+
+    tok = LocalTokenizer(word_tokenizer)
+    assert tok.chunk_counts([" t1 t", "2 t3", " t4"]) == [1, 2, 1]
+    assert tok.chunk_counts([" t1", " "]) == [1, 0]
+
+
+def test_a_bad_tokenizer_is_a_clear_error_before_any_request(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("{not json")
+    for arg, words in ((str(tmp_path / "nothing"), "no tokenizer.json there"),
+                       (str(tmp_path / "broken"), "not a tokenizer file")):  # fmt: skip
+        res = run_effmon("load", "http://127.0.0.1:1", "--model", "m", "--tokenizer", arg, env_home=tmp_path / "h")
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+        assert not (tmp_path / "h" / "sessions").exists() or not list((tmp_path / "h" / "sessions").iterdir())
+
+
+@pytest.mark.parametrize("server", [{"ttft": 0.05, "itl": 0.005}], indirect=True)
+def test_a_saturated_client_says_so_and_a_light_load_does_not(server, tmp_path):
+    """More streams than one event loop on this machine can follow: the summary, the table and the session say
+    the client was the bottleneck; at 4 streams they do not."""
+    light, out = load_json(server, tmp_path, "--concurrency", "4", "--duration", "3", "--output-tokens", "32",
+                           name="light.json")  # fmt: skip
+    assert light["client"]["saturated"] is False and "saturated" not in out
+    heavy, out = load_json(server, tmp_path, "--concurrency", "600", "--duration", "8", "--output-tokens", "32",
+                           name="heavy.json")  # fmt: skip
+    c = heavy["client"]
+    assert c["saturated"] is True and c["saturated_share"] > 0.05, c
+    assert c["loop_lag_p99_s"] > 0.005 and c["streams_capacity"] and c["streams_capacity"] < 600
+    assert "the client was saturated" in out.replace("\n", " ") and "*" in out
+    assert c["affected"].get("ttft_s")  # the figures its delay can move are marked
+    with SessionReader(sorted((tmp_path / "h" / "sessions").glob("*.effmon"))[-1]) as r:
+        assert r.meta()["load_summary"]["client"]["saturated"] is True
+        assert any("client was saturated" in text for _, _, text in r.notices())

@@ -49,7 +49,7 @@ def by_hand(observations, bounds=BUCKETS):
 
 
 @pytest.mark.parametrize("renamed", [False, True], ids=["current-names", "deprecated-names"])
-def test_sums_over_engines_and_accepts_both_names(renamed):
+def test_counts_add_over_engines_gauges_stay_per_engine_and_both_names_work(renamed):
     reg, m = registry(renamed)
     for engine, running, kv, gen in (("0", 3, 0.25, 1000), ("1", 5, 0.5, 500)):
         labels = {"model_name": "m", "engine": engine}
@@ -58,9 +58,9 @@ def test_sums_over_engines_and_accepts_both_names(renamed):
         m["gen"].labels(**labels).inc(gen)
         for x in (0.02, 0.03, 0.2):
             m["itl"].labels(**labels).observe(x)
-    values, hists, unknown = parse(generate_latest(reg).decode())
+    values, hists, unknown, engines = parse(generate_latest(reg).decode())
     assert values["running"] == 8
-    assert values["kv_cache_usage"] == pytest.approx(0.75)
+    assert {k: e["kv_cache_usage"] for k, e in engines.items()} == {"0": 0.25, "1": 0.5}  # per engine, not 0.75
     assert values["generation_tokens_total"] == 1500
     assert hists["itl"] == by_hand([0.02, 0.03, 0.2] * 2)
     assert unknown == ["vllm:some_future_metric"]
@@ -223,3 +223,78 @@ def test_a_source_waiting_for_its_server_is_read_as_soon_as_asked():
     assert state.failures >= 3 and state.next_due > 5.0  # backing off: the server is not there
     sampler.retry_now("vllm_metrics")
     assert state.next_due <= clock.now()
+
+
+def test_two_engines_are_shown_per_engine_never_summed(tmp_path):
+    """A data-parallel server with two engines at 37% and 42% KV cache: the session keeps each engine, the
+    dashboard shows their mean and the fullest (39.5%, 42.0%), never 79%; the queues add up and the longest is
+    named. TTFT p99 from the histogram comes with the bucket it lies in, which holds the exact value."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from prometheus_client import start_http_server
+
+    from effmon.core.store import SessionReader
+    from effmon.tui.snapshot import SessionView
+
+    reg, m = registry()
+    for engine, kv, running, waiting in (("0", 0.37, 6, 1), ("1", 0.42, 9, 4)):
+        labels = {"model_name": "m", "engine": engine}
+        m["kv"].labels(**labels).set(kv)
+        m["running"].labels(**labels).set(running)
+        m["waiting"].labels(**labels).set(waiting)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=reg)
+    home = tmp_path / "h"
+    ttfts = [0.03, 0.04, 0.06, 0.07, 0.08, 0.09, 0.118, 0.12, 0.13, 0.2]
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "effmon", "attach", "--url", f"http://127.0.0.1:{port}", "--headless",
+             "--duration", "4"],
+            env=dict(os.environ, EFFMON_HOME=str(home)), stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2.0)
+        for i, x in enumerate(ttfts):
+            m["ttft"].labels(model_name="m", engine=str(i % 2)).observe(x)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, err
+    session = sorted((home / "sessions").glob("*.effmon"))[0]
+    with SessionReader(session) as r:
+        last = r.rows("serving")[-1]
+        engines = {e["engine"]: e for e in r.rows("serving_engine") if e["t"] == last["t"]}
+    assert {k: (e["kv_cache_usage_pct"], e["running"], e["waiting"]) for k, e in engines.items()} == {
+        "0": (pytest.approx(37.0), 6, 1),
+        "1": (pytest.approx(42.0), 9, 4),
+    }
+    assert last["kv_cache_usage_pct"] == pytest.approx(39.5) and last["kv_cache_usage_max_pct"] == pytest.approx(42.0)
+    assert (last["running"], last["waiting"], last["waiting_max"], last["engines"]) == (15, 5, 4, 2)
+    # the p99 by the numbers: exact 0.2 (nearest rank of 10), the histogram can only say (0.1, 0.25]
+    assert (last["ttft_p99_lo_s"], last["ttft_p99_hi_s"]) == (0.1, 0.25)
+    assert last["ttft_p99_lo_s"] < sorted(ttfts)[-1] <= last["ttft_p99_hi_s"]
+    view = SessionView(session)
+    try:
+        snap = view.snapshot(efficiency=False)
+    finally:
+        view.close()
+    shown = dict(snap.throughput) | dict(snap.latency)
+    assert shown["KV cache"] == "39.5% mean, 42.0% max of 2 engines"
+    assert shown["running / waiting"] == "15 / 5 (longest queue 4)"
+    assert shown["TTFT p50/95/99 (server)"].endswith("(p99 in 0.1–0.25 s)")
+    assert "79" not in shown["KV cache"]
+
+
+def test_histogram_bucket_bounds_hold_the_quantile():
+    from effmon_vllm.metrics import histogram_bucket
+
+    obs = [0.02, 0.03, 0.2, 0.3, 3.0]
+    buckets = by_hand(obs)
+    assert histogram_bucket(0.5, buckets)[1:] == (0.1, 0.25)  # the median, 0.2, lies in (0.1, 0.25]
+    value, lo, hi = histogram_bucket(0.99, buckets)
+    assert (value, lo, hi) == (2.5, 2.5, None)  # above the highest finite bound: only "over 2.5 s" is known
+    assert histogram_bucket(0.5, {}) == (None, None, None)

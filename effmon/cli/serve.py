@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +55,17 @@ def register(sub: Any) -> dict[str, Handler]:
         "load",
         help="drive an OpenAI-compatible server with streamed requests; TTFT, ITL, TPOT, E2E, throughput, goodput",
         description="Load an OpenAI-compatible server (vLLM, transformers serve, SGLang, TGI, llama.cpp) and "
-        "measure on the client side. TTFT is timed to the first chunk that carries generated text; token counts "
-        "come from the server's usage when it sends them; ITL is per content chunk. Failed and cut-off requests "
-        "are counted apart and never enter the latency figures. The run is recorded as a session (with this "
-        "machine's GPUs), so `effmon report` gives IT, AL per request and joules per token.",
+        "measure on the client side. TTFT is timed to the first chunk that carries generated text. Tokens come "
+        "from the server's usage when it sends them, else from the model's tokenizer (--tokenizer) or the "
+        "server's /tokenize; without either they are not counted (chunks are not tokens) and per-token figures "
+        "say N/A. ITL is given per token (where the tokens of each chunk are known) and per chunk. The client "
+        "watches its own event loop and CPU and says when it, not the server, was the bottleneck. Failed and "
+        "cut-off requests are counted apart and never enter the latency figures. The run is recorded as a "
+        "session (with this machine's GPUs), so `effmon report` gives IT, AL per request and joules per token.",
         epilog="examples:\n  effmon load http://127.0.0.1:8000 --model my-model --concurrency 16 --requests 200\n"
         "  effmon load http://127.0.0.1:8000 --rate 4 --duration 60 --slo ttft=200ms,tpot=50ms\n"
-        "  effmon load http://127.0.0.1:8000 --prompts prompts.jsonl --output-tokens 128",
+        "  effmon load http://127.0.0.1:8000 --prompts prompts.jsonl --output-tokens 128\n"
+        "  effmon load http://127.0.0.1:8000 --tokenizer ~/models/llama-3.1-8b   # a server that sends no usage",
         formatter_class=formatter(),
     )
     ld.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
@@ -80,7 +83,14 @@ def register(sub: Any) -> dict[str, Handler]:
     ld.add_argument("--prompt-tokens", type=int, default=64, help="length of random prompts, in words (~tokens)")
     ld.add_argument("--output-tokens", type=int, default=64, help="max_tokens of each request")
     ld.add_argument("--prompts", help='a JSONL file of prompts ({"prompt": ...} or {"text": ...} a line)')
-    ld.add_argument("--slo", help="goodput SLO, e.g. ttft=200ms,tpot=50ms")
+    ld.add_argument("--slo", help="goodput SLO, e.g. ttft=200ms,tpot=50ms (TPOT per token)")
+    ld.add_argument(
+        "--tokenizer",
+        metavar="MODEL_DIR",
+        help="count tokens with this local model folder's tokenizer.json (or the file): tokens where the server "
+        "sends no usage, and tokens per chunk for ITL per token; 'server' for its /tokenize only; 'none' to count "
+        "none (default: the server's /tokenize where it has one)",
+    )
     ld.add_argument("--timeout", type=positive, default=120.0, help="per-request timeout in s (default: 120)")
     ld.add_argument(
         "--max-failures",
@@ -170,30 +180,25 @@ def _prompts(path: str) -> list[str]:
     return prompts
 
 
-def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
-    import asyncio
+def _load_setup(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The load's configuration and token counter from the command line; bad input raises RecordError (exit 2;
+    1 when the server cannot be asked)."""
+    from effmon.core.redact import redact_text
+    from effmon.recording import EXIT_USAGE, RecordError
+    from effmon.serving.load import DiscoveryError, LoadConfig, discover_model, parse_slo, token_counter
+    from effmon.serving.tokens import TokenizerError
 
-    from effmon.core.files import check_target, safe_write
-    from effmon.core.procs import Interrupts
-    from effmon.core.redact import redact_obj, redact_text
-    from effmon.recording import Recording, RecordOptions
-    from effmon.serving.load import LoadConfig, parse_slo, print_summary, request_row, run_load, summarize, verdict
-
-    if args.json and args.json != "-":
-        check_target(args.json, args.force)
     try:
         slo_ttft, slo_tpot = parse_slo(args.slo) if args.slo else (None, None)
         prompts = _prompts(args.prompts) if args.prompts else None
     except ValueError as exc:
-        return err(str(exc), 2)
+        raise RecordError(str(exc), EXIT_USAGE) from None
     if not args.url.startswith(("http://", "https://")):
-        return err(f"{args.url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000", 2)
-    from effmon.serving.load import DiscoveryError, discover_model
-
+        raise RecordError(f"{args.url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000", EXIT_USAGE)
     try:
         model = args.model or discover_model(args.url, args.endpoint, min(args.timeout, 60.0))
     except DiscoveryError as exc:
-        return err(str(exc), 1)
+        raise RecordError(str(exc), 1) from None
     concurrency = args.concurrency if args.concurrency is not None else (args.max_concurrency if args.rate else 8)
     cfg = LoadConfig(
         url=args.url,
@@ -210,7 +215,30 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
         slo_tpot_s=slo_tpot,
         timeout_s=args.timeout,
         max_failures=args.max_failures,
+        tokenizer=args.tokenizer,
     )
+    try:
+        counter = token_counter(cfg)
+    except TokenizerError as exc:
+        raise RecordError(str(exc), EXIT_USAGE) from None
+    if args.tokenizer == "server" and counter is None:
+        raise RecordError(
+            f"{redact_text(args.url)} has no working /tokenize; give --tokenizer MODEL_DIR instead", EXIT_USAGE
+        )
+    return cfg, counter
+
+
+def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
+
+    from effmon.core.files import check_target, safe_write
+    from effmon.core.procs import Interrupts
+    from effmon.core.redact import redact_text
+    from effmon.recording import Recording, RecordOptions
+    from effmon.serving.load import print_summary, record_load, verdict
+
+    if args.json and args.json != "-":
+        check_target(args.json, args.force)
+    cfg, counter = _load_setup(args)
     rec = Recording(
         "load",
         RecordOptions(name=args.name, quiet=True),
@@ -228,14 +256,12 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
             how = f"rate {cfg.rate}/s" if cfg.rate else f"concurrency {cfg.concurrency}"
             until = f"{cfg.duration:g} s" if cfg.duration else f"{cfg.requests} requests"
             shown = redact_text(args.url)
-            print(f"effmon load: {shown} ({args.endpoint}), {how}, {until}; recording {path.stem}", file=sys.stderr)
-        results: list[Any] = []  # every finished request, whatever stops the load
-        started = time.perf_counter()
-        asyncio.run(
-            run_load(cfg, on_result=lambda r: rec.add([request_row(r)]), stop=lambda: intr.count > 0, results=results)
-        )
-        summary = redact_obj(summarize(results, time.perf_counter() - started, cfg))  # error texts may echo a key
-        rec.set_meta(load_summary=summary)
+            counted = f"tokens: usage, else {counter.name}" if counter else "tokens: usage only"
+            print(
+                f"effmon load: {shown} ({args.endpoint}), {how}, {until}, {counted}; recording {path.stem}",
+                file=sys.stderr,
+            )
+        results, summary = record_load(rec, cfg, lambda: intr.count > 0, counter)
         failed = verdict(summary)
         if intr.count:
             rec.finish("interrupted", f"stopped by {intr.last_name} after {len(results)} requests")
@@ -250,7 +276,7 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
     if intr.count:
         return err(f"the load was stopped by {intr.last_name}; the {len(results)} requests that ended are kept", 130)
     if summary["succeeded"] == 0:
-        return err(_no_success(summary, redact_text(args.url), args.endpoint, model), 1)
+        return err(_no_success(summary, redact_text(args.url), args.endpoint, cfg.model), 1)
     if failed:
         return err(failed, 1)
     return 0

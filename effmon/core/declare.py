@@ -202,10 +202,18 @@ REQUEST = Entity(
     metrics=(
         M("requests", "requests", "count", "Requests this row stands for", "INTEGER"),
         M("prompt_tokens", "tokens", "count", "Prompt tokens per request", "INTEGER"),
-        M("generated_tokens", "tokens", "count", "Generated tokens per request", "INTEGER"),
+        M(
+            "generated_tokens",
+            "tokens",
+            "count",
+            "Generated tokens per request; NULL when they were not counted (chunks are not tokens)",
+            "INTEGER",
+        ),
+        M("tokens_from", "", "info", "How the tokens were counted: usage, tokenizer or server (/tokenize)", "TEXT"),
         M("ttft_s", "s", "duration", "Time to the first chunk carrying generated text (not the role chunk)"),
         M("tpot_s", "s", "duration", "Time per output token after the first: (E2E - TTFT) / (tokens - 1)"),
         M("itl_mean_s", "s", "duration", "Mean gap between content chunks (per chunk, not per token)"),
+        M("itl_token_mean_s", "s", "duration", "Mean inter-token latency per token (tokens per chunk known)"),
         M("chunks", "", "count", "Content chunks streamed", "INTEGER"),
         M(
             "error",
@@ -224,24 +232,40 @@ SERVING = Entity(
     description="An inference server's own metrics, from its metrics endpoint (any engine plugin with the "
     "server_metrics role fills it); latencies over a window",
     metrics=(
-        M("running", "requests", "gauge", "Requests running"),
-        M("waiting", "requests", "gauge", "Requests waiting"),
-        M("kv_cache_usage_pct", "%", "gauge", "KV-cache blocks in use"),
+        M("running", "requests", "gauge", "Requests running, all engines"),
+        M("waiting", "requests", "gauge", "Requests waiting, all engines"),
+        M("waiting_max", "requests", "gauge", "Requests waiting in the engine with the longest queue"),
+        M("kv_cache_usage_pct", "%", "gauge", "KV-cache blocks in use: the mean over engines (never their sum)"),
+        M("kv_cache_usage_max_pct", "%", "gauge", "KV-cache blocks in use in the fullest engine"),
+        M("engines", "", "gauge", "Engines the server reports (data-parallel ranks)", "INTEGER"),
         M("prompt_tokens_total", "tokens", "counter", "Prompt tokens processed since the server started"),
         M("generation_tokens_total", "tokens", "counter", "Tokens generated since the server started"),
         M("preemptions_total", "", "counter", "Requests preempted since the server started"),
         M("requests_total", "requests", "counter", "Requests finished since the server started"),
         M("prompt_tokens_per_s", "tokens/s", "gauge", "Prompt tokens per second since the previous scrape"),
         M("generation_tokens_per_s", "tokens/s", "gauge", "Generated tokens per second since the previous scrape"),
-        M("ttft_p50_s", "s", "gauge", "TTFT median over the window (histogram bucket differences)"),
-        M("ttft_p95_s", "s", "gauge", "TTFT p95 over the window"),
-        M("ttft_p99_s", "s", "gauge", "TTFT p99 over the window"),
-        M("itl_p50_s", "s", "gauge", "Inter-token latency median over the window"),
-        M("itl_p95_s", "s", "gauge", "Inter-token latency p95 over the window"),
-        M("itl_p99_s", "s", "gauge", "Inter-token latency p99 over the window"),
-        M("e2e_p50_s", "s", "gauge", "End-to-end request latency median over the window"),
-        M("e2e_p95_s", "s", "gauge", "End-to-end request latency p95 over the window"),
-        M("e2e_p99_s", "s", "gauge", "End-to-end request latency p99 over the window"),
+        *(
+            metric
+            for key, what in (("ttft", "TTFT"), ("itl", "Inter-token latency"), ("e2e", "End-to-end request latency"))
+            for q in (50, 95, 99)
+            for metric in (
+                M(f"{key}_p{q}_s", "s", "gauge", f"{what} p{q} over the window (histogram bucket differences)"),
+                M(f"{key}_p{q}_lo_s", "s", "gauge", f"Lower bound of the histogram bucket {what} p{q} lies in"),
+                M(f"{key}_p{q}_hi_s", "s", "gauge", "Upper bound of that bucket (NULL: above the highest bound)"),
+            )
+        ),
+    ),
+)
+
+SERVING_ENGINE = Entity(
+    "serving_engine",
+    keys=("engine",),
+    key_types=("TEXT",),
+    description="An inference server's gauges per engine (vLLM's engine label: one per data-parallel rank)",
+    metrics=(
+        M("running", "requests", "gauge", "Requests running in this engine"),
+        M("waiting", "requests", "gauge", "Requests waiting in this engine"),
+        M("kv_cache_usage_pct", "%", "gauge", "KV-cache blocks in use in this engine"),
     ),
 )
 
@@ -255,6 +279,7 @@ PHASE = Entity(
 
 CORE_ENTITIES: tuple[Entity, ...] = (
     SERVING,
+    SERVING_ENGINE,
     GPU,
     GPU_GPM,
     GPU_ENERGY,

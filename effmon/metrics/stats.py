@@ -341,8 +341,9 @@ class Requests:
         return out
 
     @property
-    def generated_tokens(self) -> list[int]:
-        return [int(x) for x in self.each("generated_tokens", 0)]
+    def generated_tokens(self) -> list[int | None]:
+        """Per request; None where the tokens were not counted (a server without usage: chunks are not tokens)."""
+        return [None if x is None else int(x) for x in self.each("generated_tokens")]
 
 
 def split_requests(rows: list[dict[str, Any]]) -> Requests:
@@ -353,7 +354,8 @@ def split_requests(rows: list[dict[str, Any]]) -> Requests:
 @dataclass
 class InferenceStats:
     requests: int
-    generated_tokens: int
+    generated_tokens: int | None
+    """None when some request's tokens were not counted (its row says chunks only)."""
     prompt_tokens: int
     busy_time_s: float
     generated_tokens_per_s: float | None
@@ -387,15 +389,17 @@ def inference_stats(req: Requests) -> InferenceStats | None:
     if not req.rows:
         return None
     latencies = req.latencies
-    tokens = req.generated_tokens
+    each = req.generated_tokens
+    tokens = [t for t in each if t is not None]
+    counted = len(tokens) == len(each)
     ttfts = [x for x in req.each("ttft_s") if x is not None]
     busy = busy_time([(r["t_start"], r["t_end"]) for r in req.rows])
     return InferenceStats(
         requests=len(latencies),
-        generated_tokens=sum(tokens),
+        generated_tokens=sum(tokens) if counted else None,
         prompt_tokens=sum(int(x) for x in req.each("prompt_tokens", 0)),
         busy_time_s=busy,
-        generated_tokens_per_s=sum(tokens) / busy if busy else None,
+        generated_tokens_per_s=sum(tokens) / busy if busy and counted else None,
         requests_per_s=len(latencies) / busy if busy else None,
         latency_mean_s=sum(latencies) / len(latencies) if latencies else None,
         latency_p50_s=percentile(latencies, 50),

@@ -32,11 +32,14 @@ def tiny_llama(tokenizer: Any, max_positions: int = 512) -> Any:
 def ensure(directory: Path) -> Path:
     if (directory / "config.json").exists() and (directory / "tokenizer.json").exists():
         return directory
+    import torch
+
     from effmon.recipes.finetune import corpus, tiny_tokenizer
 
     tok = tiny_tokenizer(corpus(512))
     tok.chat_template = CHAT_TEMPLATE
     directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # the same weights every time: what it answers (greedy) does not change between builds
     tiny_llama(tok).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory

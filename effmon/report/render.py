@@ -145,7 +145,8 @@ def render_summary(
     if s.inference:
         inf = s.inference
         console.print(
-            f"inference: {inf.requests} requests, {inf.generated_tokens} generated tokens, "
+            f"inference: {inf.requests} requests, "
+            f"{'tokens not counted' if inf.generated_tokens is None else f'{inf.generated_tokens} generated tokens'}, "
             f"latency p50 {num(inf.latency_p50_s, '.3f')} s p99 {num(inf.latency_p99_s, '.3f')} s"
         )
     for note in s.notes:

@@ -2,9 +2,12 @@
 
 Streams requests at a fixed concurrency (closed loop) or a Poisson rate (open loop) and measures, per
 request and on the client side: TTFT to the first chunk that carries generated text (a role-only first
-chunk does not count), the gaps between content chunks (ITL, per chunk), TPOT, end-to-end latency, and
-the output token count from the server's ``usage`` wherever it sends it (else the content chunks,
-labelled so). Failed and cut-off requests are counted apart by kind and never enter latency figures.
+chunk does not count), end-to-end latency, the gaps between content chunks (ITL per chunk) and, where the
+tokens are known, ITL per token and TPOT. Output tokens come from the server's ``usage`` wherever it sends
+them, else from the model's tokenizer or the server's ``/tokenize`` (effmon.serving.tokens); without any of
+them the figures say chunks, never tokens. Failed and cut-off requests are counted apart by kind and never
+enter latency figures. The client watches its own event loop and CPU (effmon.serving.clientwatch) and says
+when it, not the server, was the bottleneck.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 
 from effmon.core.declare import Row
 from effmon.metrics.series import percentile
+from effmon.serving.clientwatch import ClientWatch, affected
+from effmon.serving.tokens import LocalTokenizer, ServerTokenizer, per_token_gaps
 
 WORDS = (
     "time energy token model layer memory power batch cache prompt answer server request stream "
@@ -45,6 +50,9 @@ class LoadConfig:
     seed: int = 0
     max_failures: float = 0.1
     """The share of failed requests above which the load counts as failed (``--max-failures``)."""
+    tokenizer: str | None = None
+    """A local model folder (or tokenizer.json) to count tokens with; "server" for its /tokenize only; "none"
+    to count none; None: the server's /tokenize where it has one."""
 
 
 @dataclass
@@ -56,7 +64,15 @@ class RequestResult:
     gaps: list[float] = field(default_factory=list)
     chunks: int = 0
     output_tokens: int | None = None
-    tokens_from_usage: bool = False
+    """Generated tokens, when known (``tokens_from`` says how); None: only chunks were counted."""
+    tokens_from: str | None = None
+    """usage, tokenizer, server (its /tokenize) or None."""
+    pieces: list[str] = field(default_factory=list)
+    """The text of each content chunk, until the tokens are counted."""
+    chunk_tokens: list[int] | None = None
+    """Tokens in each content chunk, when known (a tokenizer, or usage equal to the chunks)."""
+    counted_tokens: int | None = None
+    """The tokenizer's count where usage gave the tokens (how well the two agree)."""
     prompt_tokens: int | None = None
     error: str | None = None
     detail: str | None = None
@@ -71,11 +87,21 @@ class RequestResult:
         return self.t_end - self.t_start
 
     @property
+    def tokens_from_usage(self) -> bool:
+        return self.tokens_from == "usage"
+
+    @property
     def tpot_s(self) -> float | None:
-        n = self.output_tokens or self.chunks
+        """Time per output token after the first: per token, so only when the tokens are known."""
+        n = self.output_tokens
         if self.ttft_s is None or not n or n < 2:
             return None
         return (self.e2e_s - self.ttft_s) / (n - 1)
+
+    @property
+    def itl_token(self) -> list[float]:
+        """Inter-token latency per token (empty when the tokens of each chunk are not known)."""
+        return per_token_gaps(self.gaps, self.chunk_tokens) if self.chunk_tokens else []
 
 
 def make_prompt(rng: random.Random, tokens: int) -> str:
@@ -179,17 +205,17 @@ class _Stream:
                 else choice.get("text")
             )
             if text:
-                self._content(now)
+                self._content(now, str(text))
             if choice.get("finish_reason"):
                 self.finished = True
 
     def _usage(self, usage: dict[str, Any]) -> None:
         if usage.get("completion_tokens") is not None:
-            self.res.output_tokens, self.res.tokens_from_usage = _count(usage, "completion_tokens"), True
+            self.res.output_tokens, self.res.tokens_from = _count(usage, "completion_tokens"), "usage"
         if usage.get("prompt_tokens") is not None:
             self.res.prompt_tokens = _count(usage, "prompt_tokens")
 
-    def _content(self, now: float) -> None:
+    def _content(self, now: float, text: str) -> None:
         res = self.res
         if res.ttft_s is None:
             res.ttft_s = now - self.start
@@ -197,6 +223,7 @@ class _Stream:
             res.gaps.append(now - self.last_content)
         self.last_content = now
         res.chunks += 1
+        res.pieces.append(text)
 
 
 MAX_LINE = 512 * 1024
@@ -231,8 +258,6 @@ async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
         res.t_end = start_wall + (time.perf_counter() - start)
     if res.ok and res.ttft_s is None:
         res.error = "no_content"
-    if res.ok and not res.tokens_from_usage:
-        res.output_tokens = res.chunks
     return res
 
 
@@ -323,17 +348,64 @@ def discover_model(url: str, endpoint: str = "chat", timeout_s: float = 30.0) ->
     raise DiscoveryError(f"which model should effmon ask {base} for? {listed}; give one with --model NAME")
 
 
+def record_load(
+    rec: Any,
+    cfg: LoadConfig,
+    stop: Callable[[], bool],
+    counter: LocalTokenizer | ServerTokenizer | None | str = "auto",
+) -> tuple[list[RequestResult], dict[str, Any]]:
+    """Run the load into an open Recording ``rec``: a request row as each request ends, then the summary (with
+    what the client's watch saw) in the session's meta, and a warning there when the client was saturated.
+    Returns every finished request (whatever stopped the load) and the summary."""
+    from effmon.core.redact import redact_obj
+
+    results: list[RequestResult] = []
+    watch = ClientWatch()
+    started = time.perf_counter()
+    asyncio.run(run_load(cfg, lambda r: rec.add([request_row(r)]), stop, results=results, watch=watch, counter=counter))
+    wall = time.perf_counter() - started
+    client = watch.report(sum(r.chunks for r in results), cfg.concurrency or len(results))
+    summary = redact_obj(summarize(results, wall, cfg, client))  # error texts may echo a key
+    rec.set_meta(load_summary=summary)
+    if client["saturated"]:
+        rec.notice("warning", saturation_warning(client))
+    return results, summary
+
+
+def token_counter(cfg: LoadConfig) -> LocalTokenizer | ServerTokenizer | None:
+    """How the load counts tokens the server's usage does not give (``cfg.tokenizer``); raises TokenizerError
+    for a tokenizer that cannot be used, before any request."""
+    if cfg.tokenizer == "none":
+        return None
+    if cfg.tokenizer not in (None, "server"):
+        return LocalTokenizer(cfg.tokenizer)
+    server = ServerTokenizer(cfg.url, cfg.model)
+    return server if server.probe() else None
+
+
 async def run_load(
     cfg: LoadConfig,
     on_result: Callable[[RequestResult], None] | None = None,
     stop: Callable[[], bool] | None = None,
     results: list[RequestResult] | None = None,
+    watch: ClientWatch | None = None,
+    counter: LocalTokenizer | ServerTokenizer | None | str = "auto",
 ) -> tuple[list[RequestResult], float]:
     """Run the load; returns the results and the wall time it took. Finished requests go into ``results`` (the
     caller's list, kept whatever ends the load) as they finish. When ``stop()`` turns true, no request starts
-    and those in flight are cancelled (``cancelled``, kept apart from the failures)."""
-    run = _LoadRun(cfg, on_result, stop or (lambda: False), [] if results is None else results)
-    await run.run()
+    and those in flight are cancelled (``cancelled``, kept apart from the failures). ``watch`` (when given)
+    watches the client's own loop and CPU meanwhile; ``counter`` counts tokens where usage is missing ("auto":
+    :func:`token_counter`)."""
+    if counter == "auto":
+        counter = token_counter(cfg)
+    assert not isinstance(counter, str)
+    run = _LoadRun(cfg, on_result, stop or (lambda: False), [] if results is None else results, counter)
+    watcher = asyncio.create_task((watch or ClientWatch()).run())
+    try:
+        await run.run()
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
     return run.results, time.perf_counter() - run.started
 
 
@@ -344,8 +416,11 @@ class _LoadRun:
         on_result: Callable[[RequestResult], None] | None,
         stop: Callable[[], bool],
         results: list[RequestResult],
+        counter: LocalTokenizer | ServerTokenizer | None = None,
     ):
         self.cfg, self.on_result, self.stop, self.results = cfg, on_result, stop, results
+        self.counter = counter
+        self.counting: set[asyncio.Task[None]] = set()
         self.rng = random.Random(cfg.seed)
         self.prompts = cfg.prompts or [make_prompt(self.rng, cfg.prompt_tokens) for _ in range(64)]
         self.started = time.perf_counter()
@@ -371,6 +446,33 @@ class _LoadRun:
         finally:
             self.inflight.discard(task)
         self.backoff.record(res)
+        if res.ok and res.output_tokens is None and isinstance(self.counter, ServerTokenizer):
+            counting = asyncio.create_task(self.server_count(session, res))  # the next request need not wait
+            self.counting.add(counting)
+            counting.add_done_callback(self.counting.discard)
+            return
+        if res.ok and isinstance(self.counter, LocalTokenizer):
+            counts = self.counter.chunk_counts(res.pieces)
+            res.chunk_tokens = counts
+            if res.output_tokens is None:
+                res.output_tokens, res.tokens_from = sum(counts), "tokenizer"
+            else:
+                res.counted_tokens = sum(counts)
+        elif res.ok and res.output_tokens is not None and res.output_tokens == res.chunks:
+            res.chunk_tokens = [1] * res.chunks  # as many tokens as chunks: one a chunk
+        self.finish(res)
+
+    async def server_count(self, session: Any, res: RequestResult) -> None:
+        assert isinstance(self.counter, ServerTokenizer)
+        count = await self.counter.count(session, "".join(res.pieces))
+        if count is not None:
+            res.output_tokens, res.tokens_from = count, "server"
+            if count == res.chunks:
+                res.chunk_tokens = [1] * res.chunks
+        self.finish(res)
+
+    def finish(self, res: RequestResult) -> None:
+        res.pieces = []  # counted: the text is not kept
         self.results.append(res)
         if self.on_result is not None:
             self.on_result(res)
@@ -389,6 +491,8 @@ class _LoadRun:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector, read_bufsize=MAX_LINE // 2) as session:
             watcher = asyncio.create_task(self.cancel_when_stopped())
             await (self.closed_loop(session) if self.cfg.rate is None else self.open_loop(session, self.cfg.rate))
+            if self.counting:  # counts asked of the server's /tokenize (a few ms each)
+                await asyncio.wait(self.counting, timeout=30)
             watcher.cancel()
 
     async def closed_loop(self, session: Any) -> None:
@@ -418,19 +522,45 @@ class _LoadRun:
         await asyncio.gather(*tasks)
 
 
-def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> dict[str, Any]:
+TOKENS_FROM = {"usage": "the server's usage", "tokenizer": "the model's tokenizer", "server": "the server's /tokenize"}
+
+
+def _tokens_counted_from(ok: list[RequestResult]) -> str:
+    kinds = Counter(r.tokens_from for r in ok)
+    if not ok:
+        return "no request succeeded"
+    if None in kinds:
+        return (
+            f"not counted for {kinds[None]} of {len(ok)} requests: the server sent no usage; give "
+            "--tokenizer MODEL_DIR (or use a server with /tokenize) to count tokens"
+        )
+    return ", else ".join(TOKENS_FROM[k] for k in ("usage", "tokenizer", "server") if k in kinds)
+
+
+def _pct(values: list[float]) -> dict[str, float | None]:
+    return {f"p{q}": percentile(values, q) for q in (50, 90, 95, 99)} | {
+        "mean": sum(values) / len(values) if values else None
+    }
+
+
+def summarize(
+    results: list[RequestResult], wall_s: float, cfg: LoadConfig, client: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The load's figures (``client``: what the client's watch saw, ClientWatch.report)."""
     ok = [r for r in results if r.ok]
-    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
-    gaps = [g for r in ok for g in r.gaps]
-    tpot = [t for r in ok if (t := r.tpot_s) is not None]
-    e2e = [r.e2e_s for r in ok]
-    tokens = sum(r.output_tokens or 0 for r in ok)
-
-    def pct(values: list[float]) -> dict[str, float | None]:
-        return {f"p{q}": percentile(values, q) for q in (50, 90, 95, 99)} | {
-            "mean": sum(values) / len(values) if values else None
-        }
-
+    known = all(r.output_tokens is not None for r in ok) and bool(ok)
+    tokens = sum(r.output_tokens or 0 for r in ok) if known else None
+    chunks = sum(r.chunks for r in ok)
+    per_token = [g for r in ok for g in r.itl_token]
+    token_itl_share = sum(1 for r in ok if r.chunk_tokens) / len(ok) if ok else 0.0
+    latency = {
+        "ttft_s": _pct([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "itl_s": _pct(per_token),
+        "itl_chunk_s": _pct([g for r in ok for g in r.gaps]),
+        "tpot_s": _pct([t for r in ok if (t := r.tpot_s) is not None]),
+        "e2e_s": _pct([r.e2e_s for r in ok]),
+    }
+    tpot_slo_checkable = cfg.slo_tpot_s is None or known
     good = [
         r
         for r in ok
@@ -440,6 +570,9 @@ def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> d
     errors = Counter(r.error for r in results if not r.ok and r.error != "cancelled")
     cancelled = sum(r.error == "cancelled" for r in results)
     finished = len(results) - cancelled
+    both = [r for r in ok if r.counted_tokens is not None and r.output_tokens]
+    if client is not None:
+        client = client | {"affected": affected(latency, client)}
     return {
         "requests": len(results),
         "succeeded": len(ok),
@@ -450,22 +583,32 @@ def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> d
         "errors": dict(errors),
         "wall_s": wall_s,
         "request_throughput": len(ok) / wall_s if wall_s else None,
-        "output_token_throughput": tokens / wall_s if wall_s else None,
+        "output_token_throughput": tokens / wall_s if wall_s and tokens is not None else None,
         "output_tokens": tokens,
-        "tokens_counted_from": "usage"
-        if ok and all(r.tokens_from_usage for r in ok)
-        else ("content chunks" if ok and not any(r.tokens_from_usage for r in ok) else "usage where sent, else chunks"),
-        "ttft_s": pct(ttft),
-        "itl_s": pct(gaps),
-        "tpot_s": pct(tpot),
-        "e2e_s": pct(e2e),
-        "itl_measured": "per content chunk",
+        "chunks": chunks,
+        "chunk_throughput": chunks / wall_s if wall_s else None,
+        "tokens_counted_from": _tokens_counted_from(ok),
+        "tokenizer_vs_usage": sum(r.counted_tokens or 0 for r in both) / sum(r.output_tokens or 0 for r in both)
+        if both
+        else None,
+        **latency,
+        "itl_measured": "per token (tokens per chunk known)"
+        if token_itl_share == 1.0
+        else (
+            f"per token for {token_itl_share:.0%} of the requests (tokens per chunk known there)"
+            if token_itl_share
+            else "per chunk only: the tokens of each chunk are not known (give --tokenizer MODEL_DIR)"
+        ),
         "goodput": {
             "slo_ttft_s": cfg.slo_ttft_s,
             "slo_tpot_s": cfg.slo_tpot_s,
-            "requests": len(good),
-            "requests_per_s": len(good) / wall_s if wall_s else None,
+            "requests": len(good) if tpot_slo_checkable else None,
+            "requests_per_s": len(good) / wall_s if wall_s and tpot_slo_checkable else None,
+            "why_not": None
+            if tpot_slo_checkable
+            else "the TPOT SLO is per token and the tokens were not counted (give --tokenizer MODEL_DIR)",
         },
+        "client": client,
         "first_error": next(
             (f"{r.error}: {r.detail}" for r in results if not r.ok and r.detail and r.error != "cancelled"), None
         ),
@@ -473,6 +616,7 @@ def summarize(results: list[RequestResult], wall_s: float, cfg: LoadConfig) -> d
 
 
 def request_row(r: RequestResult) -> Row:
+    per_token = r.itl_token
     return Row(
         "request",
         {
@@ -481,14 +625,25 @@ def request_row(r: RequestResult) -> Row:
             "requests": 1,
             "prompt_tokens": r.prompt_tokens,
             "generated_tokens": r.output_tokens if r.ok else None,
+            "tokens_from": r.tokens_from if r.ok else None,
             "ttft_s": r.ttft_s,
             "tpot_s": r.tpot_s,
             "itl_mean_s": sum(r.gaps) / len(r.gaps) if r.gaps else None,
+            "itl_token_mean_s": sum(per_token) / len(per_token) if per_token else None,
             "chunks": r.chunks,
             "error": r.error,
             "phase": None,
         },
     )
+
+
+LATENCY_ROWS = (
+    ("ttft_s", "TTFT (to first content)"),
+    ("itl_s", "ITL (per token)"),
+    ("itl_chunk_s", "ITL (per chunk)"),
+    ("tpot_s", "TPOT (per token)"),
+    ("e2e_s", "E2E"),
+)
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -501,29 +656,48 @@ def print_summary(s: dict[str, Any]) -> None:
         title_justify="left",
     )
     t.add_column("latency")
-    for q in ("p50", "p90", "p95", "p99", "mean"):
+    quantiles = ("p50", "p90", "p95", "p99", "mean")
+    for q in quantiles:
         t.add_column(q, justify="right")
-    for key, label in (
-        ("ttft_s", "TTFT (to first content)"),
-        ("itl_s", "ITL (per chunk)"),
-        ("tpot_s", "TPOT"),
-        ("e2e_s", "E2E"),
-    ):
+    client = s.get("client") or {}
+    marks = client.get("affected") or {}
+    for key, label in LATENCY_ROWS:
+        if key not in s:
+            continue
         t.add_row(
             label,
             *(
-                "N/A" if s[key][q] is None else f"{s[key][q] * 1000:.1f} ms"
-                for q in ("p50", "p90", "p95", "p99", "mean")
+                "N/A" if s[key][q] is None else f"{s[key][q] * 1000:.1f} ms" + ("*" if q in marks.get(key, ()) else "")
+                for q in quantiles
             ),
         )
     console.print(t)
-    console.print(
-        f"throughput: {s['request_throughput'] or 0:.2f} requests/s, "
-        f"{s['output_token_throughput'] or 0:.1f} output tokens/s (tokens counted from {s['tokens_counted_from']})"
+    tokens = (
+        f"{s['output_token_throughput']:.1f} output tokens/s"
+        if s.get("output_token_throughput") is not None
+        else "output tokens not counted"
     )
+    console.print(
+        f"throughput: {s['request_throughput'] or 0:.2f} requests/s, {tokens}, "
+        f"{s.get('chunk_throughput') or 0:.1f} chunks/s"
+    )
+    console.print(f"tokens counted from: {s['tokens_counted_from']}", highlight=False)
+    if s.get("itl_measured", "").startswith("per chunk only"):
+        console.print(f"ITL: {s['itl_measured']}", highlight=False)
     g = s["goodput"]
-    if g["slo_ttft_s"] is not None or g["slo_tpot_s"] is not None:
+    if g.get("why_not"):
+        console.print(f"[yellow]goodput: not checked: {g['why_not']}[/]", highlight=False)
+    elif g["slo_ttft_s"] is not None or g["slo_tpot_s"] is not None:
         console.print(f"goodput: {g['requests']} requests within the SLO, {g['requests_per_s'] or 0:.2f}/s")
+    if marks:
+        console.print(
+            f"* within reach of the client's own delay: its event-loop lag at that quantile is over 5% of the figure "
+            f"(lag p50 {client['loop_lag_p50_s'] * 1000:.1f} ms, p99 {client['loop_lag_p99_s'] * 1000:.1f} ms)",
+            style="dim",
+            highlight=False,
+        )
+    if client.get("saturated"):
+        console.print(f"[bold yellow]{saturation_warning(client)}[/]", highlight=False)
     if s["errors"]:
         console.print(
             "[yellow]failed (not in the latency figures): "
@@ -532,6 +706,19 @@ def print_summary(s: dict[str, Any]) -> None:
         )
     if s.get("cancelled"):
         console.print(f"[yellow]cancelled when the load was stopped: {s['cancelled']} (not counted as failed)[/]")
+
+
+def saturation_warning(client: dict[str, Any]) -> str:
+    """What to tell the user when the client, not the server, was the bottleneck."""
+    cap = client.get("streams_capacity")
+    lag, cpu = client.get("loop_lag_p99_s") or 0.0, client.get("cpu_share") or 0.0
+    return (
+        f"the client was saturated for {client['saturated_share']:.0%} of the load (event-loop lag p99 "
+        f"{lag * 1000:.0f} ms, CPU {cpu:.0%} of a core): latencies include the client's own delay and throughput "
+        "is the client's ceiling, not the server's"
+        + (f"; this machine drives about {cap} streams like these" if cap else "")
+        + ": use fewer streams or a client machine apart from the server"
+    )
 
 
 def verdict(s: dict[str, Any]) -> str | None:

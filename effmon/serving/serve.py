@@ -4,7 +4,6 @@ a grace period), then the session. Engines (vLLM, transformers serve) come from 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import signal
@@ -21,7 +20,7 @@ from typing import Any
 
 from effmon.core.logpipe import RedactedLog
 from effmon.core.procs import die_with_parent, identity
-from effmon.core.redact import redact_argv, redact_obj
+from effmon.core.redact import redact_argv
 from effmon.plugins import EngineSpec, load_registry
 from effmon.recording import (
     EXIT_ERROR,
@@ -33,7 +32,7 @@ from effmon.recording import (
     RecordOptions,
 )
 from effmon.serving.attach import server_metrics_source
-from effmon.serving.load import LoadConfig, RequestResult, print_summary, request_row, run_load, summarize, verdict
+from effmon.serving.load import LoadConfig, print_summary, record_load, verdict
 
 GRACE_S = 15.0
 
@@ -173,19 +172,13 @@ def _wait_healthy(server: Server, url: str, intr: Interrupts, timeout_s: float, 
     return True
 
 
+def local_tokenizer(model: str) -> str | None:
+    """The served model's folder when it holds its tokenizer: the load counts tokens per chunk with it."""
+    return model if model and (Path(model).expanduser() / "tokenizer.json").is_file() else None
+
+
 def _drive_load(rec: Recording, server: Server, cfg: LoadConfig, intr: Interrupts) -> tuple[str, str, int]:
-    results: list[RequestResult] = []  # every finished request, whatever stops the load
-    started = time.perf_counter()
-    asyncio.run(
-        run_load(
-            cfg,
-            on_result=lambda r: rec.add([request_row(r)]),
-            stop=lambda: intr.count > 0 or server.process.poll() is not None,
-            results=results,
-        )
-    )
-    summary = redact_obj(summarize(results, time.perf_counter() - started, cfg))
-    rec.set_meta(load_summary=summary)
+    results, summary = record_load(rec, cfg, lambda: intr.count > 0 or server.process.poll() is not None)
     print_summary(summary)
     if server.process.poll() is not None:
         raise server.died(f"the server died under load (status {server.process.returncode})")
@@ -287,6 +280,7 @@ def serve(
             if load is not None:
                 load.url = preset.url
                 load.model = load.model if load.model != "default" else model_id
+                load.tokenizer = load.tokenizer or local_tokenizer(model_dir or str(f.get("model") or ""))
                 status, reason, code = _drive_load(rec, server, load, intr)
             elif dashboard is not None:
                 dashboard(rec.path, intr)

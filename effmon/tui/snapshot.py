@@ -234,8 +234,9 @@ class SessionView:
             (label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s" if vals else "N/A")
             for label, vals in (("TTFT p50/95/99", ttft), ("E2E p50/95/99", e2e))
         ]
+        counted = not recent or any(q.generated_tokens is not None for q in recent)
         return [
-            ("gen tokens/s", _fmt(gen / span, ",.0f")),
+            ("gen tokens/s", _fmt(gen / span, ",.0f") if counted else "not counted (no usage or tokenizer)"),
             ("requests/s", _fmt(sum(q.requests or 1 for q in recent) / span, ".2f")),
         ], latency
 
@@ -248,12 +249,22 @@ class SessionView:
         for key, label in (("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E")):
             quantiles = [sv.get(f"{key}_p{q}_s") for q in (50, 95, 99)]
             text = "N/A" if all(v is None for v in quantiles) else "/".join(_fmt(v, ".3g") for v in quantiles) + " s"
+            if sv.get(f"{key}_p99_lo_s") is not None:  # a histogram knows a percentile only to its bucket
+                hi = sv.get(f"{key}_p99_hi_s")
+                lo = _fmt(sv[f"{key}_p99_lo_s"], ".3g")
+                text += f" (p99 in {lo}–{_fmt(hi, '.3g')} s)" if hi is not None else f" (p99 over {lo} s)"
             latency.append((f"{label} p50/95/99 (server)", text))
+        engines = sv.get("engines") or 1
+        waiting = f"{_fmt(sv.get('running'), '.0f')} / {_fmt(sv.get('waiting'), '.0f')}"
+        kv = _fmt(sv.get("kv_cache_usage_pct"), ".1f", "%")
+        if engines > 1:  # never summed: the mean, and the fullest engine
+            waiting += f" (longest queue {_fmt(sv.get('waiting_max'), '.0f')})"
+            kv = f"{kv} mean, {_fmt(sv.get('kv_cache_usage_max_pct'), '.1f', '%')} max of {engines} engines"
         return [
             ("gen tokens/s (server)", _fmt(sv.get("generation_tokens_per_s"), ",.0f")),
             ("prompt tokens/s", _fmt(sv.get("prompt_tokens_per_s"), ",.0f")),
-            ("running / waiting", f"{_fmt(sv.get('running'), '.0f')} / {_fmt(sv.get('waiting'), '.0f')}"),
-            ("KV cache", _fmt(sv.get("kv_cache_usage_pct"), ".1f", "%")),
+            ("running / waiting", waiting),
+            ("KV cache", kv),
         ], latency
 
     def _host_line(self, t: float) -> str:

@@ -3,9 +3,13 @@
 The exposition text is parsed by ``prometheus_client``. Metric names changed between vLLM releases:
 each reading accepts the current and the deprecated name (``vllm:kv_cache_usage_perc`` /
 ``vllm:gpu_cache_usage_perc``, ``vllm:inter_token_latency_seconds`` /
-``vllm:time_per_output_token_seconds``) and sums over the ``engine`` label (and any other label).
-Latency percentiles cover a sliding window: the difference of the histogram buckets between now and
-the oldest scrape in the window, interpolated within a bucket as Prometheus' histogram_quantile does.
+``vllm:time_per_output_token_seconds``). Counters and histograms are summed over the ``engine`` label (and
+any other label); gauges are kept per engine (a data-parallel server has one engine per rank): requests
+running and waiting add up, KV-cache usage never does (its mean and its fullest engine are shown).
+Latency percentiles cover a sliding window: the difference of the histogram buckets between now and the
+oldest scrape in the window, interpolated within a bucket as Prometheus' histogram_quantile does, so a
+percentile is only known to lie between two bucket bounds: the bounds go into the session's meta
+(``serving.buckets``) and are shown beside the figure.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ class MetricsFormatError(Exception):
     pass
 
 
-def parse(text: str) -> tuple[dict[str, float], dict[str, dict[float, float]], list[str]]:
-    """Gauges and counters (summed over labels) and histograms (cumulative bucket counts by upper bound).
-
-    Returns also the vLLM families it did not know (they are ignored, and listed for the help view)."""
+def parse(
+    text: str,
+) -> tuple[dict[str, float], dict[str, dict[float, float]], list[str], dict[str, dict[str, float]]]:
+    """Counters and gauges summed over labels (the sum of a gauge is for request counts only: KV-cache usage is
+    read per engine), histograms (cumulative bucket counts by upper bound), the vLLM families it did not know
+    (ignored, and listed for the help view), and the gauges per engine (``engine`` label; "" when none)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     families: dict[str, Any] = {}  # name -> prometheus_client Metric
@@ -53,56 +59,73 @@ def parse(text: str) -> tuple[dict[str, float], dict[str, dict[float, float]], l
     except (ValueError, TypeError, IndexError) as exc:
         raise MetricsFormatError(f"malformed Prometheus exposition text: {exc}") from None
     values: dict[str, float] = {}
+    engines: dict[str, dict[str, float]] = {}
     for key, names in {**GAUGES, **COUNTERS}.items():
         for name in names:
             fam = families.get(name) or families.get(name.removesuffix("_total"))
             if fam is None:
                 continue
             suffix = "_total" if fam.type == "counter" else ""
-            values[key] = sum(s.value for s in fam.samples if s.name in (fam.name + suffix, fam.name))
+            samples = [s for s in fam.samples if s.name in (fam.name + suffix, fam.name)]
+            values[key] = sum(s.value for s in samples)
+            if key in GAUGES:
+                for s in samples:
+                    engine = engines.setdefault(str(s.labels.get("engine", "")), {})
+                    engine[key] = engine.get(key, 0.0) + s.value
             break
-    hists: dict[str, dict[float, float]] = {}
-    for key, names in HISTOGRAMS.items():
-        for name in names:
-            hist: Any = families.get(name)
-            if hist is None or hist.type != "histogram":
-                continue
-            buckets: dict[float, float] = {}
-            for s in hist.samples:
-                if s.name == name + "_bucket":
-                    le = float(s.labels["le"])
-                    buckets[le] = buckets.get(le, 0.0) + s.value
-            hists[key] = buckets
-            break
+    hists = _histograms(families)
     known = {n for names in (*GAUGES.values(), *COUNTERS.values(), *HISTOGRAMS.values()) for n in names}
     unknown = sorted(
         n
         for n in families
         if n.startswith("vllm:") and n not in known and not n.endswith("_created") and n + "_total" not in known
     )
-    return values, hists, unknown
+    return values, hists, unknown, engines
+
+
+def _histograms(families: dict[str, Any]) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts by upper bound, summed over labels, of each histogram effmon knows."""
+    hists: dict[str, dict[float, float]] = {}
+    for key, names in HISTOGRAMS.items():
+        hist: Any = next((families[n] for n in names if n in families and families[n].type == "histogram"), None)
+        if hist is None:
+            continue
+        buckets: dict[float, float] = {}
+        for s in hist.samples:
+            if s.name == hist.name + "_bucket":
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+        hists[key] = buckets
+    return hists
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     """The q-quantile (0..1) from cumulative bucket counts, linear within the bucket (Prometheus rules)."""
+    return histogram_bucket(q, buckets)[0]
+
+
+def histogram_bucket(q: float, buckets: dict[float, float]) -> tuple[float | None, float | None, float | None]:
+    """The q-quantile as histogram_quantile gives it, and the bounds of the bucket it lies in (all that the
+    histogram knows of it): (value, lower, upper); upper is None above the highest finite bound."""
     if not buckets:
-        return None
+        return None, None, None
     bounds = sorted(buckets)
     total = buckets[bounds[-1]]
     if total <= 0:
-        return None
+        return None, None, None
     rank = q * total
     prev_bound, prev_count = 0.0, 0.0
     for bound in bounds:
         count = buckets[bound]
         if count >= rank:
             if bound == float("inf"):
-                return prev_bound  # the highest finite bound, as histogram_quantile does
+                return prev_bound, prev_bound, None  # the highest finite bound, as histogram_quantile does
             if count == prev_count:
-                return bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+                return bound, prev_bound, bound
+            value = prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+            return value, prev_bound, bound
         prev_bound, prev_count = bound, count
-    return bounds[-2] if len(bounds) > 1 else None
+    return (bounds[-2], bounds[-2], None) if len(bounds) > 1 else (None, None, None)
 
 
 def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
@@ -147,7 +170,7 @@ class VllmMetricsSource:
         if self.wait_for_server:  # effmon serve opens it before the server is up: reads fail until it is
             return SourceInfo(meta={"serving": {"metrics_url": self.url, "window_s": self.window_s}})
         try:
-            values, hists, unknown = parse(self._fetch())
+            values, hists, unknown, _ = parse(self._fetch())
         except (ConnectionError, MetricsFormatError) as exc:
             raise SourceUnavailable(f"{exc}; is this a vLLM server? (its metrics are at /metrics)") from None
         if not values and not hists:
@@ -156,11 +179,28 @@ class VllmMetricsSource:
         return SourceInfo(notices=notices, meta={"serving": {"metrics_url": self.url, "window_s": self.window_s}})
 
     def read(self, channel: str, now: float) -> list[Row]:
-        values, hists, self.unknown = parse(self._fetch())
+        values, hists, self.unknown, engines = parse(self._fetch())
         row: dict[str, Any] = {"t": now}
         row["running"], row["waiting"] = values.get("running"), values.get("waiting")
-        kv = values.get("kv_cache_usage")
-        row["kv_cache_usage_pct"] = kv * 100.0 if kv is not None else None
+        rows = [
+            Row(
+                "serving_engine",
+                {
+                    "t": now,
+                    "engine": name,
+                    "running": e.get("running"),
+                    "waiting": e.get("waiting"),
+                    "kv_cache_usage_pct": e["kv_cache_usage"] * 100.0 if "kv_cache_usage" in e else None,
+                },
+            )
+            for name, e in sorted(engines.items())
+        ]
+        kv = [r.values["kv_cache_usage_pct"] for r in rows if r.values["kv_cache_usage_pct"] is not None]
+        row["kv_cache_usage_pct"] = sum(kv) / len(kv) if kv else None
+        row["kv_cache_usage_max_pct"] = max(kv) if kv else None
+        waiting = [r.values["waiting"] for r in rows if r.values["waiting"] is not None]
+        row["waiting_max"] = max(waiting) if waiting else None
+        row["engines"] = len(rows) or None
         for key in COUNTERS:
             row[key] = values.get(key)
         if self.previous is not None and now > self.previous[0]:
@@ -182,8 +222,10 @@ class VllmMetricsSource:
             # one scrape alone has nothing to subtract: N/A until there is a window
             window = {le: count - old.get(le, 0.0) for le, count in cur.items()} if len(self.history) > 1 else {}
             for q in (50, 95, 99):
-                row[f"{key}_p{q}_s"] = histogram_quantile(q / 100.0, window)
-        return [Row("serving", row)]
+                value, lo, hi = histogram_bucket(q / 100.0, window)
+                row[f"{key}_p{q}_s"] = value
+                row[f"{key}_p{q}_lo_s"], row[f"{key}_p{q}_hi_s"] = (lo, hi) if value is not None else (None, None)
+        return [Row("serving", row), *rows]
 
     def close(self) -> None:
         pass
