@@ -110,49 +110,47 @@ def test_malformed_text_is_a_clear_error():
         parse("vllm:num_requests_running{engine=0 3\n")
 
 
-def test_attach_url_against_a_real_metrics_endpoint(tmp_path):
-    from prometheus_client import start_http_server
-
-    reg, m = registry()
-    labels = {"model_name": "m", "engine": "0"}
-    m["running"].labels(**labels).set(2)
-    m["ttft"].labels(**labels).observe(5.0)  # before attaching: outside every window effmon sees
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=reg)
+def attach_while(reg, home, feed, seconds: int = 4):
+    """``effmon attach --url`` on a real /metrics endpoint serving ``reg`` for ``seconds``; ``feed()`` runs 2 s in
+    (after the first scrapes). Returns the session file."""
     import os
     import subprocess
     import sys
     import time
 
-    home = tmp_path / "h"
+    from prometheus_client import start_http_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=reg)
     try:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "effmon",
-                "attach",
-                "--url",
-                f"http://127.0.0.1:{port}",
-                "--headless",
-                "--duration",
-                "4",
-            ],
-            env=dict(os.environ, EFFMON_HOME=str(home)),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+            [sys.executable, "-m", "effmon", "attach", "--url", f"http://127.0.0.1:{port}", "--headless",
+             "--duration", str(seconds)],
+            env=dict(os.environ, EFFMON_HOME=str(home)), stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
         time.sleep(2.0)
-        m["gen"].labels(**labels).inc(100)
-        for x in (0.05, 0.07, 0.2):
-            m["ttft"].labels(**labels).observe(x)
+        feed()
         _, err = proc.communicate(timeout=30)
     finally:
         server.shutdown()
     assert proc.returncode == 0, err
-    session = sorted((home / "sessions").glob("*.effmon"))[0]
+    return sorted((home / "sessions").glob("*.effmon"))[0]
+
+
+def test_attach_url_against_a_real_metrics_endpoint(tmp_path):
+    reg, m = registry()
+    labels = {"model_name": "m", "engine": "0"}
+    m["running"].labels(**labels).set(2)
+    m["ttft"].labels(**labels).observe(5.0)  # before attaching: outside every window effmon sees
+
+    def feed():
+        m["gen"].labels(**labels).inc(100)
+        for x in (0.05, 0.07, 0.2):
+            m["ttft"].labels(**labels).observe(x)
+
+    session = attach_while(reg, tmp_path / "h", feed)
     from effmon.core.store import SessionReader
 
     with SessionReader(session) as r:
@@ -229,13 +227,6 @@ def test_two_engines_are_shown_per_engine_never_summed(tmp_path):
     """A data-parallel server with two engines at 37% and 42% KV cache: the session keeps each engine, the
     dashboard shows their mean and the fullest (39.5%, 42.0%), never 79%; the queues add up and the longest is
     named. TTFT p99 from the histogram comes with the bucket it lies in, which holds the exact value."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from prometheus_client import start_http_server
-
     from effmon.core.store import SessionReader
     from effmon.tui.snapshot import SessionView
 
@@ -245,26 +236,13 @@ def test_two_engines_are_shown_per_engine_never_summed(tmp_path):
         m["kv"].labels(**labels).set(kv)
         m["running"].labels(**labels).set(running)
         m["waiting"].labels(**labels).set(waiting)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server, _ = start_http_server(port, addr="127.0.0.1", registry=reg)
-    home = tmp_path / "h"
     ttfts = [0.03, 0.04, 0.06, 0.07, 0.08, 0.09, 0.118, 0.12, 0.13, 0.2]
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "effmon", "attach", "--url", f"http://127.0.0.1:{port}", "--headless",
-             "--duration", "4"],
-            env=dict(os.environ, EFFMON_HOME=str(home)), stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        time.sleep(2.0)
+
+    def feed():
         for i, x in enumerate(ttfts):
             m["ttft"].labels(model_name="m", engine=str(i % 2)).observe(x)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        server.shutdown()
-    assert proc.returncode == 0, err
-    session = sorted((home / "sessions").glob("*.effmon"))[0]
+
+    session = attach_while(reg, tmp_path / "h", feed)
     with SessionReader(session) as r:
         last = r.rows("serving")[-1]
         engines = {e["engine"]: e for e in r.rows("serving_engine") if e["t"] == last["t"]}
