@@ -42,8 +42,8 @@ class ClientWatch:
     """Samples loop lag (100 Hz) and process CPU (2 Hz) while :meth:`run` is running."""
 
     lags: list[float] = field(default_factory=list)
-    windows: list[tuple[float, float, float]] = field(default_factory=list)
-    """(share of the window the loop ran late, max lag s, CPU share of one core) per half-second window."""
+    windows: list[tuple[float, float]] = field(default_factory=list)
+    """(share of the window the loop ran late, CPU share of one core) per half-second window."""
     cpu_s: float = 0.0
     wall_s: float = 0.0
 
@@ -61,7 +61,7 @@ class ClientWatch:
                 if now - win_start >= WINDOW_S:
                     cpu = time.process_time()
                     wall = now - win_start
-                    self.windows.append((sum(win_lags) / wall, max(win_lags), (cpu - win_cpu) / wall))
+                    self.windows.append((sum(win_lags) / wall, (cpu - win_cpu) / wall))
                     win_start, win_cpu, win_lags = now, cpu, []
         finally:
             self.cpu_s = time.process_time() - cpu_start
@@ -70,7 +70,7 @@ class ClientWatch:
     def report(self, chunks: int, concurrency: int) -> dict[str, Any]:
         """What the watch saw, for the summary and the session: ``chunks`` is every content chunk the load
         received, ``concurrency`` the streams it kept open."""
-        saturated = [w for w in self.windows if w[0] > LATE_SATURATED or w[2] > CPU_SATURATED]
+        saturated = [w for w in self.windows if w[0] > LATE_SATURATED or w[1] > CPU_SATURATED]
         share = len(saturated) / len(self.windows) if self.windows else 0.0
         cpu_share = self.cpu_s / self.wall_s if self.wall_s else None
         capacity = None

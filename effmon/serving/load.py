@@ -87,10 +87,6 @@ class RequestResult:
         return self.t_end - self.t_start
 
     @property
-    def tokens_from_usage(self) -> bool:
-        return self.tokens_from == "usage"
-
-    @property
     def tpot_s(self) -> float | None:
         """Time per output token after the first: per token, so only when the tokens are known."""
         n = self.output_tokens
