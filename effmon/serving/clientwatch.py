@@ -10,6 +10,8 @@ throughput drops, and none of it is the server's. Two measurements show it while
 
 From them: whether (and for what share of the load) the client was saturated, which latency figures its delay
 can distort by more than 5%, and how many streams this machine's client could drive at the observed chunk rate.
+A loop that ran late while using little CPU was starved by other processes (``limited_by: "machine"``): then the
+stream estimate is withheld, since the client's own cost did not set the limit.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ DISTORTION = 0.05
 """A latency figure is marked when the client's loop lag (at the same quantile) is more than this share of it."""
 HEADROOM = 0.7
 """The CPU share of one core counted as usable when estimating how many streams this machine can drive."""
+OWN_WORK = 0.5
+"""A saturated window whose loop used less than this share of a core was late for want of the CPU, not because
+of its own work: other processes held this machine (a busy machine, not too many streams)."""
 
 
 @dataclass
@@ -72,12 +77,18 @@ class ClientWatch:
         received, ``concurrency`` the streams it kept open."""
         saturated = [w for w in self.windows if w[0] > LATE_SATURATED or w[1] > CPU_SATURATED]
         share = len(saturated) / len(self.windows) if self.windows else 0.0
+        starved = sum(1 for w in saturated if w[1] < OWN_WORK)
         cpu_share = self.cpu_s / self.wall_s if self.wall_s else None
         capacity = None
         if chunks and self.cpu_s > 0 and self.wall_s > 0 and concurrency > 0:
             cpu_per_chunk = self.cpu_s / chunks
             chunks_per_stream_s = chunks / self.wall_s / concurrency
             capacity = int(HEADROOM / cpu_per_chunk / chunks_per_stream_s)
+        # Late mostly while idle, or an estimate above the streams that saturated it: the client's own CPU per
+        # chunk was not what held it back, so it cannot say how many streams this machine drives.
+        machine_busy = bool(saturated) and (starved > len(saturated) / 2 or (capacity or 0) >= concurrency)
+        if machine_busy:
+            capacity = None
         return {
             "loop_lag_p50_s": percentile(self.lags, 50),
             "loop_lag_p90_s": percentile(self.lags, 90),
@@ -90,20 +101,28 @@ class ClientWatch:
             "saturated_share": share,
             "saturated": share > SHARE_FLAGGED,
             "streams_capacity": capacity,
+            "limited_by": ("machine" if machine_busy else "client") if share > SHARE_FLAGGED else None,
         }
+
+
+SENT_LATE = ("ttft_s", "e2e_s")
+"""Figures that run from a request's start, so a request sent late (``send_delay_*``) carries its delay in full."""
 
 
 def affected(figures: dict[str, dict[str, float | None]], client: dict[str, Any]) -> dict[str, list[str]]:
     """The figures the client's own delay can move by more than 5%: {"ttft_s": ["p99", ...], ...}. A figure at
     quantile q is set against the loop lag at the same quantile (the mean against the mean lag): how late a
-    timestamp typically is, where that figure sits (``client``: :meth:`ClientWatch.report`)."""
+    timestamp typically is, where that figure sits (``client``: :meth:`ClientWatch.report`); TTFT and E2E also
+    against how long requests waited in the client before their headers went out (a burst of starts)."""
     out: dict[str, list[str]] = {}
     for key, values in figures.items():
-        marked = [
-            q
-            for q, v in values.items()
-            if v is not None and v > 0 and (client.get(f"loop_lag_{q}_s") or 0.0) > DISTORTION * v
-        ]
+        marked = []
+        for q, v in values.items():
+            own = client.get(f"loop_lag_{q}_s") or 0.0
+            if key in SENT_LATE:
+                own = max(own, client.get(f"send_delay_{q}_s") or 0.0)
+            if v is not None and v > 0 and own > DISTORTION * v:
+                marked.append(q)
         if marked:
             out[key] = marked
     return out

@@ -77,6 +77,9 @@ class RequestResult:
     error: str | None = None
     detail: str | None = None
     response_id: str | None = None
+    send_delay_s: float | None = None
+    """From the request's start to its headers on the wire: the client's own queue (a burst of starts, a busy
+    loop, a new connection), which TTFT and E2E include and the server never saw."""
 
     @property
     def ok(self) -> bool:
@@ -236,8 +239,10 @@ async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
     start_wall, start = time.time(), time.perf_counter()
     res = RequestResult(t_start=start_wall, t_end=start_wall)
     stream = _Stream(res, cfg.endpoint, start)
+    sent = SentAt(start)
     try:
-        async with session.post(url, json=body) as resp:
+        async with session.post(url, json=body, trace_request_ctx=sent) as resp:
+            res.send_delay_s = sent.delay_s
             if resp.status >= 400:
                 res.error, res.detail = f"http_{resp.status}", (await resp.text(errors="replace"))[:200]
                 return res
@@ -255,6 +260,29 @@ async def _one(session: Any, cfg: LoadConfig, prompt: str) -> RequestResult:
     if res.ok and res.ttft_s is None:
         res.error = "no_content"
     return res
+
+
+class SentAt:
+    """A request's start and, once aiohttp has written its headers, how long after the start that was."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self.delay_s: float | None = None
+
+
+async def _headers_sent(session: Any, ctx: Any, params: Any) -> None:
+    """aiohttp trace hook: stamp the moment a request's headers went out (its body follows in the same write)."""
+    sent = ctx.trace_request_ctx
+    if isinstance(sent, SentAt) and sent.delay_s is None:
+        sent.delay_s = time.perf_counter() - sent.start
+
+
+def trace_sends() -> Any:
+    import aiohttp
+
+    config = aiohttp.TraceConfig()
+    config.on_request_headers_sent.append(_headers_sent)
+    return config
 
 
 def _failure(exc: BaseException) -> tuple[str, str | None]:
@@ -484,7 +512,9 @@ class _LoadRun:
 
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector, read_bufsize=MAX_LINE // 2) as session:
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=connector, read_bufsize=MAX_LINE // 2, trace_configs=[trace_sends()]
+        ) as session:
             watcher = asyncio.create_task(self.cancel_when_stopped())
             await (self.closed_loop(session) if self.cfg.rate is None else self.open_loop(session, self.cfg.rate))
             if self.counting:  # counts asked of the server's /tokenize (a few ms each)
@@ -568,7 +598,9 @@ def summarize(
     finished = len(results) - cancelled
     both = [r for r in ok if r.counted_tokens is not None and r.output_tokens]
     if client is not None:
-        client = client | {"affected": affected(latency, client)}
+        sends = _pct([r.send_delay_s for r in ok if r.send_delay_s is not None])
+        client = client | {f"send_delay_{q}_s": v for q, v in sends.items()}
+        client |= {"affected": affected(latency, client)}
     return {
         "requests": len(results),
         "succeeded": len(ok),
@@ -686,9 +718,12 @@ def print_summary(s: dict[str, Any]) -> None:
     elif g["slo_ttft_s"] is not None or g["slo_tpot_s"] is not None:
         console.print(f"goodput: {g['requests']} requests within the SLO, {g['requests_per_s'] or 0:.2f}/s")
     if marks:
+        ms = lambda key: (client.get(key) or 0.0) * 1000  # noqa: E731
         console.print(
-            f"* within reach of the client's own delay: its event-loop lag at that quantile is over 5% of the figure "
-            f"(lag p50 {client['loop_lag_p50_s'] * 1000:.1f} ms, p99 {client['loop_lag_p99_s'] * 1000:.1f} ms)",
+            "* within reach of the client's own delay: its event-loop lag, or (TTFT, E2E) the wait before a "
+            "request's headers went out, is over 5% of the figure at that quantile (lag p50 "
+            f"{ms('loop_lag_p50_s'):.1f} ms, p99 {ms('loop_lag_p99_s'):.1f} ms; send wait p50 "
+            f"{ms('send_delay_p50_s'):.1f} ms, p99 {ms('send_delay_p99_s'):.1f} ms)",
             style="dim",
             highlight=False,
         )
@@ -708,10 +743,18 @@ def saturation_warning(client: dict[str, Any]) -> str:
     """What to tell the user when the client, not the server, was the bottleneck."""
     cap = client.get("streams_capacity")
     lag, cpu = client.get("loop_lag_p99_s") or 0.0, client.get("cpu_share") or 0.0
-    return (
+    head = (
         f"the client was saturated for {client['saturated_share']:.0%} of the load (event-loop lag p99 "
         f"{lag * 1000:.0f} ms, CPU {cpu:.0%} of a core): latencies include the client's own delay and throughput "
         "is the client's ceiling, not the server's"
+    )
+    if client.get("limited_by") == "machine":
+        return (
+            head + "; its loop waited for a CPU that other processes held (this machine was busy), so how many "
+            "streams it can drive is not known: run the load where it has a core to itself"
+        )
+    return (
+        head
         + (f"; this machine drives about {cap} streams like these" if cap else "")
         + ": use fewer streams or a client machine apart from the server"
     )
