@@ -233,24 +233,16 @@ def test_exposed_communication_matches_the_no_sync_difference(tmp_path):
     assert busy > 0  # the all-reduce busy time is kept apart, labelled
 
 
-def test_late_attach_to_a_trainer_job_says_what_it_sees_and_reads_the_trainers_state(tmp_path):
-    """A Trainer job started without effmon, attached to mid-run: effmon says at once what it can and cannot
-    see, and takes the logged steps from the job's own trainer_state.json (the losses the Trainer logged)."""
+def late_attach(tmp_path: Path, ready: str, *job_args: str, env: dict[str, str] | None = None):
+    """A Trainer job started without effmon, attached to (headless) once a file matching ``ready`` exists below
+    its output folder; returns the attach result, the logged steps effmon stored, the Trainer's own logged
+    losses and the home folder."""
     from effmon.core.store import SessionReader
 
     out, home = tmp_path / "out", tmp_path / "h"
+    script = [sys.executable, str(SCRIPTS / "trainer_reference.py"), str(out), "--epochs", "2", "--log-sleep", "0.25"]
     job = subprocess.Popen(
-        [
-            sys.executable,
-            str(SCRIPTS / "trainer_reference.py"),
-            str(out),
-            "--epochs",
-            "2",
-            "--save-steps",
-            "5",
-            "--log-sleep",
-            "0.25",
-        ],
+        [*script, *job_args],
         cwd=tmp_path,
         env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
         stdout=subprocess.DEVNULL,
@@ -258,22 +250,60 @@ def test_late_attach_to_a_trainer_job_says_what_it_sees_and_reads_the_trainers_s
     )
     try:
         deadline = time.time() + 120
-        while not list(out.glob("trainer/checkpoint-*/trainer_state.json")):
-            assert job.poll() is None and time.time() < deadline, "the job never saved a checkpoint"
+        while not list(out.glob(ready)):
+            assert job.poll() is None and time.time() < deadline, f"the job never wrote {ready}"
             time.sleep(0.2)
-        res = effmon(home, "attach", "--headless", str(job.pid))
+        res = subprocess.run(
+            [sys.executable, "-m", "effmon", "attach", "--headless", str(job.pid)],
+            capture_output=True, text=True, env=env_for(home) | (env or {}), timeout=300,
+        )  # fmt: skip
     finally:
         job.wait(120)
     assert res.returncode == 0, res.stderr
     assert "steps, tokens and step times: no" in res.stderr and "effmon run -- COMMAND" in res.stderr
-    assert "trainer_state.json" in res.stderr
     ref = references(out, "reference")[0]
     logged = {e["step"]: e["loss"] for e in ref["log_history"] if "loss" in e}
-    session = next((home / "sessions").glob("*.effmon"))
-    with SessionReader(session) as r:
-        rows = {x["step"]: x["loss"] for x in r.rows("train_log")}
+    with SessionReader(next((home / "sessions").glob("*.effmon"))) as r:
+        rows = {x["step"]: x for x in r.rows("train_log")}
+    return res, rows, logged, home
+
+
+def test_late_attach_to_a_trainer_job_says_what_it_sees_and_reads_the_trainers_state(tmp_path):
+    """A Trainer job started without effmon, attached to mid-run: effmon says at once what it can and cannot
+    see, and takes the logged steps from the job's own trainer_state.json (the losses the Trainer logged)."""
+    res, rows, logged, home = late_attach(tmp_path, "trainer/checkpoint-*/trainer_state.json", "--save-steps", "5")
+    assert "trainer_state.json" in res.stderr
     assert len(rows) >= 5 and sorted(rows) == list(range(1, len(rows) + 1))
-    assert all(rows[s] == pytest.approx(logged[s]) for s in rows)
+    assert all(rows[s]["loss"] == pytest.approx(logged[s]) for s in rows)
     report = effmon(home, "report", "last")
     assert report.returncode == 0, report.stderr
     assert f"{len(rows)} logged steps, step 1-{len(rows)}" in " ".join(report.stdout.split())  # wrapped at 120
+
+
+def test_late_attach_reads_a_jobs_tensorboard_events_between_checkpoints(tmp_path):
+    """A Trainer job that saves no checkpoint but logs to TensorBoard: effmon reads its event files with
+    TensorBoard's own reader as they grow, and every step it stores carries the loss, learning rate and epoch the
+    Trainer logged for that step (its own log_history, written at the end)."""
+    pytest.importorskip("tensorboard")
+    res, rows, logged, home = late_attach(tmp_path, "trainer/runs/*/events.out.tfevents.*", "--report-to",
+                                          "tensorboard")  # fmt: skip
+    assert "TensorBoard events" in res.stderr
+    assert len(rows) >= 5 and sorted(rows) == list(range(1, len(rows) + 1))  # no checkpoint: all from the events
+    ref = {e["step"]: e for e in references(tmp_path / "out", "reference")[0]["log_history"] if "loss" in e}
+    for step, row in rows.items():
+        assert row["loss"] == pytest.approx(logged[step], rel=1e-6)  # float32 in the event file
+        assert row["lr"] == pytest.approx(ref[step]["learning_rate"], rel=1e-6)
+        assert row["epoch"] == pytest.approx(ref[step]["epoch"], rel=1e-6)
+    report = effmon(home, "report", "last")
+    assert report.returncode == 0 and "runs" in report.stdout and f"{len(rows)} logged steps" in report.stdout
+
+
+def test_late_attach_says_how_to_read_tensorboard_events_when_tensorboard_is_missing(tmp_path):
+    """The same job with the tensorboard package hidden from effmon: one line says what is missing and the
+    install, and the attach still ends well."""
+    from tests.test_first_contact import hidden
+
+    res, rows, _, _ = late_attach(tmp_path, "trainer/runs/*/events.out.tfevents.*", "--report-to", "tensorboard",
+                                  env=hidden(tmp_path, "tensorboard"))  # fmt: skip
+    assert "pip install 'effmon[tensorboard]'" in res.stderr and "Traceback" not in res.stderr
+    assert rows == {}

@@ -8,6 +8,7 @@ EXTRAS = {
     "train": ("torch", "transformers", "peft", "accelerate"),
     "report": ("matplotlib",),
     "serve": ("transformers", "fastapi", "uvicorn", "torch"),
+    "tensorboard": ("tensorboard",),
 }
 """What each extra of ``pip install 'effmon[EXTRA]'`` brings, by import name."""
 

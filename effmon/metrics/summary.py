@@ -129,13 +129,15 @@ def coverage_notes(meta: dict[str, Any], w: Window, gpus: list[GpuStats]) -> lis
 
 
 def _logged_only(reader: SessionReader, meta: dict[str, Any]) -> str:
-    """A job effmon attached to late, with only its own logged steps (a Trainer's trainer_state.json)."""
+    """A job effmon attached to late, with only its own logged steps (a Trainer's trainer_state.json or TensorBoard
+    events)."""
     logged = sorted(reader.rows("train_log"), key=lambda r: r["step"])
     if not logged:
         return "no training steps were recorded"
     first, last = logged[0], logged[-1]
+    source = meta.get("tensorboard") or meta.get("trainer_state") or "the job logs"
     return (
-        f"training (from {meta.get('trainer_state', 'the job state file')}): {len(logged)} logged steps, step "
+        f"training (from {source}): {len(logged)} logged steps, step "
         f"{first['step']}-{last['step']}, loss {first['loss']:.4g} -> {last['loss']:.4g}; no step times there, so AL, "
         "TT and ST need the job started with effmon run or reporting through effmon.track"
     )

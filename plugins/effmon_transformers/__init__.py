@@ -51,7 +51,8 @@ def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
     register(
         SourceSpec(
             "trainer_state",
-            "Logged steps of a Trainer job effmon did not start, from its trainer_state.json (effmon attach)",
+            "Logged steps of a Trainer job effmon did not start, from its trainer_state.json or TensorBoard events "
+            "(effmon attach)",
             (TRAIN_LOG,),
             _trainer_state,
         )
@@ -60,9 +61,10 @@ def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
 
 @hookimpl
 def effmon_attach_notes(pid: int, cmdline: list[str], cwd: str | None) -> list[str] | None:
-    from effmon_transformers.state import OUTPUT_FLAGS, describe, job_folders, newest_state
+    from effmon_transformers.state import OUTPUT_FLAGS, describe, job_folders, newest_events, newest_state
 
     folders = job_folders(cmdline, cwd)
-    if newest_state(folders) is None and not any(a.split("=")[0] in OUTPUT_FLAGS for a in cmdline):
+    logs = newest_state(folders) or newest_events(folders)
+    if logs is None and not any(a.split("=")[0] in OUTPUT_FLAGS for a in cmdline):
         return None  # nothing says this is a Trainer job
     return [describe(folders)]

@@ -1,18 +1,28 @@
-"""Late attach to a Trainer job effmon did not start: its own ``trainer_state.json`` is the step history.
+"""Late attach to a Trainer job effmon did not start: its own logs are the step history.
 
-The Trainer writes ``trainer_state.json`` into each ``checkpoint-N`` folder of its ``output_dir`` at every save;
-its ``log_history`` holds, per logged step, the loss, learning rate, gradient norm, epoch and (when the job
-counts them) the input tokens seen. This source finds the folder from the watched process's own arguments
-(``--output_dir``) or its working directory, reads the newest state every few seconds with the standard JSON
-reader, and stores each logged step once (``train_log``). It does nothing under ``effmon run`` (the callback
-there reports every step as it ends) or where a job reports through ``effmon.track``.
+Two logs a Trainer job leaves are read, whichever it writes:
+
+- ``trainer_state.json``, written into each ``checkpoint-N`` folder of its ``output_dir`` at every save: its
+  ``log_history`` holds, per logged step, the loss, learning rate, gradient norm, epoch and (when the job counts
+  them) the input tokens seen; read with the standard JSON reader;
+- TensorBoard event files (``report_to="tensorboard"``: ``output_dir/runs/<date>_<host>/events.out.tfevents.*``,
+  or ``$TENSORBOARD_LOGGING_DIR``), flushed at every logged step, so they are current between checkpoints; read
+  with TensorBoard's own ``EventAccumulator`` (the ``tensorboard`` extra), incrementally.
+
+This source finds the folders from the watched process's own arguments (``--output_dir``, ``--logging_dir``), its
+environment and its working directory, reads every few seconds, and stores each logged step once
+(``train_log``), from whichever log has it first. It does nothing under ``effmon run`` (the callback there
+reports every step as it ends) or where a job reports through ``effmon.track``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from effmon.plugins import Entity, M, Row, SourceInfo, SourceOptions
 
@@ -36,12 +46,31 @@ PATTERNS = tuple(
 )
 """Where a Trainer's state file is looked for below a job folder (two levels at most: a home folder stays cheap)."""
 
+EVENT_PATTERNS = tuple(prefix + "events.out.tfevents.*" for prefix in ("", "*/", "runs/*/", "*/runs/*/", "*/*/runs/*/"))
+"""Where TensorBoard event files are looked for below a job folder: a logging folder itself, a run in it, or the
+Trainer's ``output_dir/runs/<run>/`` up to two levels below (a home folder stays cheap to search)."""
+
+TB_TAGS = {
+    "loss": "train/loss",
+    "lr": "train/learning_rate",
+    "grad_norm": "train/grad_norm",
+    "epoch": "train/epoch",
+    "tokens_seen": "train/num_input_tokens_seen",
+}
+"""The scalars the Trainer's TensorBoardCallback writes (its ``rewrite_logs`` puts ``train/`` before each log key)."""
+
+READ_EVERY_S = 2.0
+"""How often the reader thread looks at the job's logs (the Trainer flushes its TensorBoard events at each log)."""
+
 OUTPUT_FLAGS = ("--output_dir", "--output-dir", "--logging_dir", "--logging-dir")
 
 
-def job_folders(cmdline: list[str], cwd: str | None) -> list[Path]:
-    """Where a Trainer job writes: the folders its arguments name, else its working directory."""
+def job_folders(cmdline: list[str], cwd: str | None, environ: dict[str, str] | None = None) -> list[Path]:
+    """Where a Trainer job writes: the folders its arguments (and ``TENSORBOARD_LOGGING_DIR``) name, else its
+    working directory."""
     found: list[Path] = []
+    if environ and environ.get("TENSORBOARD_LOGGING_DIR"):
+        found.append(Path(environ["TENSORBOARD_LOGGING_DIR"]).expanduser())
     for i, arg in enumerate(cmdline):
         for flag in OUTPUT_FLAGS:
             if arg == flag and i + 1 < len(cmdline):
@@ -55,15 +84,35 @@ def job_folders(cmdline: list[str], cwd: str | None) -> list[Path]:
     return out
 
 
-def newest_state(folders: list[Path]) -> Path | None:
-    """The newest ``trainer_state.json`` in these folders, their ``checkpoint-*`` folders, or one level below."""
+def _newest(folders: list[Path], patterns: tuple[str, ...]) -> Path | None:
     candidates: list[Path] = []
     for folder in folders:
-        for pattern in PATTERNS:
+        for pattern in patterns:
             candidates += [p for p in folder.glob(pattern) if p.is_file()]
     if not candidates:
         return None
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def newest_state(folders: list[Path]) -> Path | None:
+    """The newest ``trainer_state.json`` in these folders, their ``checkpoint-*`` folders, or one level below."""
+    return _newest(folders, PATTERNS)
+
+
+def newest_events(folders: list[Path]) -> Path | None:
+    """The folder of the newest TensorBoard event file below these folders (a run's folder)."""
+    newest = _newest(folders, EVENT_PATTERNS)
+    return newest.parent if newest else None
+
+
+def log_row(step: int, values: dict[str, Any]) -> Row:
+    """One logged step (``values`` keyed as TRAIN_LOG's metrics; missing ones are N/A); stamped when handed out."""
+    tokens = values.get("tokens_seen")
+    return Row(
+        "train_log",
+        {"step": step, "tokens_seen": int(tokens) if tokens is not None else None}
+        | {k: values.get(k) for k in ("loss", "lr", "grad_norm", "epoch")},
+    )
 
 
 class TrainerStateSource:
@@ -71,11 +120,19 @@ class TrainerStateSource:
 
     def __init__(self, options: SourceOptions):
         self.options = options
-        self.channels = {"state": 5.0}
+        self.channels = {"state": 1.0}
         self.folders: list[Path] | None = None
         self.steps: set[int] = set()
         self.read_from: tuple[str, float] | None = None
-        self.announced = False
+        self.announced: set[str] = set()
+        self.runs: dict[Path, Any] = {}
+        """A TensorBoard EventAccumulator per run folder: each reload reads only what was appended."""
+        self.lock = threading.Lock()
+        self.pending: list[Row] = []
+        self.worker: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.last: tuple[float, float] | None = None
+        """The session time and the monotonic clock of the last read (the final read stamps its rows from them)."""
 
     def open(self) -> SourceInfo:
         return SourceInfo()
@@ -88,15 +145,64 @@ class TrainerStateSource:
             for pid in self.options.watched_pids():
                 try:
                     proc = psutil.Process(pid)
-                    self.folders += job_folders(proc.cmdline(), proc.cwd())
+                    try:
+                        environ = proc.environ()
+                    except (psutil.AccessDenied, OSError):
+                        environ = {}
+                    self.folders += job_folders(proc.cmdline(), proc.cwd(), environ)
                 except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                     continue
         return self.folders
 
     def read(self, channel: str, now: float) -> list[Row]:
+        """What the reader thread found since the last read, stamped now (cheap: the reads of the logs, and the
+        import of TensorBoard, happen on that thread, never on the sampler's)."""
         if self.options.extra.get("track_dir") or self.options.replay_path:
             return []  # effmon run: the callback reports every step; a replay has no job
-        path = newest_state(self._folders())
+        self.last = (now, time.monotonic())
+        if self.worker is None:
+            self.worker = threading.Thread(target=self._watch, name="effmon-trainer-logs", daemon=True)
+            self.worker.start()
+        return self._hand_out(now)
+
+    def drain(self) -> list[Row]:
+        """The recording ends: the reader thread stops, the logs are read once more, and every step found since
+        the last read is handed out (none is lost to the timing of the last read)."""
+        if self.worker is None or self.last is None:
+            return []
+        self.stopping.set()
+        self.worker.join(5)
+        if not self.worker.is_alive():
+            self._collect()
+        now, mono = self.last
+        return self._hand_out(now + time.monotonic() - mono)
+
+    def _watch(self) -> None:
+        while True:
+            self._collect()
+            if self.stopping.wait(READ_EVERY_S):
+                return
+
+    def _collect(self) -> None:
+        folders = self._folders()
+        rows = self._from_events(folders) + self._from_state(folders)
+        with self.lock:
+            self.pending += rows
+
+    def _hand_out(self, now: float) -> list[Row]:
+        with self.lock:
+            rows, self.pending = self.pending, []
+        return [Row(r.entity, r.values | {"t": now}) if r.entity == "train_log" else r for r in rows]
+
+    def _announce(self, kind: str, where: Path, text: str, level: str = "info") -> list[Row]:
+        """A meta key and a notice, once per kind of log."""
+        if kind in self.announced:
+            return []
+        self.announced.add(kind)
+        return [Row("meta", {kind: os.fspath(where)}), Row("notice", {"level": level, "text": text})]
+
+    def _from_state(self, folders: list[Path]) -> list[Row]:
+        path = newest_state(folders)
         if path is None:
             return []
         stamp = (str(path), path.stat().st_mtime)
@@ -107,43 +213,67 @@ class TrainerStateSource:
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             return []  # being rewritten at this moment: the next read gets it
-        rows: list[Row] = []
-        if not self.announced:
-            self.announced = True
-            rows.append(Row("meta", {"trainer_state": os.fspath(path)}))
-            rows.append(Row("notice", {"level": "info", "text": f"step history read from {path}"}))
+        rows = self._announce("trainer_state", path, f"step history read from {path}")
         for entry in doc.get("log_history") or []:
             step = entry.get("step")
             if not isinstance(step, int) or "loss" not in entry or step in self.steps:
                 continue
             self.steps.add(step)
-            rows.append(
-                Row(
-                    "train_log",
-                    {
-                        "t": now,
-                        "step": step,
-                        "loss": entry.get("loss"),
-                        "lr": entry.get("learning_rate"),
-                        "grad_norm": entry.get("grad_norm"),
-                        "epoch": entry.get("epoch"),
-                        "tokens_seen": entry.get("num_input_tokens_seen"),
-                    },
-                )
-            )
+            keys = {"loss": "loss", "lr": "learning_rate", "grad_norm": "grad_norm", "epoch": "epoch",
+                    "tokens_seen": "num_input_tokens_seen"}  # fmt: skip
+            rows.append(log_row(step, {k: entry.get(v) for k, v in keys.items()}))
+        return rows
+
+    def _from_events(self, folders: list[Path]) -> list[Row]:
+        run = newest_events(folders)
+        if run is None:
+            return []
+        acc = self.runs.get(run)
+        if acc is None:
+            try:
+                from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+            except ImportError:
+                return self._announce(
+                    "tensorboard_unread", run, f"TensorBoard event files in {run} are not read: the tensorboard "
+                    "package is not installed (pip install 'effmon[tensorboard]')", "warning",
+                )  # fmt: skip
+            acc = self.runs[run] = EventAccumulator(os.fspath(run), size_guidance={"scalars": 0})
+        try:
+            acc.Reload()
+            tags = set(acc.Tags().get("scalars", []))
+            scalars = {k: {e.step: e.value for e in acc.Scalars(t)} for k, t in TB_TAGS.items() if t in tags}
+        except Exception:  # a file being written or damaged: the next read tries again
+            return []
+        if "loss" not in scalars:
+            return []
+        rows = self._announce("tensorboard", run, f"step history read from TensorBoard events in {run}")
+        for step in sorted(set(scalars["loss"]) - self.steps):
+            self.steps.add(step)
+            rows.append(log_row(step, {k: v.get(step) for k, v in scalars.items()}))
         return rows
 
     def close(self) -> None:
-        pass
+        self.stopping.set()
 
 
 def describe(folders: list[Path]) -> str:
     """One line for ``effmon attach``: where the history comes from, or how to get one."""
+    from effmon.core.extras import missing
+
+    run = newest_events(folders)
+    if run is not None and missing("tensorboard"):
+        return (
+            f"TensorBoard events in {run} hold the loss per logged step, but the tensorboard package is not "
+            "installed: pip install 'effmon[tensorboard]' to read them"
+        )
+    if run is not None:
+        return f"loss, learning rate and gradient norm per logged step: read from TensorBoard events in {run}"
     path = newest_state(folders)
     if path is not None:
         return f"loss, learning rate and gradient norm per logged step: read from {path} as the job saves checkpoints"
     where = ", ".join(str(f) for f in folders[:2]) or "its working directory"
     return (
-        f"no trainer_state.json under {where} yet: a transformers Trainer writes one at each checkpoint save "
-        "(save_steps); effmon reads it when it appears"
+        f"no trainer_state.json or TensorBoard events under {where} yet: a transformers Trainer writes the one at "
+        "each checkpoint save (save_steps), the other at each logged step (report_to='tensorboard'); effmon reads "
+        "them when they appear"
     )

@@ -32,6 +32,7 @@ def main() -> None:
     )
     ap.add_argument("--log-sleep", type=float, default=0.0, help="sleep this long at each log (a slower job)")
     ap.add_argument("--token-count", default="non_padding", help="the Trainer's include_num_input_tokens_seen")
+    ap.add_argument("--report-to", default="none", help="the Trainer's report_to (tensorboard: event files)")
     args = ap.parse_args()
 
     import torch
@@ -103,7 +104,7 @@ def main() -> None:
         eval_steps=args.eval_steps,
         save_strategy="steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,
-        report_to=[],
+        report_to=[] if args.report_to == "none" else [args.report_to],
         use_cpu=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
