@@ -47,9 +47,10 @@ def record(home: Path, *command: str, name: str = "job") -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def two_ranks(home: Path, script: str, out: Path) -> None:
-    """``effmon run -- torchrun --nproc_per_node 2 SCRIPT OUT`` (gloo on the CPU)."""
-    record(home, *TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPTS / script), str(out))
+def two_ranks(home: Path, script: str, out: Path, *args: str) -> None:
+    """``effmon run -- torchrun --nproc_per_node 2 SCRIPT OUT ARGS`` (gloo on the CPU)."""
+    port = str(free_port())
+    record(home, *TORCHRUN, "--nproc_per_node", "2", "--master_port", port, str(SCRIPTS / script), str(out), *args)
 
 
 def export(home: Path, *refs: str, extra: tuple[str, ...] = ()) -> dict:
@@ -165,6 +166,20 @@ def test_fsdp_two_ranks(tmp_path):
     assert t["samples"] == sum(r["samples"] for r in refs)
     assert doc["num_requests"] == t["steps"] == refs[0]["steps"]
     assert t["step_time_mean_s"] == pytest.approx(slowest_rank_mean(refs), rel=0.01)
+
+
+def test_deepspeed_zero2_two_ranks_counts_and_times_as_ddp_does(tmp_path):
+    """The Trainer under DeepSpeed ZeRO stage 2 (its CPU accelerator), 2 ranks: tokens, samples, optimizer steps
+    and step times against the collators' own counts, the Trainer's token count and each rank's own clock, as
+    under DDP; its collectives are said to be inside the step time, not timed apart."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "out"
+    two_ranks(tmp_path / "h", "trainer_reference.py", out, "--deepspeed", "2")
+    doc = export(tmp_path / "h", "last")
+    refs = references(out, "reference")
+    assert len(refs) == 2 and refs[0]["wrapper"] == "DeepSpeedEngine"
+    check_counts(doc, refs)
+    assert any("DeepSpeed collectives are not timed apart" in n for n in doc["effmon"]["notes"])
 
 
 def test_two_nodes_of_two_ranks_are_one_run(tmp_path):

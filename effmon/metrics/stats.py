@@ -274,8 +274,8 @@ def training_stats(
     if comm is None:
         notes.append(
             "AL (training): communication was not measured apart (effmon times DDP gradient sync: a Trainer's "
-            "automatically, a plain loop's with effmon.track.ddp(model); FSDP collectives are not timed apart); "
-            "step wall time includes it"
+            "automatically, a plain loop's with effmon.track.ddp(model); FSDP and DeepSpeed collectives are not "
+            "timed apart); step wall time includes it"
         )
     if phases:
         kept = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(phases.items()))

@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--eval-steps", type=int, default=5)
     ap.add_argument("--fsdp", action="store_true")
+    ap.add_argument("--deepspeed", type=int, default=0, help="a DeepSpeed ZeRO stage (1-3) instead of DDP")
     ap.add_argument(
         "--save-steps", type=int, default=0, help="save a checkpoint (and trainer_state.json) every N steps"
     )
@@ -93,6 +94,15 @@ def main() -> None:
     extra = {}
     if args.fsdp:
         extra = {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True}}
+    if args.deepspeed:
+        extra = {
+            "deepspeed": {
+                "zero_optimization": {"stage": args.deepspeed},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "train_batch_size": "auto",
+            }
+        }
     targs = TrainingArguments(
         output_dir=os.path.join(args.out, "trainer"),
         num_train_epochs=args.epochs,
