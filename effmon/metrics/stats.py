@@ -243,43 +243,17 @@ def training_stats(
     groups = steps.groups
     times = [g.latency for g in groups]
     sum_time = sum(times)
-    real = _sum_known(steps.rows, "tokens")
-    padded = _sum_known(steps.rows, "padded_tokens")
-    if tokens == "padded":
-        if padded is None:
-            notes.append("--tokens padded: padded positions were not recorded; TT counts the tokens reported")
-            counted, label = real or 0, "real"
-        else:
-            counted, label = padded, "padded"
-    else:
-        counted, label = real or 0, "real"
-    if real is not None and padded is not None and padded > real:
-        notes.append(
-            f"tokens: {real:,} real, {padded:,} padded positions ({padded / real - 1:+.1%}); "
-            f"TT counts {'padded positions' if label == 'padded' else 'real tokens'} (--tokens real|padded)"
-        )
+    real, padded = _sum_known(steps.rows, "tokens"), _sum_known(steps.rows, "padded_tokens")
+    counted, label = _counted_tokens(real, padded, tokens, notes)
     samples = sum(int(r.get("samples") or 0) for r in steps.rows)
     ranks = steps.ranks
     by_rank: dict[int, list[float]] = {}
     for r in steps.rows:
         by_rank.setdefault(int(r.get("rank") or 0), []).append(r["t_end"] - r["t_start"])
     spread = sum(g.spread for g in groups) / len(groups) if ranks > 1 else None
-    if spread is not None:
-        notes.append(
-            f"{ranks} ranks: tokens and samples summed over ranks (each counts its own batches), a step's latency "
-            f"is its slowest rank's; rank spread {spread * 1e3:.1f} ms per step on average"
-        )
     comm = steps.comm()
-    busy = [g.comm_busy for g in groups]
-    if comm is None:
-        notes.append(
-            "AL (training): communication was not measured apart (effmon times DDP gradient sync: a Trainer's "
-            "automatically, a plain loop's with effmon.track.ddp(model); FSDP and DeepSpeed collectives are not "
-            "timed apart); step wall time includes it"
-        )
-    if phases:
-        kept = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(phases.items()))
-        notes.append(f"kept out of AL/TT/ST: {kept}")
+    busy = [b for g in groups if (b := g.comm_busy) is not None]
+    notes += _scale_notes(ranks, spread, comm is not None, phases)
     return TrainingStats(
         steps=len(groups),
         step_time_sum_s=sum_time,
@@ -300,9 +274,46 @@ def training_stats(
         padded_tokens=padded,
         rank_spread_mean_s=spread,
         rank_step_time_mean_s={k: sum(v) / len(v) for k, v in sorted(by_rank.items())} if ranks > 1 else None,
-        communication_busy_s_sum=sum(b for b in busy if b is not None) if any(b is not None for b in busy) else None,
+        communication_busy_s_sum=sum(busy) if busy else None,
         phases_s=phases or None,
     )
+
+
+def _counted_tokens(real: int | None, padded: int | None, tokens: str, notes: list[str]) -> tuple[int, str]:
+    """The tokens TT counts (real ones unless padded positions are asked for and recorded), and which."""
+    counted, label = real or 0, "real"
+    if tokens == "padded":
+        if padded is None:
+            notes.append("--tokens padded: padded positions were not recorded; TT counts the tokens reported")
+        else:
+            counted, label = padded, "padded"
+    if real is not None and padded is not None and padded > real:
+        notes.append(
+            f"tokens: {real:,} real, {padded:,} padded positions ({padded / real - 1:+.1%}); "
+            f"TT counts {'padded positions' if label == 'padded' else 'real tokens'} (--tokens real|padded)"
+        )
+    return counted, label
+
+
+def _scale_notes(ranks: int, spread: float | None, comm_measured: bool, phases: dict[str, float] | None) -> list[str]:
+    """What a reader of a distributed (or interrupted) run must know: how ranks add up, what communication the
+    step time holds, and what was kept out of the steps."""
+    notes = []
+    if spread is not None:
+        notes.append(
+            f"{ranks} ranks: tokens and samples summed over ranks (each counts its own batches), a step's latency "
+            f"is its slowest rank's; rank spread {spread * 1e3:.1f} ms per step on average"
+        )
+    if not comm_measured:
+        notes.append(
+            "AL (training): communication was not measured apart (effmon times DDP gradient sync: a Trainer's "
+            "automatically, a plain loop's with effmon.track.ddp(model); FSDP and DeepSpeed collectives are not "
+            "timed apart); step wall time includes it"
+        )
+    if phases:
+        kept = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(phases.items()))
+        notes.append(f"kept out of AL/TT/ST: {kept}")
+    return notes
 
 
 def _sum_known(rows: list[dict[str, Any]], column: str) -> int | None:
