@@ -274,22 +274,26 @@ class _Comm:
     (average each bucket over the ranks) and notes when each bucket was launched and when it completed.
 
     *Exposed* communication is the time from the last bucket's launch (this rank's backward computation is
-    done then) to the completion of the last all-reduce: what the step waits for beyond its computation
-    (waiting for a slower rank included). *Busy* time is the union of the buckets' all-reduce intervals, most of
-    it overlapped with the backward pass. Both are host wall times: exact for gloo on the CPU; with NCCL the
-    completion callbacks follow the CUDA stream (pending a GPU check)."""
+    done then) to the end of the backward pass (a callback queued on the autograd engine, run after DDP has
+    waited for every all-reduce and written the averaged gradients back): what the step waits for beyond its
+    computation (waiting for a slower rank included). *Busy* time is the union of the buckets' all-reduce
+    intervals, most of it overlapped with the backward pass. Both are host wall times: exact for gloo on the
+    CPU; with NCCL the completion callbacks follow the CUDA stream (pending a GPU check)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.intervals: list[tuple[float, float]] = []
         self.last_launch = 0.0
         self.completed = 0.0
+        self.backward_end: float | None = None
+        """When the backward pass that launched the buckets returned control (after DDP waited for every
+        all-reduce and copied the averaged gradients back): the end of what the step waits for."""
 
     def take(self) -> tuple[float, float]:
         """(exposed, busy) seconds since the previous call."""
         with self.lock:
             intervals, self.intervals = self.intervals, []
-            last_launch = self.last_launch
+            last_launch, backward_end, self.backward_end = self.last_launch, self.backward_end, None
         if not intervals:
             return 0.0, 0.0
         busy, end = 0.0, None
@@ -300,8 +304,10 @@ class _Comm:
             elif b > end:
                 busy += b - end
                 end = b
-        exposed = max(0.0, max(b for _, b in intervals) - last_launch)
-        return exposed, busy
+        end_of_sync = max(b for _, b in intervals)
+        if backward_end is not None and backward_end > end_of_sync:
+            end_of_sync = backward_end
+        return max(0.0, end_of_sync - last_launch), busy
 
 
 _comm: _Comm | None = None
@@ -328,10 +334,18 @@ def ddp(model: Any) -> Any:
     comm = _Comm()
     world = dist.get_world_size()
 
+    engine = getattr(getattr(sys.modules.get("torch.autograd"), "Variable", None), "_execution_engine", None)
+
+    def backward_done() -> None:
+        with comm.lock:
+            comm.backward_end = time.perf_counter()
+
     def timed_allreduce(state: Any, bucket: Any) -> Any:
         t0 = time.perf_counter()
         with comm.lock:
             comm.last_launch = t0
+        if engine is not None and bucket.is_last():
+            engine.queue_callback(backward_done)  # runs when this backward pass ends, after DDP's own finalising
         tensor = bucket.buffer().div_(world)
         fut = dist.all_reduce(tensor, async_op=True).get_future()
 

@@ -2,7 +2,7 @@
 the same batches stepped with gradient synchronisation (recorded by effmon.track, the model watched with
 ``effmon.track.ddp``) and without it (``no_sync()``, not recorded). The step-time difference is the exposed cost.
 
-    torchrun --nproc_per_node 2 ddp_comm.py OUT_DIR [--steps 20] [--width 2048]
+    torchrun --nproc_per_node 2 ddp_comm.py OUT_DIR [--steps 40] [--width 2048]
 
 Each rank writes ``OUT_DIR/comm-<rank>.json`` with its own step times of both kinds (perf_counter).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--width", type=int, default=2048)
     args = ap.parse_args()
 
