@@ -72,6 +72,9 @@ class RecordOptions:
     quiet: bool = False
     hung_after_s: float = 10.0
     """A read that has not returned after this long marks its channel hung (and the session says so)."""
+    views: tuple[Callable[[Path, Callable[[str, str], None]], Callable[[], None]], ...] = ()
+    """Started once the session file exists (each is given its path and a way to add a session notice) and
+    stopped when the recording ends (each returns its stop): the Prometheus exporter of ``--prometheus``."""
 
 
 class LiveState:
@@ -149,6 +152,7 @@ class Recording:
         self._key_cols: dict[str, tuple[str, ...]] = {}
         self._stop_flusher = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._view_stops: list[Callable[[], None]] = []
 
     # -- open ------------------------------------------------------------------------------
     def open(self, clock: Any = None, sources: list[Source] | None = None) -> Path:
@@ -243,6 +247,8 @@ class Recording:
             self.sampler.start()
         self._flusher = threading.Thread(target=self._flush_loop, name="effmon-flush", daemon=True)
         self._flusher.start()
+        if self._writer is not None:
+            self._view_stops = [view(self.path, self.notice) for view in self.options.views]
 
     def _flush_loop(self) -> None:
         while True:
@@ -420,6 +426,8 @@ class Recording:
         except StoreError as exc:
             print(f"effmon: could not write the session's end ({exc}); the samples are kept", file=sys.stderr)
         self._writer.close()
+        for stop in self._view_stops:
+            stop()
 
     def _close_sources(self) -> None:
         """Close each source, at most a few seconds each; one with a hung call is not touched (closing a driver

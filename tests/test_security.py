@@ -645,6 +645,8 @@ def test_every_command_listens_on_loopback_only(tmp_path):
         ["demo", "--headless", "--as-fast-as-possible", "--no-live"],
         ["load", f"http://127.0.0.1:{port}", "--model", "m", "--requests", "5", "--output-tokens", "4"],
         ["attach", "--url", f"http://127.0.0.1:{mport}", "--headless", "--duration", "1.5"],
+        ["record", "--prometheus", "0", "--", PY, "-c", "import time; time.sleep(1.5)"],
+        ["export", "last", "--prometheus", "0", "--duration", "1.5"],
     ]
     if HAVE_TSERVE:
         commands.append(
@@ -655,11 +657,12 @@ def test_every_command_listens_on_loopback_only(tmp_path):
         for args in commands:
             code, seen, err = _watch_sockets(args, env)
             assert code == 0, (args, err[-2000:])
-            listened[args[0]] = seen
+            listened[" ".join(args[:2])] = seen
     finally:
         server.kill()
         metrics.shutdown()
     if HAVE_TSERVE:
-        assert listened["serve"], "the launched server was never seen listening: the check saw nothing"
+        assert listened["serve tiny-cpu"], "the launched server was never seen listening: the check saw nothing"
+    assert listened["export last"] and listened["record --prometheus"], "the exporter was never seen listening"
     for command, seen in listened.items():
         assert all(ip in ("127.0.0.1", "::1") for ip, _ in seen), (command, seen)

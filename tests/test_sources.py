@@ -45,8 +45,8 @@ class BrokenPlugin:
 
 def test_builtins_register_through_the_same_hook():
     reg = load_registry(entry_points=False)
-    assert set(reg.sources) == {"nvml", "host", "track", "replay"}
-    assert reg.sources["replay"].live is False
+    assert set(reg.sources) == {"nvml", "host", "track", "replay", "dcgm"}
+    assert reg.sources["replay"].live is False and reg.sources["dcgm"].live is False  # only when asked for
     assert "power_w" in [m.name for m in reg.entities()["gpu"].metrics]
 
 

@@ -66,6 +66,13 @@ def add_rate_options(p: argparse.ArgumentParser) -> None:
         help="interval of host and process-tree readings (default: 1 s)",
     )
     g.add_argument(
+        "--prometheus",
+        metavar="ADDR",
+        type=prometheus_addr,
+        help="serve the session on a Prometheus endpoint while it records: PORT or HOST:PORT (127.0.0.1 unless a "
+        "host is given); GPU gauges under dcgm-exporter's names, effmon's training and serving figures",
+    )
+    g.add_argument(
         "--source",
         action="append",
         dest="sources",
@@ -91,7 +98,17 @@ def record_options(args: argparse.Namespace, **overrides: Any) -> Any:
         "sources": tuple(args.sources) if args.sources else None,
         "quiet": args.quiet,
     }
+    if getattr(args, "prometheus", None):
+        from effmon.report.prometheus import prometheus_view
+
+        values["views"] = (prometheus_view(args.prometheus),)
     return RecordOptions(**{**values, **overrides})
+
+
+def prometheus_addr(addr: str) -> str:
+    from effmon.report.prometheus import check_addr
+
+    return check_addr(addr)
 
 
 def err(message: str, code: int) -> int:

@@ -103,13 +103,21 @@ def register(sub: Any) -> dict[str, Handler]:
     att.add_argument("pid", type=int, nargs="?", help="the process to watch")
     att.add_argument("--url", help="instead of a pid: an inference server to watch through its /metrics (vLLM)")
     att.add_argument(
+        "--dcgm",
+        metavar="URL",
+        help="instead of a pid: a node's GPUs through its dcgm-exporter (e.g. http://node7:9400), for nodes where "
+        "effmon is not installed",
+    )
+    att.add_argument(
         "--window",
         type=positive,
         default=60.0,
         metavar="S",
         help="with --url: latency percentiles over the last S seconds (default: 60)",
     )
-    att.add_argument("--duration", type=positive, metavar="S", help="with --url --headless: stop after S seconds")
+    att.add_argument(
+        "--duration", type=positive, metavar="S", help="with --url/--dcgm --headless: stop after S seconds"
+    )
     att.add_argument("--headless", action="store_true", help="record only, no dashboard")
     add_rate_options(att)
 
@@ -358,21 +366,25 @@ def cmd_attach(args: argparse.Namespace, command: list[str]) -> int:
     from effmon.recording import EXIT_USAGE, RecordError, record_pid
     from effmon.serving.attach import record_url
 
-    if (args.pid is None) == (args.url is None):
+    if sum(x is not None for x in (args.pid, args.url, args.dcgm)) != 1:
         raise RecordError(
-            "give a pid (effmon attach 1234) or a server (effmon attach --url http://127.0.0.1:8000)", EXIT_USAGE
+            "give one of: a pid (effmon attach 1234), a server (effmon attach --url http://127.0.0.1:8000) or a "
+            "node's dcgm-exporter (effmon attach --dcgm http://node7:9400)",
+            EXIT_USAGE,
         )
     headless = args.headless or not interactive()
     options = record_options(args, quiet=args.quiet or not headless)
-    if args.url:
+    url, dcgm = args.url or args.dcgm, args.dcgm is not None
+    if url:
         if headless:
-            return record_url(args.url, options, window_s=args.window, duration_s=args.duration)
+            return record_url(url, options, window_s=args.window, duration_s=args.duration, dcgm=dcgm)
         stop = threading.Event()
 
         def start_url(on_open: Callable[[Any], None], on_child: Callable[[Any], None], intr: Any) -> int:
-            return record_url(args.url, options, window_s=args.window, stop=stop, on_open=on_open, interrupts=intr)
+            return record_url(url, options, window_s=args.window, stop=stop, on_open=on_open, interrupts=intr,
+                              dcgm=dcgm)  # fmt: skip
 
-        return _watch_in_dashboard(start_url, args.url, stop, on_quit=stop.set)[0]
+        return _watch_in_dashboard(start_url, url, stop, on_quit=stop.set)[0]
     if headless:
         return record_pid(args.pid, options)
     import psutil

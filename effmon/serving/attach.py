@@ -53,24 +53,39 @@ def record_url(
     stop: threading.Event | None = None,
     on_open: Callable[[Recording], None] | None = None,
     interrupts: Interrupts | None = None,
+    dcgm: bool = False,
 ) -> int:
-    """Watch a serving engine through its metrics, beside this machine, until Ctrl-C, ``stop`` or ``duration_s``."""
+    """Watch a serving engine through its metrics, beside this machine, until Ctrl-C, ``stop`` or ``duration_s``;
+    with ``dcgm``, a node's GPUs through its dcgm-exporter instead (and nothing of this machine)."""
     target = metrics_url(url)
     registry = load_registry()
-    source = server_metrics_source(registry)
-    sources = (*(options.sources or registry.live_sources()), source)
     parsed = urlparse(url)
     netloc = f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)  # never the user info
+    if dcgm:  # another node's GPUs: this machine's own sources would be mixed in as if they were its
+        source, sources = "dcgm", (*(options.sources or ()), "dcgm")
+        meta = {"command": ["effmon", "attach", "--dcgm", url], "run_kind": "node"}
+        extra: dict[str, object] = {"dcgm_url": target}
+    else:
+        source = server_metrics_source(registry)
+        sources = (*(options.sources or registry.live_sources()), source)
+        meta = {"command": ["effmon", "attach", "--url", url], "run_kind": "inference"}
+        extra = {"metrics_url": target, "window_s": window_s}
     rec = Recording(
         "url",
         dataclasses.replace(options, sources=sources),
-        slug=f"attach-{netloc.replace(':', '-')}",
-        meta={"command": ["effmon", "attach", "--url", url], "run_kind": "inference"},
+        slug=f"{'dcgm' if dcgm else 'attach'}-{netloc.replace(':', '-')}",
+        meta=meta,
         registry=registry,
-        extra={"metrics_url": target, "window_s": window_s},
+        extra=extra,
     )
     with interrupts or Interrupts() as intr, rec:
-        rec.open()
+        try:
+            rec.open()
+        except RecordError:  # the one source could not open (--dcgm watches nothing else): say why, as a usage error
+            why = next((text for _, _, text in rec.notices if text.startswith(source)), None)
+            if why is None:
+                raise
+            raise RecordError(why.removeprefix(f"{source}: "), EXIT_USAGE) from None
         if source not in [s.name for s in rec.sources]:
             why = next((text for _, _, text in rec.notices if text.startswith(source)), "")
             rec.finish("failed", why)
@@ -81,7 +96,7 @@ def record_url(
             print(f"effmon: recording {rec.path.name} from {redact_text(target)}; Ctrl-C to stop", file=sys.stderr)
         rec.start()
         started = time.monotonic()
-        reason, code = f"stopped watching; the server at {netloc} goes on", 0
+        reason, code = f"stopped watching; the {'node' if dcgm else 'server'} at {netloc} goes on", 0
         while not intr.count and not (stop is not None and stop.is_set()):
             if duration_s is not None and time.monotonic() - started >= duration_s:
                 reason = f"--duration {duration_s:g} s reached"

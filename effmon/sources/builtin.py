@@ -37,6 +37,12 @@ def _track(options: SourceOptions) -> Source:
     return TrackSource(options)
 
 
+def _dcgm(options: SourceOptions) -> Source:
+    from effmon.sources.dcgm import DcgmSource
+
+    return DcgmSource(options)
+
+
 def _replay(options: SourceOptions) -> Source:
     from effmon.sources.replay import ReplaySource
 
@@ -59,6 +65,15 @@ def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
     register(
         SourceSpec(
             "track", "Training steps reported by instrumented processes (effmon.track)", (TRAIN_STEP, PHASE), _track
+        )
+    )
+    register(
+        SourceSpec(
+            "dcgm",
+            "A node's GPUs through its dcgm-exporter /metrics (effmon attach --dcgm URL)",
+            (GPU, GPU_GPM, GPU_ENERGY),
+            _dcgm,
+            live=False,
         )
     )
     register(

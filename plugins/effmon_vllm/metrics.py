@@ -14,12 +14,11 @@ percentile is only known to lie between two bucket bounds: the bounds go into th
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections import deque
 from typing import Any
 
 from effmon.core.declare import Row
+from effmon.core.scrape import fetch_text, split_credentials
 from effmon.plugins import SourceInfo, SourceOptions, SourceUnavailable
 
 GAUGES = {
@@ -128,26 +127,11 @@ def histogram_bucket(q: float, buckets: dict[float, float]) -> tuple[float | Non
     return (bounds[-2], bounds[-2], None) if len(bounds) > 1 else (None, None, None)
 
 
-def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
-    """``http://user:password@host/metrics`` (a server behind a proxy with basic auth) as the URL without its
-    user info (what is stored and shown) and the Authorization header that carries it."""
-    import base64
-    from urllib.parse import unquote, urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, {}
-    info, _, host = parts.netloc.rpartition("@")
-    user, _, password = info.partition(":")
-    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
-    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
-
-
 class VllmMetricsSource:
     name = "vllm_metrics"
 
     def __init__(self, options: SourceOptions):
-        self.url, self.headers = _split_credentials(str(options.extra.get("metrics_url") or ""))
+        self.url, self.headers = split_credentials(str(options.extra.get("metrics_url") or ""))
         self.window_s = float(options.extra.get("window_s", 60.0))
         self.wait_for_server = bool(options.extra.get("wait_for_server", False))
         self.channels = {"scrape": 1.0}
@@ -156,13 +140,7 @@ class VllmMetricsSource:
         self.unknown: list[str] = []
 
     def _fetch(self) -> str:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(self.url, headers=self.headers), timeout=2.0) as resp:
-                return resp.read().decode("utf-8", errors="replace")
-        except urllib.error.HTTPError as exc:
-            raise ConnectionError(f"{self.url} answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConnectionError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+        return fetch_text(self.url, self.headers)
 
     def open(self) -> SourceInfo:
         if not self.url:
