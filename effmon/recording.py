@@ -73,8 +73,9 @@ class RecordOptions:
     hung_after_s: float = 10.0
     """A read that has not returned after this long marks its channel hung (and the session says so)."""
     views: tuple[Callable[[Path, Callable[[str, str], None]], Callable[[], None]], ...] = ()
-    """Started once the session file exists (each is given its path and a way to add a session notice) and
-    stopped when the recording ends (each returns its stop): the Prometheus exporter of ``--prometheus``."""
+    """Started once the session file exists (each is given its path and a way to note something in the session;
+    it tells the user itself, even under -q) and stopped when the recording ends (each returns its stop): the
+    Prometheus exporter of ``--prometheus``."""
 
 
 class LiveState:
@@ -248,7 +249,8 @@ class Recording:
         self._flusher = threading.Thread(target=self._flush_loop, name="effmon-flush", daemon=True)
         self._flusher.start()
         if self._writer is not None:
-            self._view_stops = [view(self.path, self.notice) for view in self.options.views]
+            note = lambda level, text: self.notice(level, text, echo=False)  # noqa: E731 - the view says it itself
+            self._view_stops = [view(self.path, note) for view in self.options.views]
 
     def _flush_loop(self) -> None:
         while True:
@@ -291,12 +293,14 @@ class Recording:
         except StoreError as exc:
             self._failed_write(exc)
 
-    def notice(self, level: str, text: str) -> None:
+    def notice(self, level: str, text: str, echo: bool = True) -> None:
+        """Note something in the session (and say it on stderr unless quiet, or ``echo`` is off: the caller
+        has said it already)."""
         entry = (time.time(), level, text)
         self.notices.append(entry)
         with self._lock:
             self._pending.notices.append(entry)
-        if not self.options.quiet or level == "error":
+        if echo and (not self.options.quiet or level == "error"):
             print(f"effmon: {text}", file=sys.stderr)
 
     def flush(self) -> None:

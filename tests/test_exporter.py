@@ -94,6 +94,11 @@ def test_export_serves_a_recorded_session_under_dcgm_names_as_the_trace_has_them
     count = value(fams, "effmon_training_step_seconds", "effmon_training_step_seconds_count")
     total = value(fams, "effmon_training_step_seconds", "effmon_training_step_seconds_sum")
     assert count == len(steps) and total == pytest.approx(sum(s["t_end"] - s["t_start"] for s in steps))
+    recent = steps[-64:]  # tokens/s over the last 64 steps, by the trace's own step ends
+    rate = sum(s["tokens"] for s in recent[1:]) / (recent[-1]["t_end"] - recent[0]["t_end"])
+    assert value(fams, "effmon_training_tokens_per_second") == pytest.approx(rate)
+    # power integrated over the session against the hardware counter's own difference (within 1%)
+    assert value(fams, "effmon_energy_joules") == pytest.approx(energy[-1] - energy[0], rel=0.01)
     batches = trace_rows("generate_batch")
     done = value(fams, "effmon_serving_requests", "effmon_serving_requests_total", outcome="succeeded")
     assert done == sum(b["requests"] for b in batches)

@@ -2,7 +2,8 @@
 
 One module per command group, each with its options next to its handlers: ``record`` (record, run,
 attach, top, demo, replay), ``sessions`` (sessions, report, compare, sources, presets), ``serve``
-(serve, load), ``control`` (stop), ``export`` (a session on a Prometheus endpoint).
+(serve, load), ``control`` (stop), ``export`` (a session on a Prometheus endpoint), ``web`` (the
+dashboard in a browser).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from effmon.cli import control, export, record, serve, sessions
+from effmon.cli import control, export, record, serve, sessions, web
 from effmon.cli.common import Handler, err
 
 EPILOG = """\
@@ -30,7 +31,7 @@ examples:
 Sessions are stored in $EFFMON_HOME (default ~/.local/share/effmon).
 """
 
-GROUPS = (record, sessions, serve, control, export)
+GROUPS = (record, sessions, serve, control, export, web)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:

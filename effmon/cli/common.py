@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -65,13 +66,7 @@ def add_rate_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="interval of host and process-tree readings (default: 1 s)",
     )
-    g.add_argument(
-        "--prometheus",
-        metavar="ADDR",
-        type=prometheus_addr,
-        help="serve the session on a Prometheus endpoint while it records: PORT or HOST:PORT (127.0.0.1 unless a "
-        "host is given); GPU gauges under dcgm-exporter's names, effmon's training and serving figures",
-    )
+    add_prometheus_option(g)
     g.add_argument(
         "--source",
         action="append",
@@ -98,11 +93,26 @@ def record_options(args: argparse.Namespace, **overrides: Any) -> Any:
         "sources": tuple(args.sources) if args.sources else None,
         "quiet": args.quiet,
     }
-    if getattr(args, "prometheus", None):
-        from effmon.report.prometheus import prometheus_view
+    return RecordOptions(**{**values, "views": views(args), **overrides})
 
-        values["views"] = (prometheus_view(args.prometheus),)
-    return RecordOptions(**{**values, **overrides})
+
+def views(args: argparse.Namespace) -> tuple[Any, ...]:
+    """What a recording serves while it runs: the Prometheus exporter of ``--prometheus ADDR``."""
+    if not getattr(args, "prometheus", None):
+        return ()
+    from effmon.report.prometheus import prometheus_view
+
+    return (prometheus_view(args.prometheus),)
+
+
+def add_prometheus_option(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument(
+        "--prometheus",
+        metavar="ADDR",
+        type=prometheus_addr,
+        help="serve the session on a Prometheus endpoint while it records: PORT or HOST:PORT (127.0.0.1 unless a "
+        "host is given); GPU gauges under dcgm-exporter's names, effmon's training and serving figures",
+    )
 
 
 def prometheus_addr(addr: str) -> str:
@@ -117,6 +127,9 @@ def err(message: str, code: int) -> int:
 
 
 def interactive() -> bool:
+    """A person is watching: a terminal, or a browser tab of ``effmon web`` (Textual's web driver)."""
+    if "web_driver" in os.environ.get("TEXTUAL_DRIVER", ""):
+        return True
     return sys.stdout.isatty() and sys.stdin.isatty()
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from effmon.cli.common import Handler, err, formatter, interactive, positive, share
+from effmon.cli.common import Handler, add_prometheus_option, err, formatter, interactive, positive, share, views
 
 
 def register(sub: Any) -> dict[str, Handler]:
@@ -34,6 +34,7 @@ def register(sub: Any) -> dict[str, Handler]:
         help="how long to wait for the server to become healthy (default: 600 s)",
     )
     srv.add_argument("--headless", action="store_true", help="no dashboard: serve until Ctrl-C")
+    add_prometheus_option(srv)
     srv.add_argument(
         "--detach",
         action="store_true",
@@ -145,7 +146,8 @@ def cmd_serve(args: argparse.Namespace, command: list[str]) -> int:
             raise RecordError("--detach serves until effmon stop; load it with effmon load URL", EXIT_USAGE)
         return detach(relaunch_args(args, command), f"the server of {preset.name}")
     if detached():
-        return serve(preset, RecordOptions(name=args.name, quiet=True), timeout_s=args.timeout, on_open=announce)
+        options = RecordOptions(name=args.name, quiet=True, views=views(args))
+        return serve(preset, options, timeout_s=args.timeout, on_open=announce)
     dashboard = None
     if not args.load and not args.headless and interactive():
 
@@ -154,9 +156,8 @@ def cmd_serve(args: argparse.Namespace, command: list[str]) -> int:
 
             run_dashboard(make_app(path, mode="live"), intr)
 
-    return serve(
-        preset, RecordOptions(name=args.name, quiet=args.quiet), load=cfg, timeout_s=args.timeout, dashboard=dashboard
-    )
+    options = RecordOptions(name=args.name, quiet=args.quiet, views=views(args))
+    return serve(preset, options, load=cfg, timeout_s=args.timeout, dashboard=dashboard)
 
 
 def _prompts(path: str) -> list[str]:

@@ -9,6 +9,7 @@ EXTRAS = {
     "report": ("matplotlib",),
     "serve": ("transformers", "fastapi", "uvicorn", "torch"),
     "tensorboard": ("tensorboard",),
+    "web": ("textual_serve",),
 }
 """What each extra of ``pip install 'effmon[EXTRA]'`` brings, by import name."""
 

@@ -93,7 +93,9 @@ class Totals:
     step_cursor: int = 0
     request_cursor: int = 0
     last_steps: list[tuple[float, int]] = field(default_factory=list)
-    """(end time, tokens) of recent steps on rank 0's clock, for a current tokens/s."""
+    """(end time, tokens of all ranks so far) at recent steps of the clock rank, for a current tokens/s."""
+    clock_rank: int | None = None
+    """The rank whose steps are counted and timed: the first seen (a node of a multi-node job has no rank 0)."""
 
 
 class SessionCollector:
@@ -183,10 +185,13 @@ class SessionCollector:
         for row in steps:
             t.tokens += int(row.get("tokens") or 0)
             t.samples += int(row.get("samples") or 0)
-            if int(row.get("rank") or 0) == 0:  # one rank's clock counts the steps and their times
+            rank = int(row.get("rank") or 0)
+            if t.clock_rank is None:
+                t.clock_rank = rank  # one rank's clock counts the steps and times them (a node's lowest, usually)
+            if rank == t.clock_rank:
                 t.steps += 1
                 t.step_seconds.add(row["t_end"] - row["t_start"])
-                t.last_steps = (t.last_steps + [(row["t_end"], int(row.get("tokens") or 0))])[-64:]
+                t.last_steps = (t.last_steps + [(row["t_end"], t.tokens)])[-64:]  # tokens of every rank so far
         requests, t.request_cursor = r.spans("request", cursor=t.request_cursor)
         for row in requests:
             n = int(row.get("requests") or 1)
@@ -262,9 +267,10 @@ def _counter(cls: Any, name: str, help_text: str, base: tuple[str, ...], labels:
 
 
 def _recent_rate(steps: list[tuple[float, int]]) -> float | None:
+    """Tokens per second between the oldest and newest of the recent steps ((end time, tokens so far) pairs)."""
     if len(steps) < 2 or steps[-1][0] <= steps[0][0]:
         return None
-    return sum(n for _, n in steps[1:]) / (steps[-1][0] - steps[0][0])
+    return (steps[-1][1] - steps[0][1]) / (steps[-1][0] - steps[0][0])
 
 
 class Exporter:
