@@ -72,10 +72,10 @@ class RecordOptions:
     quiet: bool = False
     hung_after_s: float = 10.0
     """A read that has not returned after this long marks its channel hung (and the session says so)."""
-    views: tuple[Callable[[Path, Callable[[str, str], None]], Callable[[], None]], ...] = ()
-    """Started once the session file exists (each is given its path and a way to note something in the session;
-    it tells the user itself, even under -q) and stopped when the recording ends (each returns its stop): the
-    Prometheus exporter of ``--prometheus``."""
+    views: tuple[Callable[[Path, Callable[[str, str], None], LiveState], Callable[[], None]], ...] = ()
+    """Started once the session file exists (each is given its path, a way to note something in the session (it
+    tells the user itself, even under -q) and the live state of the latest readings) and stopped when the
+    recording ends (each returns its stop): the Prometheus exporter of ``--prometheus``."""
 
 
 class LiveState:
@@ -250,7 +250,7 @@ class Recording:
         self._flusher.start()
         if self._writer is not None:
             note = lambda level, text: self.notice(level, text, echo=False)  # noqa: E731 - the view says it itself
-            self._view_stops = [view(self.path, note) for view in self.options.views]
+            self._view_stops = [view(self.path, note, self.live) for view in self.options.views]
 
     def _flush_loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from effmon.cli.common import Handler, err, formatter
+from effmon.cli.common import Handler, err, formatter, positive
 from effmon.core.fmt import visible
 
 REPORT_FORMATS = ["table", "efficientllm", "efficientllm-pretrain", "json", "csv", "md", "html"]
@@ -79,10 +79,15 @@ def register(sub: Any) -> dict[str, Handler]:
     )
     rpt.add_argument(
         "session",
-        nargs="+",
+        nargs="*",
         help="name, unique prefix, path, or 'last'; the sessions of a multi-node job (one effmon run per node) are "
         "reported as one run, found beside the one given or all given",
     )
+    prom = rpt.add_argument_group("from a Prometheus server (a multi-node job's GPUs, from dcgm-exporter series)")
+    prom.add_argument("--prometheus", metavar="URL", help="the server, e.g. http://127.0.0.1:9090 (not a session)")
+    prom.add_argument("--match", default="", metavar="SEL", help="label matchers, e.g. '{job=\"train\"}'")
+    prom.add_argument("--range", metavar="START:END", help="Unix times or now-30m:now (required with --prometheus)")
+    prom.add_argument("--step", type=positive, metavar="S", help="resolution in seconds (default: 1 s)")
     rpt.add_argument("--format", "-f", default="table", choices=REPORT_FORMATS)
     rpt.add_argument("-o", "--output", help="write to this file (default: standard output)")
     rpt.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -176,6 +181,10 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
         need("report", f"effmon report --format {args.format} (its plots)")
     if args.output:
         check_target(args.output, args.force)  # a bad -o is said before the work, not after
+    if args.prometheus:
+        return _report_from_prometheus(args)
+    if not args.session:
+        return err("give a session (effmon report last) or a Prometheus server (--prometheus URL --range ...)", 2)
     from effmon.core.jobs import JobError, as_one
 
     try:
@@ -189,6 +198,32 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
     if line:
         print(f"effmon: {line}", file=sys.stderr)
     return int(readable(paths[0], lambda path: _report(path, args)))
+
+
+def _report_from_prometheus(args: argparse.Namespace) -> int:
+    """The job's GPU series from Prometheus into a private temporary session, reported like any other."""
+    import tempfile
+
+    from effmon.core.redact import redact_text
+    from effmon.report.fromprom import PrometheusError, parse_range, session_from_prometheus
+
+    if args.session:
+        return err("give either sessions or --prometheus, not both", 2)
+    if not args.range:
+        return err("--prometheus needs --range START:END (Unix times, or e.g. now-30m:now)", 2)
+    try:
+        start, end = parse_range(args.range)
+        with tempfile.TemporaryDirectory(prefix="effmon-prom-") as tmp:  # 0700: the series stay private
+            path = Path(tmp) / "prometheus.effmon"
+            found = session_from_prometheus(args.prometheus, args.match, start, end, path, args.step)
+            print(
+                f"effmon: from {redact_text(args.prometheus)}: {found['gpus']} GPUs on {found['hosts']} hosts, "
+                f"{found['samples']} samples at a {found['step_s']:g} s step (no finer than the scrape interval)",
+                file=sys.stderr,
+            )
+            return int(readable(path, lambda p: _report(p, args)))
+    except PrometheusError as exc:
+        return err(str(exc), exc.code)
 
 
 def _report(path: Path, args: argparse.Namespace) -> int:

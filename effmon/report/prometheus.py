@@ -101,9 +101,12 @@ class Totals:
 class SessionCollector:
     """A prometheus_client collector over one session file (thread-safe: one scrape reads at a time)."""
 
-    def __init__(self, path: Path, hostname: str | None = None):
+    def __init__(self, path: Path, hostname: str | None = None, live: Any = None):
         self.path = path
         self.hostname = hostname or socket.gethostname()
+        self.live = live
+        """The recording's in-memory latest readings, when it runs in this process (``--prometheus``): a scrape
+        then sees each reading as it is taken, not up to a flush interval later from the file."""
         self.totals = Totals()
         self.lock = threading.Lock()
         self._reader: SessionReader | None = None
@@ -140,11 +143,9 @@ class SessionCollector:
     def _gpu_families(self, r: SessionReader, now: float | None) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        if now is None:
+        if now is None and self.live is None:
             return
-        gpus = r.latest("gpu", now)
-        gpm = r.latest("gpu_gpm", now)
-        energy = r.latest("gpu_energy", now, lookbacks=(5.0, 120.0, 1e9))
+        gpus, gpm, energy = (self._latest(r, entity, now) for entity in ("gpu", "gpu_gpm", "gpu_energy"))
         for name, help_text, column, scale in DCGM_GAUGES:
             fam = GaugeMetricFamily(name, help_text, labels=DCGM_LABELS)
             for gpu, row in sorted(gpus.items()):
@@ -177,6 +178,16 @@ class SessionCollector:
             if joules is not None:
                 counter.add_sample(counter.name, dict(zip(DCGM_LABELS, self._labels(gpu), strict=True)), joules * 1e3)
         return counter
+
+    def _latest(self, r: SessionReader, entity: str, now: float | None) -> dict[Any, dict[str, Any]]:
+        """The newest row of each GPU: from the recording's live state in this process, else from the file."""
+        if self.live is not None:
+            rows = {row["gpu"]: row for row in self.live.of(entity) if row.get("gpu") is not None}
+            if rows:
+                return rows
+        if now is None:
+            return {}
+        return r.latest(entity, now, lookbacks=(5.0, 120.0, 1e9) if entity == "gpu_energy" else (2.0, 30.0))
 
     # -- effmon's own figures ------------------------------------------------------------------------
     def _advance(self, r: SessionReader) -> None:
@@ -213,10 +224,11 @@ class SessionCollector:
         info = GaugeMetricFamily("effmon_session_info", "The session being exported (value 1).", labels=[*base, "kind"])
         info.add_metric([*labels, str(meta.get("kind") or "")], 1.0)
         yield info
-        energy = sum(
-            float(row.get("energy_integrated_j") or 0.0)
-            for row in (r.latest("gpu_energy", now, lookbacks=(5.0, 120.0, 1e9)) if now else {}).values()
-        )
+        newest = max((float(row["t"]) for row in self._latest(r, "gpu", now).values()), default=now)
+        yield _gauge("effmon_session_time_seconds", "The session's clock at its newest reading (Unix time; a "
+                     "replay's is the trace's).", base, labels, newest)  # fmt: skip
+        latest_energy = self._latest(r, "gpu_energy", now).values()
+        energy = sum(float(row.get("energy_integrated_j") or 0.0) for row in latest_energy)
         yield _gauge("effmon_energy_joules", "GPU energy since the session began (all GPUs, integrated power).",
                      base, labels, energy if now else None)  # fmt: skip
         if t.steps:
@@ -277,9 +289,9 @@ class Exporter:
     """The endpoint: prometheus_client's own HTTP server on its own registry (nothing of effmon's process
     besides the session is exposed), started on a daemon thread."""
 
-    def __init__(self, path: Path, addr: str = "127.0.0.1:9400", hostname: str | None = None):
+    def __init__(self, path: Path, addr: str = "127.0.0.1:9400", hostname: str | None = None, live: Any = None):
         self.host, self.port = parse_addr(addr)
-        self.collector = SessionCollector(path, hostname)
+        self.collector = SessionCollector(path, hostname, live)
         self.server: Any = None
         self.thread: threading.Thread | None = None
 
@@ -314,13 +326,14 @@ class ExporterError(Exception):
     code = 2
 
 
-def prometheus_view(addr: str) -> Callable[[Path, Callable[[str, str], None]], Callable[[], None]]:
-    """``--prometheus ADDR`` on a recording command: once the session file exists, serve it; a port that cannot
-    be had is said (and noted in the session) and the recording goes on without the endpoint."""
+def prometheus_view(addr: str) -> Callable[[Path, Callable[[str, str], None], Any], Callable[[], None]]:
+    """``--prometheus ADDR`` on a recording command: once the session file exists, serve it (GPU readings from the
+    recording's live state); a port that cannot be had is said (and noted in the session) and the recording goes
+    on without the endpoint."""
 
-    def start(path: Path, note: Callable[[str, str], None]) -> Callable[[], None]:
+    def start(path: Path, note: Callable[[str, str], None], live: Any = None) -> Callable[[], None]:
         try:
-            exporter = Exporter(path, addr).start()
+            exporter = Exporter(path, addr, live=live).start()
         except ExporterError as exc:
             print(f"effmon: {exc}; recording goes on without the exporter", file=sys.stderr)
             note("warning", f"Prometheus exporter not started: {exc}")
