@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,13 @@ def home(tmp_path, monkeypatch) -> Path:
     h = tmp_path / "effmon-home"
     monkeypatch.setenv("EFFMON_HOME", str(h))
     return h
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 at this moment (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_effmon(*args: str, env_home: Path | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -55,3 +65,29 @@ def phases_session(tmp_path_factory) -> Path:
             del os.environ["EFFMON_HOME"]
         else:
             os.environ["EFFMON_HOME"] = old
+
+
+@pytest.fixture
+def server(request):
+    """Start tests/openai_server.py (a streaming server with injected timing) in its own process; yields its base
+    URL. Parametrize indirectly with its options: {"ttft": 0.1, "itl": 0.02, "no-usage": True ...}."""
+    args = getattr(request, "param", {})
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.openai_server", "--port", str(port)]
+    for key, value in args.items():
+        cmd += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError(proc.stdout.read())
+    yield url
+    proc.terminate()
+    proc.wait(10)

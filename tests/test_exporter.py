@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PHASES_TRACE, REPO, run_effmon
+from tests.conftest import PHASES_TRACE, free_port, run_effmon
 
 
 def scrape(url: str) -> dict[str, list]:
@@ -155,28 +155,14 @@ def test_a_taken_port_is_said_with_the_fix_and_the_recording_goes_on(phases_sess
     assert rec.returncode == 0 and "recording goes on without the exporter" in rec.stderr
 
 
-def test_serving_totals_match_what_the_server_served(tmp_path):
+@pytest.mark.parametrize("server", [{"ttft": 0.02, "itl": 0.002}], indirect=True)
+def test_serving_totals_match_what_the_server_served(server, tmp_path):
     """A load against the injected-timing server, exported: requests and generated tokens are the server's own
     count of what it sent, and the TTFT histogram holds every request."""
-    from tests.test_load import free_port
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "tests.openai_server", "--port", str(port), "--ttft", "0.02", "--itl", "0.002"]
-    server = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
-        res = run_effmon("load", url, "--model", "m", "--requests", "24", "--concurrency", "4",
-                         "--output-tokens", "16", env_home=tmp_path / "h")  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        truth = json.loads(urllib.request.urlopen(url + "/stats").read())
-    finally:
-        server.terminate()
+    res = run_effmon("load", server, "--model", "m", "--requests", "24", "--concurrency", "4", "--output-tokens", "16",
+                     env_home=tmp_path / "h")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    truth = json.loads(urllib.request.urlopen(server + "/stats").read())
     served = Served(tmp_path / "h", "export", "last", "--prometheus", "0", "--duration", "30")
     try:
         fams = scrape(served.url)
@@ -319,12 +305,6 @@ def when_prometheus_saw(api: str, instance: str, session_t: float) -> float:
     return next(float(t) for t, v in series["values"] if float(v) >= session_t)
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(url: str, seconds: float = 30) -> None:
     deadline = time.time() + seconds
     while True:
@@ -342,14 +322,14 @@ def test_report_from_a_real_prometheus_agrees_with_each_hosts_own_session(tmp_pa
     100 ms; effmon report --prometheus, one host at a time, gives the AEC, AMU and PCU of that host's own session
     over the same stretch (2 s to 18 s of it) within 1%."""
     trace = short_trace(tmp_path / "short.jsonl")
-    hosts = [(free_tcp_port(), tmp_path / f"h{i}") for i in range(2)]
+    hosts = [(free_port(), tmp_path / f"h{i}") for i in range(2)]
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 100ms, scrape_timeout: 90ms}\n"
         "scrape_configs:\n  - job_name: train\n    static_configs:\n"
         f"      - targets: [{', '.join(repr(f'127.0.0.1:{p}') for p, _ in hosts)}]\n"
     )
-    pport = free_tcp_port()
+    pport = free_port()
     prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{pport}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip

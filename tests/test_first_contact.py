@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from effmon.core.store import SessionReader
-from tests.conftest import PHASES_TRACE, REPO, run_effmon
+from tests.conftest import PHASES_TRACE, REPO, free_port, run_effmon
 
 NASTY = (
     "[bold]B[/] [/] [link=http://evil.example]L[/link] \x1b[31mRED\x1b[0m \x1b]8;;http://evil.example\x07X\x1b]8;;\x07"
@@ -403,10 +403,6 @@ def test_unknown_throttle_is_not_shown_as_none_and_memory_is_in_gib(phases_sessi
 
 
 # -- serve, then load ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow

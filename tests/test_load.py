@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,38 +16,7 @@ pytest.importorskip("aiohttp")
 from effmon.core.store import SessionReader  # noqa: E402
 from effmon.metrics.series import percentile  # noqa: E402
 from effmon.serving.load import LoadConfig, run_load, summarize  # noqa: E402
-from tests.conftest import REPO, run_effmon  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(request):
-    """Start tests/openai_server.py in its own process; yields its base URL."""
-    args = getattr(request, "param", {})
-    port = free_port()
-    cmd = [sys.executable, "-m", "tests.openai_server", "--port", str(port)]
-    for key, value in args.items():
-        cmd += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError(proc.stdout.read())
-    yield url
-    proc.terminate()
-    proc.wait(10)
+from tests.conftest import free_port, run_effmon  # noqa: E402
 
 
 @pytest.mark.parametrize("server", [{"ttft": 0.1, "itl": 0.05}], indirect=True)

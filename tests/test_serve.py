@@ -9,7 +9,7 @@ import pytest
 
 from effmon.core.store import SessionReader
 from effmon.presets import bundled, load
-from tests.conftest import run_effmon
+from tests.conftest import free_port, run_effmon
 
 HAVE_TSERVE = shutil.which("transformers") is not None and importlib.util.find_spec("fastapi") is not None
 
@@ -90,12 +90,6 @@ def test_serve_tiny_cpu_with_load_end_to_end(tmp_path):
     import psutil
 
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # the server stopped
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_port_in_use(tmp_path):

@@ -48,6 +48,9 @@ DCGM_PROF: tuple[tuple[str, str, str], ...] = (
     ("DCGM_FI_PROF_DRAM_ACTIVE", "Ratio of cycles the device memory interface is active.", "dram_bw_pct"),
 )
 
+Latest = dict[str, dict[Any, dict[str, Any]]]
+"""The newest row of each GPU, by entity (gpu, gpu_gpm, gpu_energy), read once per scrape."""
+
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -131,41 +134,42 @@ class SessionCollector:
         if self._meta is None or not self._meta.get("gpus"):
             self._meta = r.meta()
         _, now = r.time_range()
-        yield from self._gpu_families(r, now)
+        latest = {entity: self._latest(r, entity, now) for entity in ("gpu", "gpu_gpm", "gpu_energy")}
+        labels = {gpu: self._labels(gpu) for rows in latest.values() for gpu in rows}
+        if now is not None or self.live is not None:  # nothing recorded yet: no GPU families at all
+            yield from self._gpu_families(latest, labels)
         self._advance(r)
-        yield from self._llm_families(r, now)
+        yield from self._llm_families(latest, now)
 
     # -- GPUs, as dcgm-exporter names them ----------------------------------------------------------
     def _labels(self, gpu: int) -> list[str]:
         info = {g.get("index"): g for g in (self._meta or {}).get("gpus") or []}.get(gpu, {})
         return [str(gpu), str(info.get("uuid") or ""), f"nvidia{gpu}", str(info.get("name") or ""), self.hostname]
 
-    def _gpu_families(self, r: SessionReader, now: float | None) -> Iterator[Any]:
+    def _gpu_families(self, latest: Latest, labels: dict[Any, list[str]]) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        if now is None and self.live is None:
-            return
-        gpus, gpm, energy = (self._latest(r, entity, now) for entity in ("gpu", "gpu_gpm", "gpu_energy"))
+        gpus, gpm = latest["gpu"], latest["gpu_gpm"]
         for name, help_text, column, scale in DCGM_GAUGES:
             fam = GaugeMetricFamily(name, help_text, labels=DCGM_LABELS)
             for gpu, row in sorted(gpus.items()):
                 if row.get(column) is not None:
-                    fam.add_metric(self._labels(gpu), float(row[column]) * scale)
+                    fam.add_metric(labels[gpu], float(row[column]) * scale)
             yield fam
         free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=DCGM_LABELS)
         for gpu, row in sorted(gpus.items()):
             if row.get("mem_total_bytes") is not None and row.get("mem_used_bytes") is not None:
-                free.add_metric(self._labels(gpu), (row["mem_total_bytes"] - row["mem_used_bytes"]) / MIB)
+                free.add_metric(labels[gpu], (row["mem_total_bytes"] - row["mem_used_bytes"]) / MIB)
         yield free
         for name, help_text, column in DCGM_PROF:
             fam = GaugeMetricFamily(name, help_text, labels=DCGM_LABELS)
             for gpu, row in sorted(gpm.items()):
                 if row.get(column) is not None:
-                    fam.add_metric(self._labels(gpu), float(row[column]) / 100.0)
+                    fam.add_metric(labels[gpu], float(row[column]) / 100.0)
             yield fam
-        yield self._energy_counter(energy)
+        yield self._energy_counter(latest["gpu_energy"], labels)
 
-    def _energy_counter(self, energy: dict[Any, dict[str, Any]]) -> Any:
+    def _energy_counter(self, energy: dict[Any, dict[str, Any]], labels: dict[Any, list[str]]) -> Any:
         from prometheus_client.core import Metric
 
         counter = Metric(
@@ -176,7 +180,7 @@ class SessionCollector:
             if joules is None:
                 joules = row.get("energy_integrated_j")  # no hardware counter: power integrated since the start
             if joules is not None:
-                counter.add_sample(counter.name, dict(zip(DCGM_LABELS, self._labels(gpu), strict=True)), joules * 1e3)
+                counter.add_sample(counter.name, dict(zip(DCGM_LABELS, labels[gpu], strict=True)), joules * 1e3)
         return counter
 
     def _latest(self, r: SessionReader, entity: str, now: float | None) -> dict[Any, dict[str, Any]]:
@@ -214,7 +218,7 @@ class SessionCollector:
                 t.itl.add(row.get("itl_token_mean_s") or row.get("itl_mean_s"))
                 t.e2e.add(row["t_end"] - row["t_start"])
 
-    def _llm_families(self, r: SessionReader, now: float | None) -> Iterator[Any]:
+    def _llm_families(self, latest: Latest, now: float | None) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         meta, t = self._meta or {}, self.totals
@@ -224,11 +228,10 @@ class SessionCollector:
         info = GaugeMetricFamily("effmon_session_info", "The session being exported (value 1).", labels=[*base, "kind"])
         info.add_metric([*labels, str(meta.get("kind") or "")], 1.0)
         yield info
-        newest = max((float(row["t"]) for row in self._latest(r, "gpu", now).values()), default=now)
+        newest = max((float(row["t"]) for row in latest["gpu"].values()), default=now)
         yield _gauge("effmon_session_time_seconds", "The session's clock at its newest reading (Unix time; a "
                      "replay's is the trace's).", base, labels, newest)  # fmt: skip
-        latest_energy = self._latest(r, "gpu_energy", now).values()
-        energy = sum(float(row.get("energy_integrated_j") or 0.0) for row in latest_energy)
+        energy = sum(float(row.get("energy_integrated_j") or 0.0) for row in latest["gpu_energy"].values())
         yield _gauge("effmon_energy_joules", "GPU energy since the session began (all GPUs, integrated power).",
                      base, labels, energy if now else None)  # fmt: skip
         if t.steps:
