@@ -89,6 +89,9 @@ def _server(command: str, host: str, port: int, token: str | None) -> Any:
         def initialize_logging(self) -> None:
             pass  # effmon prints its own one line; textual-serve's log would fill the terminal
 
+        async def on_startup(self, app: web.Application) -> None:
+            pass  # its banner repeats that line (with the interpreter's path)
+
     @web.middleware
     async def check_token(request: web.Request, handler: Any) -> web.StreamResponse:
         given = request.query.get("token") or request.cookies.get(COOKIE)
