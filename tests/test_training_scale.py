@@ -169,7 +169,7 @@ def test_deepspeed_zero2_two_ranks_counts_and_times_as_ddp_does(tmp_path):
     under DDP; its collectives are said to be inside the step time, not timed apart."""
     pytest.importorskip("deepspeed")
     out = tmp_path / "out"
-    two_ranks(tmp_path / "h", "trainer_reference.py", out, "--deepspeed", "2")
+    two_ranks(tmp_path / "h", "trainer_reference.py", out, "--deepspeed", "2", "--epochs", "1")
     doc = export(tmp_path / "h", "last")
     refs = references(out, "reference")
     assert len(refs) == 2 and refs[0]["wrapper"] == "DeepSpeedEngine"
@@ -316,6 +316,6 @@ def test_late_attach_says_how_to_read_tensorboard_events_when_tensorboard_is_mis
     from tests.test_first_contact import hidden
 
     res, rows, _, _ = late_attach(tmp_path, "trainer/runs/*/events.out.tfevents.*", "--report-to", "tensorboard",
-                                  env=hidden(tmp_path, "tensorboard"))  # fmt: skip
+                                  "--epochs", "1", env=hidden(tmp_path, "tensorboard"))  # fmt: skip
     assert "pip install 'effmon[tensorboard]'" in res.stderr and "Traceback" not in res.stderr
     assert rows == {}
