@@ -2,11 +2,15 @@
 parsed with prometheus_client's own parser, set against the recorded H100 trace it came from and against a
 streaming server's own count of what it served."""
 
+import http.server
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -38,7 +42,7 @@ class Served:
     """``effmon ARGS`` in the background until it prints the endpoint's URL."""
 
     def __init__(self, home: Path, *args: str):
-        env = {**__import__("os").environ, "EFFMON_HOME": str(home), "COLUMNS": "120"}
+        env = {**os.environ, "EFFMON_HOME": str(home), "COLUMNS": "120"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "effmon", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
@@ -180,7 +184,7 @@ def test_serving_totals_match_what_the_server_served(server, tmp_path):
 DCGM_TEXT = Path(__file__).parent / "data" / "dcgm_exporter_h100.txt"
 
 
-class _Text(__import__("http.server").server.BaseHTTPRequestHandler):
+class _Text(http.server.BaseHTTPRequestHandler):
     body = b""
 
     def do_GET(self):  # noqa: N802
@@ -194,9 +198,6 @@ class _Text(__import__("http.server").server.BaseHTTPRequestHandler):
 
 
 def text_server(body: bytes):
-    import http.server
-    import threading
-
     handler = type("Handler", (_Text,), {"body": body})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -277,7 +278,7 @@ def test_effmons_exporter_reads_back_through_the_dcgm_source(phases_session, tmp
 
 
 # -- a real Prometheus scraping two effmon exporters ------------------------------------------------------------
-PROMETHEUS = __import__("shutil").which("prometheus")
+PROMETHEUS = shutil.which("prometheus")
 
 
 def short_trace(path: Path) -> Path:

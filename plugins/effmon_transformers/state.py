@@ -59,6 +59,15 @@ TB_TAGS = {
 }
 """The scalars the Trainer's TensorBoardCallback writes (its ``rewrite_logs`` puts ``train/`` before each log key)."""
 
+STATE_KEYS = {
+    "loss": "loss",
+    "lr": "learning_rate",
+    "grad_norm": "grad_norm",
+    "epoch": "epoch",
+    "tokens_seen": "num_input_tokens_seen",
+}
+"""TRAIN_LOG's metrics, by the key of a ``log_history`` entry of trainer_state.json."""
+
 READ_EVERY_S = 2.0
 """How often the reader thread looks at the job's logs (the Trainer flushes its TensorBoard events at each log)."""
 
@@ -219,9 +228,7 @@ class TrainerStateSource:
             if not isinstance(step, int) or "loss" not in entry or step in self.steps:
                 continue
             self.steps.add(step)
-            keys = {"loss": "loss", "lr": "learning_rate", "grad_norm": "grad_norm", "epoch": "epoch",
-                    "tokens_seen": "num_input_tokens_seen"}  # fmt: skip
-            rows.append(log_row(step, {k: entry.get(v) for k, v in keys.items()}))
+            rows.append(log_row(step, {k: entry.get(v) for k, v in STATE_KEYS.items()}))
         return rows
 
     def _from_events(self, folders: list[Path]) -> list[Row]:
