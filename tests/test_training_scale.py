@@ -178,27 +178,35 @@ def test_deepspeed_zero2_two_ranks_counts_and_times_as_ddp_does(tmp_path):
 
 
 def test_two_nodes_of_two_ranks_are_one_run(tmp_path):
-    """Two ``effmon run``, one per node group of a torchrun job (c10d rendezvous on 127.0.0.1): each session
+    """Two ``effmon run``, one per node group of a torchrun job (static rendezvous on 127.0.0.1): each session
     holds its node's ranks; a report of either takes the job as one."""
     home, out, port = tmp_path / "h", tmp_path / "out", free_port()
-    command = [
-        *TORCHRUN,
-        "--nnodes",
-        "2",
-        "--nproc_per_node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{port}",
-        "--rdzv-id",
-        "job42",
-        str(SCRIPTS / "trainer_reference.py"),
-        str(out),
-    ]
+
+    def command(node_rank: int) -> list[str]:
+        # torchrun's static rendezvous (node ranks, one master address), as batch schedulers launch it: the
+        # elastic c10d backend polls its store all run long and fails the job when the node hosting that store
+        # exits first (pytorch/pytorch#69197), a torchrun race on a busy 2-core machine, not effmon's
+        return [
+            *TORCHRUN,
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "2",
+            "--node-rank",
+            str(node_rank),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "--rdzv-id",
+            "job42",
+            str(SCRIPTS / "trainer_reference.py"),
+            str(out),
+        ]
+
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "effmon", "run", "--headless", "--name", f"node{i}", "--", *command],
+            [sys.executable, "-m", "effmon", "run", "--headless", "--name", f"node{i}", "--", *command(i)],
             env=env_for(home),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
