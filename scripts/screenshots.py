@@ -3,7 +3,8 @@
     python scripts/screenshots.py
 
 Replays the bundled trace into a temporary session, then renders the dashboard at 120x36 during the
-LoRA fine-tune and during batched generation, exactly as the snapshot tests build it.
+LoRA fine-tune and during batched generation, exactly as the snapshot tests build it; and the fleet view
+(effmon top --prometheus) of three hosts built from the same trace.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +36,20 @@ async def render(session: Path, offset: float, size: tuple[int, int], keys: list
     with SessionReader(session) as r:
         lo, _ = r.time_range()
     app = make_app(session, mode="replay", sync=True, paused=True, cursor=lo + offset)
+    async with app.run_test(size=size) as pilot:
+        for key in keys:
+            await pilot.press(key)
+        await pilot.pause()
+        app.save_screenshot(filename=out.name, path=str(out.parent))
+
+
+async def render_fleet(keys: list[str], size: tuple[int, int], out: Path) -> None:
+    """The fleet view, three hosts of two GPUs built from the trace (tests/fleet_data.py), as its snapshot test."""
+    from effmon.tui.fleet import FleetApp
+    from tests.fleet_data import trace_fleet
+
+    fleet = trace_fleet()
+    app = FleetApp(fleet.url, fleet.match, fixed=(fleet.start, fleet.end), first=fleet)
     async with app.run_test(size=size) as pilot:
         for key in keys:
             await pilot.press(key)
@@ -144,6 +160,13 @@ def main() -> None:
             asyncio.run(render(session, offset, size, keys, svg))
             png = to_png(svg, size)
             print(f"wrote {svg.relative_to(ROOT)}" + (f" and {png.relative_to(ROOT)}" if png else ""))
+    os.environ["TZ"] = "UTC"  # the fixed window's clock times, as in the snapshot test
+    time.tzset()
+    for name, keys in (("fleet", []), ("fleet-host", ["down", "enter"])):
+        svg = out_dir / f"{name}.svg"
+        asyncio.run(render_fleet(keys, (100, 30), svg))
+        png = to_png(svg, (100, 30))
+        print(f"wrote {svg.relative_to(ROOT)}" + (f" and {png.relative_to(ROOT)}" if png else ""))
 
 
 if __name__ == "__main__":

@@ -6,20 +6,18 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PHASES_TRACE, free_port, run_effmon
+from tests.conftest import PHASES_TRACE, run_effmon
 
 
 def scrape(url: str) -> dict[str, list]:
@@ -275,93 +273,6 @@ def test_effmons_exporter_reads_back_through_the_dcgm_source(phases_session, tmp
     assert row["power_w"] == pytest.approx(last["power_w"])
     assert row["mem_used_bytes"] == last["mem_used_bytes"]
     assert row["mem_total_bytes"] == last["mem_total_bytes"]
-
-
-# -- a real Prometheus scraping two effmon exporters ------------------------------------------------------------
-PROMETHEUS = shutil.which("prometheus")
-
-
-def short_trace(path: Path) -> Path:
-    """20 s of the bundled trace's LoRA fine-tune (power swinging between about 130 and 700 W with its steps)."""
-    lines = PHASES_TRACE.read_text().splitlines()
-    gpu = [line for line in lines if json.loads(line)["kind"] == "gpu"][420:620]
-    path.write_text("\n".join([lines[0], *gpu]) + "\n")
-    return path
-
-
-def session_start(home: Path) -> float:
-    from effmon.core.store import SessionReader
-
-    with SessionReader(next((home / "sessions").glob("*.effmon"))) as r:
-        return float(r.time_range()[0])
-
-
-def when_prometheus_saw(api: str, instance: str, session_t: float) -> float:
-    """The server's time of the first scrape at which the session's clock had reached ``session_t`` (the
-    exporter's effmon_session_time_seconds: a replay runs on the trace's clock, not the wall's)."""
-    params = urllib.parse.urlencode({"query": f'effmon_session_time_seconds{{instance="{instance}"}}',
-                                     "start": time.time() - 300, "end": time.time(), "step": 0.1})  # fmt: skip
-    doc = json.loads(urllib.request.urlopen(f"{api}/api/v1/query_range?{params}").read())
-    (series,) = doc["data"]["result"]
-    return next(float(t) for t, v in series["values"] if float(v) >= session_t)
-
-
-def wait_for(url: str, seconds: float = 30) -> None:
-    deadline = time.time() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            assert time.time() < deadline, f"{url} never answered"
-            time.sleep(0.1)
-
-
-@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (.ci/run installs Debian's prometheus)")
-def test_report_from_a_real_prometheus_agrees_with_each_hosts_own_session(tmp_path):
-    """Two recordings (two "hosts") serve their sessions with --prometheus; a real Prometheus scrapes both every
-    100 ms; effmon report --prometheus, one host at a time, gives the AEC, AMU and PCU of that host's own session
-    over the same stretch (2 s to 18 s of it) within 1%."""
-    trace = short_trace(tmp_path / "short.jsonl")
-    hosts = [(free_port(), tmp_path / f"h{i}") for i in range(2)]
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 100ms, scrape_timeout: 90ms}\n"
-        "scrape_configs:\n  - job_name: train\n    static_configs:\n"
-        f"      - targets: [{', '.join(repr(f'127.0.0.1:{p}') for p, _ in hosts)}]\n"
-    )
-    pport = free_port()
-    prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{pport}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    api = f"http://127.0.0.1:{pport}"
-    try:
-        wait_for(f"{api}/-/ready")
-        deadline = time.time() + 30  # Prometheus hands new targets to its scrapers after up to 5 s
-        while len(json.loads(urllib.request.urlopen(f"{api}/api/v1/targets").read())["data"]["activeTargets"]) < 2:
-            assert time.time() < deadline, "Prometheus never took its targets"
-            time.sleep(0.2)
-        recs = [Served(home, "record", "-q", "--replay", str(trace), "--prometheus", str(port))
-                for port, home in hosts]  # fmt: skip
-        for rec in recs:
-            assert rec.proc.wait(120) == 0
-        time.sleep(0.5)
-        for port, home in hosts:
-            own = json.loads(run_effmon("report", "last", "--format", "efficientllm", "--window", "2:18",
-                                        env_home=home).stdout)  # fmt: skip
-            first, instance = session_start(home), f"127.0.0.1:{port}"
-            a, b = (when_prometheus_saw(api, instance, first + s) for s in (2, 18))
-            res = run_effmon("report", "--prometheus", api, "--match", f'{{job="train",instance="{instance}"}}',
-                             "--range", f"{a}:{b}", "--step", "0.1", "--format", "efficientllm",
-                             env_home=tmp_path / "reader")  # fmt: skip
-            assert res.returncode == 0, res.stderr
-            assert "1 GPUs on 1 hosts" in res.stderr
-            fromprom = json.loads(res.stdout)
-            for metric in ("AEC", "AMU", "PCU"):
-                assert fromprom[metric] == pytest.approx(own[metric], rel=0.01), (metric, port)
-    finally:
-        prom.terminate()
-        prom.wait(20)
 
 
 def test_report_from_prometheus_says_what_is_wrong(tmp_path):

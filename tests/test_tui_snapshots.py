@@ -30,3 +30,25 @@ def test_dashboard_snapshot(snap_compare, phases_session, size, offset):
 
 def test_chart_view_snapshot(snap_compare, phases_session):
     assert snap_compare(app_at(phases_session, GENERATE_AT), terminal_size=(80, 24), press=["c", "m", "m"])
+
+
+# -- the fleet view (effmon top --prometheus URL), on answers shaped as Prometheus gives them -----------------------
+@pytest.fixture
+def utc(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("press", [[], ["down", "enter"]], ids=["fleet", "host"])
+def test_fleet_view_snapshot(snap_compare, utc, press):
+    from effmon.tui.fleet import FleetApp
+    from tests.fleet_data import trace_fleet
+
+    fleet = trace_fleet()
+    app = FleetApp(fleet.url, fleet.match, fixed=(fleet.start, fleet.end), first=fleet)
+    assert snap_compare(app, terminal_size=(80, 24), press=press)

@@ -35,6 +35,19 @@ def positive(text: str) -> float:
     return value
 
 
+def duration(text: str) -> float:
+    """Seconds: 90, 90s, 5m, 1h, 1d."""
+    t = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(t[-1:], None) if t else None
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 90s, 5m or 1h") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration is positive and finite, e.g. 5m")
+    return value
+
+
 def share(text: str) -> float:
     """A fraction: 0.05 or 5%."""
     t = text.strip()
@@ -47,7 +60,7 @@ def share(text: str) -> float:
     return value
 
 
-def add_rate_options(p: argparse.ArgumentParser) -> None:
+def add_rate_options(p: argparse.ArgumentParser, fleet: bool = False) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument(
         "--rate", type=positive, default=10.0, metavar="HZ", help="how often cheap GPU gauges are read (default: 10 Hz)"
@@ -66,7 +79,7 @@ def add_rate_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="interval of host and process-tree readings (default: 1 s)",
     )
-    add_prometheus_option(g)
+    add_prometheus_option(g, fleet)
     g.add_argument(
         "--source",
         action="append",
@@ -105,14 +118,25 @@ def views(args: argparse.Namespace) -> tuple[Any, ...]:
     return (prometheus_view(args.prometheus),)
 
 
-def add_prometheus_option(p: argparse.ArgumentParser | Any) -> None:
+def add_prometheus_option(p: argparse.ArgumentParser | Any, fleet: bool = False) -> None:
+    serve = (
+        "serve the session on a Prometheus endpoint while it records: PORT or HOST:PORT (127.0.0.1 unless a "
+        "host is given); GPU gauges under dcgm-exporter's names, effmon's training and serving figures"
+    )
     p.add_argument(
         "--prometheus",
-        metavar="ADDR",
-        type=prometheus_addr,
-        help="serve the session on a Prometheus endpoint while it records: PORT or HOST:PORT (127.0.0.1 unless a "
-        "host is given); GPU gauges under dcgm-exporter's names, effmon's training and serving figures",
+        metavar="ADDR|URL",
+        type=prometheus_addr_or_url if fleet else prometheus_addr,
+        help=serve + ". A server's URL instead (http://HOST:9090) opens the fleet view: every host and GPU "
+        "that Prometheus server knows"
+        if fleet
+        else serve,
     )
+
+
+def prometheus_addr_or_url(value: str) -> str:
+    """``top --prometheus``: a Prometheus server to read (an http(s) URL: the fleet view), or an address to serve."""
+    return value if value.startswith(("http://", "https://")) else prometheus_addr(value)
 
 
 def prometheus_addr(addr: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from effmon.cli.common import (
     Handler,
     add_rate_options,
+    duration,
     err,
     formatter,
     interactive,
@@ -52,10 +53,26 @@ def register(sub: Any) -> dict[str, Handler]:
         "top",
         help="live dashboard of this machine (the default command); records a session",
         description="Live dashboard of this machine's GPUs, processes and host. The readings are "
-        "recorded into a session you can replay or report on later.",
+        "recorded into a session you can replay or report on later. With --prometheus http://HOST:9090: the fleet "
+        "view of every host and GPU a Prometheus server scrapes (nothing is recorded then).",
     )
-    top.add_argument("--refresh", type=positive, default=1.0, metavar="S", help="screen refresh (default: 1 s)")
-    add_rate_options(top)
+    top.add_argument(
+        "--refresh", type=positive, metavar="S", help="screen refresh (default: 1 s; 5 s in the fleet view)"
+    )
+    add_rate_options(top, fleet=True)
+    fleet = top.add_argument_group(
+        "many machines (with --prometheus http://HOST:9090)",
+        "Every host and GPU a Prometheus server scrapes (dcgm-exporter, or effmon's own exporter on each node): one "
+        "row per host with AEC, AMU and PCU over the window, the whole job's EfficientLLM strip, Enter for a "
+        "host's GPU cards. Example: effmon top --prometheus http://prom:9090 --match '{job=\"train\"}'",
+    )
+    fleet.add_argument("--match", default="", metavar="SEL", help="label matchers in braces, e.g. '{job=\"train\"}'")
+    fleet.add_argument(
+        "--window", type=duration, default=300.0, metavar="DUR", help="figures over the last DUR (default: 5m)"
+    )
+    fleet.add_argument(
+        "--range", metavar="START:END", help="a fixed stretch instead (Unix times or now-30m:now), e.g. a past job"
+    )
 
     rp = sub.add_parser(
         "replay",
@@ -400,6 +417,10 @@ def cmd_attach(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
+    if (args.prometheus or "").startswith(("http://", "https://")):
+        return cmd_fleet(args)
+    if args.match or args.range:
+        return err("--match and --range read a Prometheus server: give it, --prometheus http://HOST:9090", 2)
     bad = need_terminal("effmon top")
     if bad is not None:
         return bad
@@ -418,12 +439,52 @@ def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
         for _, _level, text in rec.notices:
             print(f"effmon: {text}", file=sys.stderr)
         rec.start()
-        _dashboard(path, interrupts=intr, refresh_s=args.refresh)
+        _dashboard(path, interrupts=intr, refresh_s=args.refresh or 1.0)
         if intr.count:
             rec.finish("interrupted", f"stopped by {intr.last_name}")
         else:
             rec.finish("complete", "the dashboard was closed")
     _say(f"effmon: session {path.name.removesuffix('.effmon')} saved")
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """``effmon top --prometheus URL``: a first read here (a wrong URL or --match fails before the screen opens),
+    then the fleet view."""
+    import time
+
+    from effmon.core.fmt import human_duration
+    from effmon.core.redact import redact_text
+    from effmon.report.fromprom import PrometheusError, parse_range
+
+    try:
+        fixed = parse_range(args.range) if args.range else None
+        start, end = fixed or (time.time() - args.window, time.time())
+        from effmon.report.fleet import fleet_snapshot
+
+        first = fleet_snapshot(args.prometheus, args.match, start, end)
+    except PrometheusError as exc:
+        return err(str(exc), 2)
+    if not first.hosts:
+        where = f"{args.match} " if args.match else ""
+        return err(
+            f"{redact_text(args.prometheus)} has no dcgm-exporter series {where}in "
+            f"{f'--range {args.range}' if fixed else f'the last {human_duration(args.window)}'}: is "
+            "dcgm-exporter (or effmon export/record --prometheus) among its targets? See its /targets page; "
+            "check --match",
+            2,
+        )
+    bad = need_terminal("effmon top --prometheus")
+    if bad is not None:
+        return bad
+    from effmon.core.procs import Interrupts
+    from effmon.tui.app import run_dashboard
+    from effmon.tui.fleet import FleetApp
+
+    app = FleetApp(args.prometheus, args.match, window_s=args.window, fixed=fixed, refresh_s=args.refresh or 5.0,
+                   first=first)  # fmt: skip
+    with Interrupts() as intr:
+        run_dashboard(app, intr)
     return 0
 
 

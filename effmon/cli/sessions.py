@@ -87,7 +87,12 @@ def register(sub: Any) -> dict[str, Handler]:
     prom.add_argument("--prometheus", metavar="URL", help="the server, e.g. http://127.0.0.1:9090 (not a session)")
     prom.add_argument("--match", default="", metavar="SEL", help="label matchers, e.g. '{job=\"train\"}'")
     prom.add_argument("--range", metavar="START:END", help="Unix times or now-30m:now (required with --prometheus)")
-    prom.add_argument("--step", type=positive, metavar="S", help="resolution in seconds (default: 1 s)")
+    prom.add_argument(
+        "--step",
+        type=positive,
+        metavar="S",
+        help="resample at S seconds (default: the samples as scraped; resampled when a series has over 10,000)",
+    )
     rpt.add_argument("--format", "-f", default="table", choices=REPORT_FORMATS)
     rpt.add_argument("-o", "--output", help="write to this file (default: standard output)")
     rpt.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -216,9 +221,15 @@ def _report_from_prometheus(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="effmon-prom-") as tmp:  # 0700: the series stay private
             path = Path(tmp) / "prometheus.effmon"
             found = session_from_prometheus(args.prometheus, args.match, start, end, path, args.step)
+            every = f" every {found['interval_s']:g} s" if found["interval_s"] else ""
+            resolution = (
+                f"resampled at a {found['step_s']:g} s step (no finer than the scrape interval)"
+                if found["step_s"]
+                else f"the samples as scraped{every}"
+            )
             print(
                 f"effmon: from {redact_text(args.prometheus)}: {found['gpus']} GPUs on {found['hosts']} hosts, "
-                f"{found['samples']} samples at a {found['step_s']:g} s step (no finer than the scrape interval)",
+                f"{found['samples']} time stamps, {resolution}",
                 file=sys.stderr,
             )
             return int(readable(path, lambda p: _report(p, args)))

@@ -1,10 +1,12 @@
 """A multi-node job's GPUs from a Prometheus server, as a session: ``effmon report --prometheus URL``.
 
-The server's dcgm-exporter series (from dcgm-exporter itself or effmon's exporter) are read with range queries
-(``/api/v1/query_range``) at one step, turned into the rows a dcgm-exporter source would have written (the same
-conversion, ``effmon.sources.dcgm.rows_from``), and written into a session file; the report is then computed by
-the same metric registry as any local session. Each (instance or host, gpu) pair is one GPU of the run. The
-resolution is the step, and never finer than the scrape interval; the report says which step it used.
+The server's dcgm-exporter series (from dcgm-exporter itself or effmon's exporter) are read as the raw samples it
+stored (a range-vector query, ``FIELD{match}[span]``, each sample at its own scrape's time stamp), turned into the
+rows a dcgm-exporter source would have written (the same conversion, ``effmon.sources.dcgm.rows_from``), and
+written into a session file; the report is then computed by the same metric registry as any local session. Each
+(instance or host, gpu) pair is one GPU of the run. With ``--step``, or when a series holds more samples than a
+range query may return, the series are resampled at that step instead (``/api/v1/query_range``); the report says
+which resolution it had: the scrape interval's, or the step's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import time
 import urllib.parse
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +64,33 @@ def _when(text: str, now: float, whole: str) -> float:
     return value
 
 
-def query_range(url: str, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+def _api(url: str, path: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    """One call of Prometheus' HTTP API; its ``data.result``, or PrometheusError saying what went wrong."""
     base, headers = split_credentials(url.rstrip("/"))
-    params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
+    endpoint = f"{base}/api/v1/{path}"
     try:
-        doc = json.loads(fetch_text(f"{base}/api/v1/query_range?{params}", headers, timeout=30))
-    except ConnectionError as exc:
-        raise PrometheusError(f"{exc}; is a Prometheus server there? (its API is at :9090/api/v1)") from None
+        doc = json.loads(fetch_text(f"{endpoint}?{urllib.parse.urlencode(params)}", headers, timeout=30))
+    except ConnectionError as exc:  # said without the query string, which is long and says nothing here
+        said = str(exc).replace(f"{endpoint}?{urllib.parse.urlencode(params)}", endpoint)
+        raise PrometheusError(f"{said}; is a Prometheus server there? (its API is at :9090/api/v1)") from None
     except ValueError:
         raise PrometheusError(f"{base} did not answer with Prometheus' JSON API") from None
     if doc.get("status") != "success":
-        raise PrometheusError(f"Prometheus refused {query!r}: {doc.get('error', doc.get('status'))}")
+        raise PrometheusError(f"Prometheus refused {what!r}: {doc.get('error', doc.get('status'))}")
     return list(doc["data"]["result"])
+
+
+def query_range(url: str, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+    return _api(url, "query_range", {"query": query, "start": start, "end": end, "step": step}, query)
+
+
+def instant_query(url: str, query: str, at: float) -> list[dict[str, Any]]:
+    return _api(url, "query", {"query": query, "time": at}, query)
+
+
+def gpu_key(metric: dict[str, str]) -> tuple[str, str]:
+    """One GPU of a job: its scrape target (or host) and its index there."""
+    return (metric.get("instance") or metric.get("Hostname") or "", metric.get("gpu", ""))
 
 
 def selector(field: str, match: str) -> str:
@@ -85,14 +103,23 @@ def selector(field: str, match: str) -> str:
 def session_from_prometheus(
     url: str, match: str, start: float, end: float, path: Path, step: float | None = None
 ) -> dict[str, Any]:
-    """Write the job's GPU series into a new session at ``path``; returns what was found (GPUs, hosts, step)."""
-    step = max(step or 1.0, (end - start) / MAX_POINTS)
+    """Write the job's GPU series into a new session at ``path``; returns what was found (GPUs, hosts, resolution:
+    ``step_s`` None for the raw samples, ``interval_s`` their median spacing)."""
+    span = f"[{max(1, round((end - start) * 1000)) + 1}ms]"  # (end - span, end]: every sample from start to end
+    if step is None:
+        counts = instant_query(url, f"count_over_time({selector('DCGM_FI_DEV_POWER_USAGE', match)}{span})", end)
+        if max((float(r["value"][1]) for r in counts), default=0.0) > MAX_POINTS:
+            step = (end - start) / MAX_POINTS
+    else:
+        step = max(step, (end - start) / MAX_POINTS)
     series: dict[tuple[str, str], dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     labels: dict[tuple[str, str], dict[str, str]] = {}
     for field in FIELDS:
-        for result in query_range(url, selector(field, match), start, end, step):
+        sel = selector(field, match)
+        found = query_range(url, sel, start, end, step) if step else instant_query(url, sel + span, end)
+        for result in found:
             metric = result["metric"]
-            key = (metric.get("instance") or metric.get("Hostname") or "", metric.get("gpu", ""))
+            key = gpu_key(metric)
             labels.setdefault(key, metric)
             for t, value in result["values"]:
                 series[key][float(t)][field] = float(value)
@@ -130,4 +157,7 @@ def session_from_prometheus(
         writer.set_meta(started_at=times[0], ended_at=times[-1], energy_integrated_j=integrator.totals())
     finally:
         writer.close()
-    return {"gpus": len(keys), "hosts": len({k[0] for k in keys}), "step_s": step, "samples": len(times)}
+    gaps = sorted(b - a for k in keys[:8] for a, b in pairwise(sorted(series[k])))
+    interval = gaps[len(gaps) // 2] if gaps else None
+    return {"gpus": len(keys), "hosts": len({k[0] for k in keys}), "step_s": step, "interval_s": interval,
+            "samples": len(times)}  # fmt: skip

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import work
@@ -20,6 +20,9 @@ from effmon.core.fmt import human_bytes, human_duration, visible
 from effmon.core.procs import Interrupts
 from effmon.tui.snapshot import CHART_METRICS, WINDOWS, SessionView, Snapshot
 from effmon.tui.widgets import GpuCardWidget, chart_axis, chart_renderable, efficiency_text, pairs_table
+
+if TYPE_CHECKING:
+    from effmon.tui.fleet import FleetApp
 
 HELP = """\
 [b]Keys[/b]  (htop/nvitop habits where they exist)
@@ -446,7 +449,7 @@ def make_app(session: Path | str, *, mode: str = "live", **kw: Any) -> EffmonApp
     return EffmonApp(SessionView(session), mode=mode, **kw)
 
 
-def run_dashboard(app: EffmonApp, interrupts: Interrupts | None = None) -> None:
+def run_dashboard(app: EffmonApp | FleetApp, interrupts: Interrupts | None = None) -> None:
     """Run the dashboard until q, or until a stop request (SIGTERM, SIGHUP, a SIGINT sent to effmon) closes it
     the way q does: the terminal is restored and the caller records the session's end. ``interrupts``: the
     recording's, so the same request also stops what is recorded."""
