@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from effmon.cli import control, export, record, serve, sessions, web
+from effmon.cli import control, export, record, serve, sessions, sweep, web
 from effmon.cli.common import Handler, err
 
 EPILOG = """\
@@ -31,7 +31,7 @@ examples:
 Sessions are stored in $EFFMON_HOME (default ~/.local/share/effmon).
 """
 
-GROUPS = (record, sessions, serve, control, export, web)
+GROUPS = (record, sessions, serve, sweep, control, export, web)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:

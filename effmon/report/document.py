@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,10 +254,15 @@ def write(agg: ExactAggregation, s: Summary, fmt: str, out: Path, force: bool = 
         if cut
         else None
     )
+    sweep = sweep_part(agg) if meta.get("sweep") else None
     if fmt == "html":
-        return safe_write(out, html_report(meta, s, figures, warning), force)
+        return safe_write(out, html_report(meta, s, figures, warning, sweep), force)
     img_dir = target.with_name(target.stem + "_files")
-    text = markdown_report(meta, s, [(title, f"{img_dir.name}/{name}") for title, name, _ in _named(figures)], warning)
+    images = [(title, f"{img_dir.name}/{name}") for title, name, _ in _named(figures)]
+    if sweep is not None:  # the sweep's charts are files beside the report too, numbered after the others
+        figures = figures + sweep.charts
+        sweep.images = [f"{img_dir.name}/{name}" for _, name, _ in _named(figures)[len(images) :]]
+    text = markdown_report(meta, s, images, warning, sweep)
     if img_dir.is_symlink() or (img_dir.exists() and not img_dir.is_dir()):
         raise UnsafePath(f"{img_dir} (for the report's images) is a link or a file; remove it or pick another -o")
     private_dir(img_dir)
@@ -265,11 +271,40 @@ def write(agg: ExactAggregation, s: Summary, fmt: str, out: Path, force: bool = 
     return safe_write(out, text, force)
 
 
+@dataclass
+class SweepPart:
+    """An energy sweep's section (effmon sweep): its idle power, table and charts."""
+
+    idle_w: float | None
+    head: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    charts: list[tuple[str, bytes]]
+    images: list[str] = field(default_factory=list)
+
+    @property
+    def intro(self) -> str:
+        idle = "N/A" if self.idle_w is None else f"{self.idle_w:.1f} W"
+        return (
+            f"Each cell is a phase of this session. Idle power {idle}: the static part every cell pays "
+            "(static J = idle power x the cell's duration; dynamic J = energy - static J). J/tok is per output "
+            "token as the server counted it (usage); latencies are medians. docs/energy.md says how."
+        )
+
+
+def sweep_part(agg: ExactAggregation) -> SweepPart:
+    from effmon.report.sweep import TABLE_HEAD, charts, sweep_figures, table_rows
+
+    doc = sweep_figures(agg.reader)
+    return SweepPart(doc["idle_power_w"], TABLE_HEAD, table_rows(doc), charts(doc))
+
+
 def _named(figures: list[tuple[str, bytes]]) -> list[tuple[str, str, bytes]]:
     return [(title, f"{i:02d}-{_slug(title)}.png", png) for i, (title, png) in enumerate(figures)]
 
 
-def markdown_report(meta: dict[str, Any], s: Summary, images: list[tuple[str, str]], warning: str | None) -> str:
+def markdown_report(
+    meta: dict[str, Any], s: Summary, images: list[tuple[str, str]], warning: str | None, sweep: SweepPart | None = None
+) -> str:
     """Every string from the session (its name, command, notes) is literal Markdown text (``md_text``)."""
     m = md_text
     lines = [f"# effmon report: {m(meta.get('name'))}", ""]
@@ -283,12 +318,24 @@ def markdown_report(meta: dict[str, Any], s: Summary, images: list[tuple[str, st
     lines += ["", "## Over time", ""]
     for title, src in images:
         lines += [f"### {m(title)}", "", f"![{m(title)}]({src})", ""]
+    if sweep is not None:
+        lines += ["## Energy sweep", "", sweep.intro, "", "| " + " | ".join(sweep.head) + " |"]
+        lines += ["|" + "---|" * len(sweep.head)] + ["| " + " | ".join(m(c) for c in r) + " |" for r in sweep.rows]
+        lines += [""]
+        for (title, _), src in zip(sweep.charts, sweep.images, strict=True):
+            lines += [f"### {m(title)}", "", f"![{m(title)}]({src})", ""]
     if s.notes:
         lines += ["## Notes", ""] + [f"- {m(n)}" for n in s.notes]
     return "\n".join(lines) + "\n"
 
 
-def html_report(meta: dict[str, Any], s: Summary, figures: list[tuple[str, bytes]], warning: str | None) -> str:
+def html_report(
+    meta: dict[str, Any],
+    s: Summary,
+    figures: list[tuple[str, bytes]],
+    warning: str | None,
+    sweep: SweepPart | None = None,
+) -> str:
     """Every string from the session is literal HTML text (``html_text``: escaped, control characters visible)."""
     e = html_text
 
@@ -316,6 +363,11 @@ def html_report(meta: dict[str, Any], s: Summary, figures: list[tuple[str, bytes
     for title, png in figures:
         data = base64.b64encode(png).decode()
         parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
+    if sweep is not None:
+        parts += ["<h2 id='sweep'>Energy sweep</h2>", f"<p>{e(sweep.intro)}</p>", table(sweep.rows, sweep.head)]
+        for title, png in sweep.charts:
+            data = base64.b64encode(png).decode()
+            parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
     if s.notes:
         parts.append(
             "<h2 id='notes'>Notes</h2><ul>" + "".join(f"<li class='note'>{e(n)}</li>" for n in s.notes) + "</ul>"

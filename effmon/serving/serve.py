@@ -202,6 +202,32 @@ def _serve_until_stopped(server: Server, intr: Interrupts, say: Callable[[str], 
     return "interrupted", f"stopped by {intr.last_name}", EXIT_INTERRUPTED
 
 
+def _watch(
+    rec: Recording,
+    server: Server,
+    intr: Interrupts,
+    say: Callable[[str], None],
+    load: LoadConfig | None,
+    drive: Callable[[Recording, LoadConfig, Callable[[], bool]], tuple[str, str, int]] | None,
+    dashboard: Callable[[Path, Interrupts], None] | None,
+) -> tuple[str, str, int]:
+    """What the server is there for: a load (or the caller's ``drive`` of it: effmon sweep), the dashboard, or
+    serving until Ctrl-C; the session's ending (status, reason, exit code)."""
+    if load is not None and drive is not None:
+        ended = drive(rec, load, lambda: intr.count > 0 or server.process.poll() is not None)
+        if server.process.poll() is not None:
+            raise server.died(f"the server died under load (status {server.process.returncode})")
+        return ended
+    if load is not None:
+        return _drive_load(rec, server, load, intr)
+    if dashboard is not None:
+        dashboard(rec.path, intr)
+        if intr.count:
+            return "interrupted", f"stopped by {intr.last_name}", EXIT_INTERRUPTED
+        return "complete", "the dashboard was closed", 0
+    return _serve_until_stopped(server, intr, say)
+
+
 def serve(
     preset: Any,
     options: RecordOptions,
@@ -210,6 +236,7 @@ def serve(
     timeout_s: float = 600.0,
     dashboard: Callable[[Path, Interrupts], None] | None = None,
     on_open: Callable[[Recording], None] | None = None,
+    drive: Callable[[Recording, LoadConfig, Callable[[], bool]], tuple[str, str, int]] | None = None,
 ) -> int:
     """Launch, watch (``dashboard``, a load, or until Ctrl-C), stop; returns the exit status."""
     if preset.kind != "serve":
@@ -281,15 +308,7 @@ def serve(
                 load.url = preset.url
                 load.model = load.model if load.model != "default" else model_id
                 load.tokenizer = load.tokenizer or local_tokenizer(model_dir or str(f.get("model") or ""))
-                status, reason, code = _drive_load(rec, server, load, intr)
-            elif dashboard is not None:
-                dashboard(rec.path, intr)
-                if intr.count:
-                    status, reason, code = "interrupted", f"stopped by {intr.last_name}", EXIT_INTERRUPTED
-                else:
-                    status, reason, code = "complete", "the dashboard was closed", 0
-            else:
-                status, reason, code = _serve_until_stopped(server, intr, say)
+            status, reason, code = _watch(rec, server, intr, say, load, drive, dashboard)
             return code
         except RecordError as exc:
             status, reason = "failed", str(exc).splitlines()[0]

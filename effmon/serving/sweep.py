@@ -1,0 +1,213 @@
+"""``effmon sweep``: an energy study of a server over a grid of input length x output length x concurrency (and
+task prompt sets), recorded as one session.
+
+The server is first watched idle (the ``idle`` phase: the static power every cell pays), then each cell runs as a
+phase of the session (``in64-out16-c1``, ``qa-out64-c4`` ...): rounds of the cell's load until its output
+tokens/s agree within ``spread`` over the last three rounds, or ``max_rounds``, or the cell's time ``budget``. A
+request row carries its cell; the cell's energy, power, clocks and latencies are then read from the session like
+any report window (``effmon.report.sweep``), never from the client's clock alone.
+
+Nothing here touches a GPU setting: clocks and power limits are the GPU's own; the session records them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from effmon.core.declare import Row
+from effmon.serving.load import LoadConfig, RequestResult, request_row, run_load, summarize, token_counter
+
+TASKS = ("generation", "qa", "summarisation")
+"""The task prompt sets shipped in effmon/data/prompts (offline; their token counts come from the server)."""
+
+
+class SweepError(Exception):
+    code = 2
+
+
+@dataclass(frozen=True)
+class Cell:
+    input_tokens: int | None
+    """Synthetic prompts of this many tokens; None for a task's own prompts."""
+    output_tokens: int
+    concurrency: int
+    task: str | None = None
+
+    @property
+    def name(self) -> str:
+        head = self.task if self.task else f"in{self.input_tokens}"
+        return f"{head}-out{self.output_tokens}-c{self.concurrency}"
+
+
+@dataclass
+class SweepConfig:
+    base: LoadConfig
+    inputs: list[int] = field(default_factory=lambda: [128])
+    outputs: list[int] = field(default_factory=lambda: [64])
+    concurrency: list[int] = field(default_factory=lambda: [1])
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+    """Task name -> its prompts; when given, the tasks take the place of the input-length axis."""
+    requests: int = 16
+    """Requests per round."""
+    spread: float = 0.05
+    """A cell is stable when its last three rounds' output tokens/s are within this share of their mean."""
+    min_rounds: int = 3
+    max_rounds: int = 6
+    budget_s: float = 120.0
+    """A cell ends after this long even if not stable (it says so)."""
+    idle_s: float = 10.0
+
+    def cells(self) -> list[Cell]:
+        heads: list[tuple[int | None, str | None]] = (
+            [(None, t) for t in self.tasks] if self.tasks else [(n, None) for n in self.inputs]
+        )
+        return [
+            Cell(i, o, c, t) for (i, t) in heads for o in self.outputs for c in self.concurrency
+        ]  # fmt: skip
+
+
+def load_task(name: str) -> list[str]:
+    """A shipped task (generation, qa, summarisation) or a file of prompts: JSON lines with a "prompt" each, or
+    plain text with one prompt per paragraph (a blank line between)."""
+    if name in TASKS:
+        text = (resources.files("effmon") / "data" / "prompts" / f"{name}.jsonl").read_text(encoding="utf-8")
+        return _prompts(text, name)
+    path = Path(name)
+    if not path.is_file():
+        raise SweepError(f"--tasks {name!r}: not a shipped task ({', '.join(TASKS)}) nor a file of prompts")
+    return _prompts(path.read_text(encoding="utf-8", errors="replace"), name)
+
+
+def _prompts(text: str, name: str) -> list[str]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and all(line.lstrip().startswith("{") for line in lines):
+        try:
+            prompts = [str(json.loads(line)["prompt"]) for line in lines]
+        except (ValueError, KeyError, TypeError):
+            raise SweepError(f'--tasks {name}: a JSON line without a "prompt" string') from None
+    else:
+        prompts = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if not prompts:
+        raise SweepError(f"--tasks {name}: no prompts in it")
+    return prompts
+
+
+def spread_of(values: list[float]) -> float | None:
+    """(max - min) / mean of the values; None for fewer than two or a zero mean."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (max(values) - min(values)) / mean if mean else None
+
+
+def _wait(seconds: float, stop: Callable[[], bool]) -> None:
+    end = time.monotonic() + seconds
+    while not stop() and time.monotonic() < end:
+        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
+def run_sweep(
+    rec: Any, sweep: SweepConfig, stop: Callable[[], bool], say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Run the idle baseline and every cell into the open Recording ``rec``; returns what each cell did (also in
+    the session's meta, ``sweep``), as far as it got when ``stop()`` turned true."""
+    cells = sweep.cells()
+    counter = token_counter(sweep.base)  # where the server sends no usage: its tokenizer, or its /tokenize
+    plan = {"inputs": sweep.inputs if not sweep.tasks else None, "outputs": sweep.outputs,
+            "concurrency": sweep.concurrency, "tasks": list(sweep.tasks) or None, "requests": sweep.requests,
+            "spread": sweep.spread, "max_rounds": sweep.max_rounds, "budget_s": sweep.budget_s,
+            "idle_s": sweep.idle_s}  # fmt: skip
+    done: list[dict[str, Any]] = []
+    rec.set_meta(sweep={"plan": plan, "cells": done})
+    say(f"effmon sweep: {len(cells)} cells; first {sweep.idle_s:g} s idle (the static power every cell pays)")
+    t0 = time.time()
+    _wait(sweep.idle_s, stop)
+    rec.add([Row("phase", {"t_start": t0, "t_end": time.time(), "name": "idle"})])
+    rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": time.time()}})
+    for n, cell in enumerate(cells, 1):
+        if stop():
+            break
+        result = _run_cell(rec, sweep, cell, stop, counter)
+        done.append(result)
+        rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": t0 + sweep.idle_s}})
+        s = result["load"]
+        tps = s.get("output_token_throughput")
+        say(f"effmon sweep: [{n}/{len(cells)}] {cell.name}: {result['rounds']} round(s), "
+            f"{s['succeeded']} requests, {'N/A' if tps is None else f'{tps:.1f}'} tokens/s, "
+            f"{'stable' if result['stable'] else 'not stable: ' + result['why']}")  # fmt: skip
+    return done
+
+
+def _rounds(sweep: SweepConfig, cell: Cell) -> Iterator[LoadConfig]:
+    cfg = dataclasses.replace(
+        sweep.base,
+        prompt_tokens=cell.input_tokens or sweep.base.prompt_tokens,
+        output_tokens=cell.output_tokens,
+        concurrency=cell.concurrency,
+        requests=sweep.requests,
+        duration=None,
+        rate=None,
+        prompts=sweep.tasks.get(cell.task) if cell.task else None,
+    )
+    for r in range(sweep.max_rounds):
+        yield dataclasses.replace(cfg, seed=sweep.base.seed + r)
+
+
+def _run_cell(rec: Any, sweep: SweepConfig, cell: Cell, stop: Callable[[], bool], counter: Any) -> dict[str, Any]:
+    t_start = time.time()
+    results: list[RequestResult] = []
+    rates: list[float] = []
+    why = f"{sweep.max_rounds} rounds ran"
+
+    def keep(r: RequestResult) -> None:
+        row = request_row(r)
+        row.values["phase"] = cell.name
+        rec.add([row])
+
+    for cfg in _rounds(sweep, cell):
+        mine: list[RequestResult] = []
+        _, wall = asyncio.run(run_load(cfg, keep, stop, results=mine, counter=counter))
+        results += mine
+        if mine and not any(r.ok for r in mine) and not stop():
+            first = next((f"{r.error}: {r.detail}" if r.detail else str(r.error) for r in mine), "")
+            raise SweepError(f"cell {cell.name}: every request of a round failed ({first}); the sweep stops here")
+        tokens = sum(r.output_tokens or 0 for r in mine if r.ok)
+        rates.append(tokens / wall if wall else 0.0)
+        spread = spread_of(rates[-3:])
+        if stop():
+            why = "stopped"
+            break
+        if len(rates) >= sweep.min_rounds and spread is not None and spread <= sweep.spread:
+            why = ""
+            break
+        if time.time() - t_start >= sweep.budget_s:
+            why = f"the cell's {sweep.budget_s:g} s budget ran out"
+            break
+    t_end = time.time()
+    rec.add([Row("phase", {"t_start": t_start, "t_end": t_end, "name": cell.name})])
+    final = spread_of(rates[-3:])
+    if why and final is not None:
+        why += f" (spread {final:.1%} > {sweep.spread:.0%})" if final > sweep.spread else ""
+    return {
+        "name": cell.name,
+        "task": cell.task,
+        "input_tokens": cell.input_tokens,
+        "output_tokens": cell.output_tokens,
+        "concurrency": cell.concurrency,
+        "t_start": t_start,
+        "t_end": t_end,
+        "rounds": len(rates),
+        "round_tokens_per_s": rates,
+        "spread": final,
+        "stable": not why,
+        "why": why,
+        "load": summarize(results, t_end - t_start, cfg),
+    }

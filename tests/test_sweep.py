@@ -1,0 +1,189 @@
+"""effmon sweep (issue 18): a grid of loads recorded as one session, each cell's figures checked against the raw
+rows of the session's SQLite file (energy from the energy counter's reads, tokens from the server's usage), against
+a server with injected timing, and against effmon serve tiny-cpu. The GPU is the stand-in driver replaying the
+real H100 trace (tests/effmon_on_trace.py), so the energy is real H100 readings, not the load's."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import REPO, run_effmon
+
+ON_TRACE = [sys.executable, "-m", "tests.effmon_on_trace"]
+
+
+def sweep(home, *args, timeout=300):
+    env = {**os.environ, "EFFMON_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    res = subprocess.run([*ON_TRACE, "sweep", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=timeout)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def raw(session):
+    """The session's rows as its SQLite file holds them (one table per entity, s_NAME)."""
+    db = sqlite3.connect(session)
+    db.row_factory = sqlite3.Row
+
+    def rows(sql):
+        return [dict(r) for r in db.execute(sql)]
+
+    out = {
+        "energy": rows("SELECT t, energy_counter_j FROM s_gpu_energy WHERE energy_counter_j IS NOT NULL ORDER BY t"),
+        "power": rows("SELECT t, power_w FROM s_gpu WHERE power_w IS NOT NULL ORDER BY t"),
+        "requests": rows("SELECT * FROM s_request"),
+        "phases": rows("SELECT * FROM s_phase"),
+    }
+    db.close()
+    return out
+
+
+def counter_delta(energy, a, b):
+    t = np.array([r["t"] for r in energy])
+    x = np.array([r["energy_counter_j"] for r in energy])
+    return float(np.interp(b, t, x) - np.interp(a, t, x))
+
+
+def mean_power(power, a, b):
+    t = np.array([r["t"] for r in power])
+    p = np.array([r["power_w"] for r in power])
+    grid = np.linspace(a, b, 2001)
+    return float(np.trapezoid(np.interp(grid, t, p), grid) / (b - a))
+
+
+@pytest.mark.parametrize("server", [{"ttft": 0.05, "itl": 0.004}], indirect=True)
+def test_cells_against_the_raw_rows_and_the_servers_timing(server, tmp_path):
+    """Against a server with injected timing (TTFT 50 ms, a token every 4 ms, usage sent): a 2 x 2 x 2 grid.
+    Each cell's J/token is the energy counter's increase over the cell's phase (interpolated between its raw
+    reads) over the output tokens of the cell's request rows; J/request, static/dynamic energy and tokens/s
+    follow by arithmetic; the idle power is the raw power readings' mean over the idle phase; TTFT and E2E are
+    the server's injected timing."""
+    home, out = tmp_path / "h", tmp_path / "cells.json"
+    sweep(home, server, "--model", "m", "--input", "8,32", "--output", "8,24", "--concurrency", "1,2",
+          "--requests", "4", "--max-rounds", "2", "--idle", "2", "-o", str(out))  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert [c["name"] for c in doc["cells"]] == [
+        f"in{i}-out{o}-c{c}" for i in (8, 32) for o in (8, 24) for c in (1, 2)
+    ]  # fmt: skip
+    session = next((home / "sessions").glob("*.effmon"))
+    rows = raw(session)
+    phases = {p["name"]: p for p in rows["phases"]}
+    idle = phases["idle"]
+    idle_w = mean_power(rows["power"], idle["t_start"], idle["t_end"])
+    assert doc["idle_power_w"] == pytest.approx(idle_w, rel=0.02)
+    for cell in doc["cells"]:
+        p = phases[cell["name"]]
+        mine = [r for r in rows["requests"] if r["phase"] == cell["name"]]
+        assert len(mine) == cell["requests"] and all(r["error"] is None and r["tokens_from"] == "usage" for r in mine)
+        tokens = sum(r["generated_tokens"] for r in mine)
+        assert tokens == cell["output_tokens"] * len(mine)  # the server generated max_tokens each time
+        energy = counter_delta(rows["energy"], p["t_start"], p["t_end"])
+        assert cell["energy_source"] == "nvml_energy_counter"
+        assert cell["energy_j"] == pytest.approx(energy, rel=1e-6)
+        assert cell["J_per_output_token"] == pytest.approx(energy / tokens, rel=1e-6)
+        assert cell["J_per_request"] == pytest.approx(energy / len(mine), rel=1e-6)
+        duration = p["t_end"] - p["t_start"]
+        assert cell["duration_s"] == pytest.approx(duration)
+        assert cell["static_j"] == pytest.approx(doc["idle_power_w"] * duration)
+        assert cell["dynamic_j"] == pytest.approx(energy - doc["idle_power_w"] * duration, rel=1e-6, abs=1e-6)
+        assert cell["tokens_per_s"] == pytest.approx(tokens / duration)
+        assert cell["ttft_p50_s"] == pytest.approx(0.05, abs=0.03)
+        e2e = 0.05 + (cell["output_tokens"] - 1) * 0.004
+        assert cell["e2e_p50_s"] == pytest.approx(e2e, abs=0.03 + 0.002 * cell["output_tokens"])
+        assert 1 <= cell["rounds"] <= 2 and cell["sm_clock_mhz"] > 0
+    # the report has the sweep's section, its table and its charts
+    html = tmp_path / "r.html"
+    res = run_effmon("report", "last", "--format", "html", "-o", str(html), env_home=home)
+    assert res.returncode == 0, res.stderr
+    text = html.read_text()
+    section = text[text.index("<h2 id='sweep'>") :]
+    assert "in32-out24-c2" in section and "J per output token over input x output length" in section
+    assert "Pareto front" in section and section.count("<img") == 2
+
+
+def test_a_preset_sweep_serves_and_stops_the_tiny_model(tmp_path):
+    """effmon sweep tiny-cpu: the preset's server starts, every cell runs against it, the server stops with the
+    sweep; the cells' tokens are the server's usage and every request succeeded."""
+    home, out = tmp_path / "h", tmp_path / "cells.csv"
+    res = sweep(home, "tiny-cpu", "--input", "16", "--output", "8,16", "--requests", "3", "--max-rounds", "1",
+                "--idle", "1", "-o", str(out))  # fmt: skip
+    assert "effmon sweep: [2/2] in16-out16-c1" in res.stderr and "session" in res.stderr
+    lines = out.read_text().splitlines()
+    head = lines[0].split(",")
+    cells = [dict(zip(head, line.split(","), strict=True)) for line in lines[1:]]
+    assert [c["name"] for c in cells] == ["in16-out8-c1", "in16-out16-c1"]
+    rows = raw(next((home / "sessions").glob("*.effmon")))
+    for c in cells:
+        mine = [r for r in rows["requests"] if r["phase"] == c["name"]]
+        assert len(mine) == 3 == int(c["requests"]) and all(r["error"] is None for r in mine)
+        assert int(c["output_tokens_served"]) == sum(r["generated_tokens"] for r in mine)
+        assert float(c["J_per_output_token"]) == pytest.approx(float(c["energy_j"]) / int(c["output_tokens_served"]))
+    from effmon.core.store import SessionReader
+
+    with SessionReader(next((home / "sessions").glob("*.effmon"))) as r:
+        launched = r.meta()["launched"]["pid"]
+    assert not psutil.pid_exists(launched) or psutil.Process(launched).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("server", [{"ttft": 0.02, "itl": 0.002}], indirect=True)
+def test_tasks_take_the_place_of_the_input_length_and_no_gpu_is_said(server, tmp_path):
+    """Shipped task prompt sets as the grid's first axis; on this machine's own (absent) GPU the energy figures
+    are N/A, never zero, and the sweep still runs."""
+    out = tmp_path / "cells.json"
+    res = run_effmon("sweep", server, "--model", "m", "--tasks", "qa,summarisation", "--output", "8", "--requests",
+                     "2", "--max-rounds", "1", "--idle", "1", "-o", str(out), env_home=tmp_path / "h")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert [(c["name"], c["task"]) for c in doc["cells"]] == [
+        ("qa-out8-c1", "qa"),
+        ("summarisation-out8-c1", "summarisation"),
+    ]
+    for c in doc["cells"]:
+        assert c["requests"] == 2 and c["output_tokens_served"] == 16
+        assert c["energy_j"] is None and c["J_per_output_token"] is None
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["tiny-cpu", "--input", "0"], "positive whole numbers"),
+        (["tiny-cpu", "--output", "a,b"], "whole numbers"),
+        (["tiny-cpu", "--tasks", "nosuch"], "not a shipped task"),
+        (["tiny-cpu", "-o", "cells.txt"], "give a .csv or .json"),
+        (["http://127.0.0.1:1", "--model", "m", "--idle", "1"], "cannot"),
+        (["no-such-preset"], "no-such-preset"),
+    ],
+)
+def test_bad_input_is_said_with_the_fix(tmp_path, args, words):
+    res = run_effmon("sweep", *args, env_home=tmp_path / "h")
+    assert res.returncode != 0 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_pareto_spread_and_the_shipped_tasks():
+    from effmon.report.sweep import pareto
+    from effmon.serving.sweep import TASKS, load_task, spread_of
+
+    points = [(0.1, 5.0, "a"), (0.2, 3.0, "b"), (0.15, 6.0, "c"), (0.3, 3.5, "d"), (0.4, 1.0, "e")]
+    assert [p[2] for p in pareto(points)] == ["a", "b", "e"]
+    assert spread_of([100.0, 110.0, 90.0]) == pytest.approx(0.2)
+    assert spread_of([5.0]) is None
+    for task in TASKS:
+        prompts = load_task(task)
+        assert len(prompts) >= 6 and all(len(p.split()) >= 8 for p in prompts)
+
+
+@pytest.mark.parametrize("server", [{"fail-every": 1}], indirect=True)
+def test_a_server_that_fails_every_request_stops_the_sweep_and_says_why(server, tmp_path):
+    res = run_effmon("sweep", server, "--model", "m", "--output", "8,16", "--requests", "2", "--idle", "1",
+                     env_home=tmp_path / "h")  # fmt: skip
+    assert res.returncode == 1 and "every request of a round failed (http_500" in res.stderr, res.stderr
+    assert "the sweep stops here" in res.stderr and "Traceback" not in res.stderr
+    listed = run_effmon("sessions", "--json", env_home=tmp_path / "h")
+    (session,) = json.loads(listed.stdout)
+    assert session["status"] == "failed"
