@@ -9,8 +9,9 @@ generated one token step at a time with a KV cache, several in flight interleave
     effmon sweep URL --input 128,512,2048 --output 64,256 --concurrency 1,4,16 --idle 20 -o gpu_sweep.csv
 
 and prints the cells. With --url it sweeps your server instead (vLLM, transformers serve ...). effmon reads the
-clocks and power limit the GPU has and never sets them (there is no clock option here). The figures go into
-docs/benchmarks.md with the GPU's name and driver.
+clocks and power limit the GPU has and never sets them unless --sm-clocks is given (passed to effmon sweep: root,
+restored on every exit; never on a GPU others are using). The figures go into docs/benchmarks.md with the GPU's
+name and driver.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--url", help="sweep this server instead of the built-in one")
     ap.add_argument("--model", help="with --url: the model name (default: the one it lists)")
     ap.add_argument("--quick", action="store_true", help="a 2 x 2 x 2 grid, 8 requests a round (about 5 min)")
+    ap.add_argument("--sm-clocks", metavar="MHZ,MHZ", help="lock the SM clock per cell (root; only when given)")
     ap.add_argument("-o", default="gpu_sweep.csv")
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: check this script on a CPU machine
     args = ap.parse_args()
@@ -134,6 +136,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "effmon", "sweep", url, *grid, "-o", args.o]
     if args.model:
         cmd += ["--model", args.model]
+    if args.sm_clocks:
+        cmd += ["--sm-clocks", args.sm_clocks]
     print(f"{gpu}, driver {driver}: {' '.join(cmd)}", file=sys.stderr)
     started = time.time()
     env = {**os.environ, "COLUMNS": "160"}

@@ -6,12 +6,15 @@ the bundled trace, at wall-clock time): a subprocess test records real GPU readi
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from tests import trace_nvml
 
-sys.modules["pynvml"] = trace_nvml.make(time.time, gpus=1)
+# EFFMON_TEST_NVML_UNPRIVILEGED=1: the driver refuses clock and power-limit changes, as for a user who is not root
+unprivileged = os.environ.get("EFFMON_TEST_NVML_UNPRIVILEGED") == "1"
+sys.modules["pynvml"] = trace_nvml.make(time.time, gpus=1, privileged=not unprivileged)
 
 from effmon.cli import main  # noqa: E402 - after the driver is in place
 

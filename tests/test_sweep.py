@@ -187,3 +187,119 @@ def test_a_server_that_fails_every_request_stops_the_sweep_and_says_why(server, 
     listed = run_effmon("sessions", "--json", env_home=tmp_path / "h")
     (session,) = json.loads(listed.stdout)
     assert session["status"] == "failed"
+
+
+# -- GPU settings: only on request, checked first, put back on every exit path (stand-in driver only) ----------
+@pytest.fixture
+def nv(monkeypatch, tmp_path):
+    """The stand-in NVML driver as this process's pynvml, and a fresh effmon home for the recovery record."""
+    import time
+
+    from tests import trace_nvml
+
+    driver = trace_nvml.make(time.time, gpus=2)
+    monkeypatch.setitem(sys.modules, "pynvml", driver)
+    monkeypatch.setenv("EFFMON_HOME", str(tmp_path / "h"))
+    (tmp_path / "h").mkdir(mode=0o700)
+    return driver
+
+
+def test_settings_are_recorded_before_they_change_and_put_back(nv):
+    from effmon.core.gpuctl import GpuSettings, record_path
+
+    with GpuSettings() as gpu:
+        gpu.check([1410], [500])
+        assert nv.settings == {"locked": {}, "limit_mw": {0: 700000, 1: 700000}}  # the check changed nothing
+        gpu.lock_sm(1410)
+        gpu.power_limit(500)
+        record = json.loads(record_path().read_text())
+        assert record["gpus"]["0"] == {"uuid": "GPU-00000000", "sm_locked": True, "power_limit_mw": 700000}
+        assert oct(record_path().stat().st_mode & 0o777) == "0o600"
+        assert nv.settings == {"locked": {0: 1410, 1: 1410}, "limit_mw": {0: 500000, 1: 500000}}
+        assert nv.nvmlDeviceGetClockInfo(0, nv.NVML_CLOCK_SM) == 1410
+    assert nv.settings == {"locked": {}, "limit_mw": {0: 700000, 1: 700000}}
+    assert not record_path().exists()
+
+
+def test_a_killed_sweep_leaves_a_record_that_clocks_reset_puts_back(nv, capsys):
+    """SIGKILL cannot be caught: the record stays; a new sweep refuses to start; effmon clocks shows it and
+    effmon clocks --reset puts the GPUs back."""
+    from effmon.cli import main
+    from effmon.core.gpuctl import ClockError, GpuSettings, record_path
+
+    gpu = GpuSettings(nv=nv)
+    gpu.__enter__()
+    gpu.lock_sm(990)
+    gpu.power_limit(350)  # ... and effmon is killed here: nothing restores
+    with pytest.raises(ClockError, match="effmon clocks --reset"):
+        GpuSettings(nv=nv).__enter__()
+    assert main(["clocks"]) == 1
+    assert "power_limit_mw" in capsys.readouterr().out
+    assert main(["clocks", "--reset"]) == 0
+    said = capsys.readouterr().out
+    assert "GPU 0: SM clock unlocked" in said and "GPU 1: power limit back to 700 W" in said
+    assert nv.settings == {"locked": {}, "limit_mw": {0: 700000, 1: 700000}} and not record_path().exists()
+    assert main(["clocks"]) == 0 and "no GPU setting" in capsys.readouterr().out
+
+
+def test_without_privileges_or_in_range_nothing_changes(tmp_path):
+    env = {**os.environ, "EFFMON_HOME": str(tmp_path / "h"), "EFFMON_TEST_NVML_UNPRIVILEGED": "1"}
+    for args, env_, words in (
+        (["--sm-clocks", "1410"], env, "needs root"),
+        (["--sm-clocks", "2500"], {**env, "EFFMON_TEST_NVML_UNPRIVILEGED": "0"}, "up to 1980 MHz"),
+        (["--power-limits", "900"], {**env, "EFFMON_TEST_NVML_UNPRIVILEGED": "0"}, "takes 200 to 700 W"),
+    ):
+        res = subprocess.run([*ON_TRACE, "sweep", "http://127.0.0.1:1", "--model", "m", *args], cwd=REPO, env=env_,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert not (tmp_path / "h" / "sessions").exists() or not list((tmp_path / "h" / "sessions").glob("*"))
+
+
+@pytest.mark.parametrize("server", [{"ttft": 0.02, "itl": 0.002}], indirect=True)
+def test_locked_clocks_per_cell_and_put_back_when_the_sweep_is_stopped(server, tmp_path):
+    """--sm-clocks 1410,990: each cell's SM clock, as the session read it, is the one locked for it; SIGTERM in
+    the middle of the sweep puts the GPU back (the session says what was restored; no record is left)."""
+    import signal
+    import time
+
+    home = tmp_path / "h"
+    env = {**os.environ, "EFFMON_HOME": str(home)}
+    out = tmp_path / "cells.json"
+    sweep(home, server, "--model", "m", "--output", "8", "--requests", "12", "--max-rounds", "1", "--idle", "1",
+          "--sm-clocks", "1410,990", "-o", str(out))  # fmt: skip
+    cells = json.loads(out.read_text())["cells"]
+    assert [(c["name"], c["sm_clock_locked"]) for c in cells] == [("in128-out8-c1-sm1410", 1410),
+                                                                  ("in128-out8-c1-sm990", 990)]  # fmt: skip
+    session = next((home / "sessions").glob("*.effmon"))
+    db = sqlite3.connect(session)
+    for c in cells:  # every SM clock reading inside the cell is the locked clock
+        inside = [v for (v,) in db.execute("SELECT sm_clock_mhz FROM s_gpu WHERE t > ? AND t < ?",
+                                           (c["t_start"], c["t_end"]))]  # fmt: skip
+        assert inside and set(inside) == {c["sm_clock_locked"]}, (c["name"], inside)
+        # the cell's figure is a time average, its edges drawn toward the readings beside it
+        assert c["sm_clock_mhz"] == pytest.approx(c["sm_clock_locked"], rel=0.1)
+    db.close()
+    from effmon.core.store import SessionReader
+
+    with SessionReader(next((home / "sessions").glob("*.effmon"))) as r:
+        assert r.meta()["gpu_settings"]["restored"] == ["GPU 0: SM clock unlocked"]
+    assert not (home / "gpu-settings.json").exists()
+    # stopped in the middle
+    proc = subprocess.Popen([*ON_TRACE, "sweep", server, "--model", "m", "--output", "8,16,32,64", "--requests", "50",
+                             "--idle", "1", "--sm-clocks", "1410", "--name", "stopped"], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "GPU setting now" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode != 0, "".join(lines) + rest
+    with SessionReader(home / "sessions" / "stopped.effmon") as r:
+        meta = r.meta()
+    assert meta["gpu_settings"]["restored"] == ["GPU 0: SM clock unlocked"] and meta["status"] == "interrupted"
+    assert not (home / "gpu-settings.json").exists()

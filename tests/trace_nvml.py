@@ -25,9 +25,12 @@ def make(
     gpus: int = 2,
     hang_after: float | None = None,
     lose: tuple[int, float] | None = None,
+    privileged: bool = True,
 ) -> types.ModuleType:
     """``hang_after``: seconds after which every device call blocks (a hung driver; ``nv.release`` lets them
-    return). ``lose``: (GPU index, seconds) after which that GPU's calls fail with NVML_ERROR_GPU_IS_LOST."""
+    return). ``lose``: (GPU index, seconds) after which that GPU's calls fail with NVML_ERROR_GPU_IS_LOST.
+    ``privileged``: whether setting clocks and power limits is allowed (else NVML_ERROR_NO_PERMISSION, as for a
+    user who is not root); ``nv.settings`` holds what is set: a locked SM clock reads back as the SM clock."""
     rows = [x for x in trace_lines() if x["kind"] == "gpu"]
     times = [r["t"] for r in rows]
     t0 = times[0]
@@ -44,6 +47,9 @@ def make(
         "NVML_ERROR_NOT_SUPPORTED",
         "NVML_ERROR_NOT_FOUND",
         "NVML_ERROR_GPU_IS_LOST",
+        "NVML_ERROR_NO_PERMISSION",
+        "NVML_ERROR_INVALID_ARGUMENT",
+        "NVML_CLOCK_SM",
     ):
         setattr(nv, name, getattr(real, name))
     nv.calls = calls  # type: ignore[attr-defined]
@@ -119,7 +125,46 @@ def make(
     def nvmlDeviceGetClockInfo(h: int, c: int) -> int:
         if c == real.NVML_CLOCK_MEM:
             raise not_supported()
-        return rec()["sm_clock_mhz"]
+        locked = settings["locked"].get(h)
+        return locked if locked is not None else rec()["sm_clock_mhz"]
+
+    settings: dict[str, dict[int, Any]] = {"locked": {}, "limit_mw": {}}
+    nv.settings = settings  # type: ignore[attr-defined]
+
+    def allowed() -> None:
+        if not privileged:
+            raise real.NVMLError(real.NVML_ERROR_NO_PERMISSION)
+
+    @counted
+    def nvmlDeviceSetGpuLockedClocks(h: int, lo: int, hi: int) -> None:
+        allowed()
+        if not 0 < lo <= hi <= 1980:
+            raise real.NVMLError(real.NVML_ERROR_INVALID_ARGUMENT)
+        settings["locked"][h] = hi
+
+    @counted
+    def nvmlDeviceResetGpuLockedClocks(h: int) -> None:
+        allowed()
+        settings["locked"].pop(h, None)
+
+    @counted
+    def nvmlDeviceGetPowerManagementLimit(h: int) -> int:
+        return int(settings["limit_mw"].get(h, 700000))
+
+    @counted
+    def nvmlDeviceGetPowerManagementDefaultLimit(h: int) -> int:
+        return 700000
+
+    @counted
+    def nvmlDeviceGetPowerManagementLimitConstraints(h: int) -> list[int]:
+        return [200000, 700000]
+
+    @counted
+    def nvmlDeviceSetPowerManagementLimit(h: int, mw: int) -> None:
+        allowed()
+        if not 200000 <= mw <= 700000:
+            raise real.NVMLError(real.NVML_ERROR_INVALID_ARGUMENT)
+        settings["limit_mw"][h] = mw
 
     @counted
     def nvmlDeviceGetTemperature(h: int, s: int) -> int:
@@ -131,7 +176,7 @@ def make(
 
     @counted
     def nvmlDeviceGetEnforcedPowerLimit(h: int) -> int:
-        return 700000
+        return int(settings["limit_mw"].get(h, 700000))
 
     @counted
     def nvmlDeviceGetTotalEnergyConsumption(h: int) -> int:

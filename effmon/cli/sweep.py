@@ -30,11 +30,12 @@ def register(sub: Any) -> dict[str, Handler]:
         "output length x concurrency, or a task's prompts in place of the input length) as a phase, repeated in "
         "rounds until its tokens/s is stable. Per cell: J per output token and per request (energy counter "
         "where the GPU has one, else integrated power), static and dynamic energy, power, SM clock, throttle "
-        "share, TTFT/TPOT/E2E, tokens/s, AEC and IT. effmon never changes a GPU setting: energy is shown against "
-        "the clock the GPU chose. See docs/energy.md.",
+        "share, TTFT/TPOT/E2E, tokens/s, AEC and IT. effmon never changes a GPU setting unless --sm-clocks or "
+        "--power-limits asks it to: energy is shown against the clock the GPU chose. See docs/energy.md.",
         epilog="examples:\n"
         "  effmon sweep tiny-cpu --input 32,128 --output 16,64 --concurrency 1,4\n"
         "  effmon sweep http://127.0.0.1:8000 --tasks generation,qa,summarisation --output 128 -o sweep.csv\n"
+        "  sudo effmon sweep http://127.0.0.1:8000 --output 256 --sm-clocks 1980,1410,990   # a DVFS study\n"
         "  effmon report last --format html -o sweep.html      # heatmaps, the Pareto front, per-task bars",
         formatter_class=formatter(),
     )
@@ -61,6 +62,18 @@ def register(sub: Any) -> dict[str, Handler]:
     cell.add_argument("--max-rounds", type=int, default=6, metavar="N", help="rounds at most (default: 6)")
     cell.add_argument("--budget", type=positive, default=120.0, metavar="S", help="seconds per cell at most (120)")
     cell.add_argument("--idle", type=positive, default=10.0, metavar="S", help="idle baseline first (default: 10 s)")
+    gpu = sw.add_argument_group(
+        "GPU settings (only when asked: without these effmon never changes a GPU setting)",
+        "Each option adds an axis: every cell runs at each value. Needs root; checked before anything\n"
+        "changes; put back when the sweep ends, on Ctrl-C, SIGTERM or an error. A killed effmon leaves a\n"
+        "record: effmon clocks --reset puts the GPUs back. Never on a GPU others are using.",
+    )
+    gpu.add_argument(
+        "--sm-clocks", type=_ints, default=[], metavar="MHZ,MHZ", help="lock the SM clock, e.g. 1980,1410,990"
+    )
+    gpu.add_argument(
+        "--power-limits", type=_ints, default=[], metavar="W,W", help="set the power limit, e.g. 700,500,350"
+    )
     sw.add_argument("--model", help="model name sent with each request (a URL: default, the one the server lists)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a preset: override a field")
     sw.add_argument("--timeout", type=positive, default=120.0, help="per-request timeout in s (default: 120)")
@@ -68,7 +81,36 @@ def register(sub: Any) -> dict[str, Handler]:
     sw.add_argument("--force", action="store_true", help="with -o: also write through a link or into a device")
     sw.add_argument("--name", help="session name")
     sw.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    return {"sweep": cmd_sweep}
+    ck = sub.add_parser(
+        "clocks",
+        help="GPU settings effmon changed and did not put back (effmon sweep --sm-clocks); --reset puts them back",
+        description="effmon changes a GPU's clocks or power limit only for effmon sweep --sm-clocks / "
+        "--power-limits, and puts them back on every exit it can see. Killed (SIGKILL, a power cut), it leaves a "
+        "record of what each GPU had: this shows it, and --reset puts the GPUs back from it.",
+    )
+    ck.add_argument("--reset", action="store_true", help="put back what the record says, then remove it")
+    return {"sweep": cmd_sweep, "clocks": cmd_clocks}
+
+
+def cmd_clocks(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.core.gpuctl import ClockError, read_record, record_path, reset_from_record
+
+    try:
+        record = read_record()
+        if not record:
+            print(f"effmon: no GPU setting changed by effmon is outstanding ({record_path()} does not exist)")
+            return 0
+        if not args.reset:
+            print(f"effmon: {record_path()} (effmon pid {record.get('pid')}) holds what each GPU had:")
+            for gpu, entry in sorted((record.get("gpus") or {}).items()):
+                print(f"  GPU {gpu}: {json.dumps(entry)}")
+            print("effmon: put them back with: effmon clocks --reset")
+            return 1
+        for line in reset_from_record():
+            print(f"effmon: {line}")
+        return 0
+    except ClockError as exc:
+        return err(str(exc), exc.code)
 
 
 def cmd_sweep(args: argparse.Namespace, command: list[str]) -> int:
@@ -91,8 +133,16 @@ def cmd_sweep(args: argparse.Namespace, command: list[str]) -> int:
     sweep = SweepConfig(
         base=base, inputs=args.input, outputs=args.output, concurrency=args.concurrency, tasks=tasks,
         requests=args.requests, spread=args.spread, max_rounds=args.max_rounds, budget_s=args.budget,
-        idle_s=args.idle,
+        idle_s=args.idle, sm_clocks=args.sm_clocks, power_limits=[float(w) for w in args.power_limits],
     )  # fmt: skip
+    if sweep.changes_gpu:  # before a server starts: the privilege, the values, no setting left from a killed run
+        from effmon.core.gpuctl import ClockError, GpuSettings
+
+        try:
+            with GpuSettings() as gpu:
+                gpu.check(sweep.sm_clocks, sweep.power_limits)
+        except ClockError as exc:
+            return err(str(exc), exc.code)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if args.target.startswith(("http://", "https://")):
         code, path = _against_url(args, sweep, say)
@@ -114,7 +164,7 @@ def _drive(sweep: Any, say: Any) -> Any:
             cells = run_sweep(rec, sweep, stop, say)
         except SweepError as exc:  # the cells before it are kept, in the session and its figures
             print(f"effmon: error: {exc}", file=sys.stderr)
-            return "failed", str(exc), 1
+            return "failed", str(exc), exc.code
         if stop():
             return "interrupted", f"stopped after {len(cells)} of {len(sweep.cells())} cells", 130
         return "complete", f"the sweep ran its {len(cells)} cells", 0

@@ -21,7 +21,8 @@ from effmon.core.store import SessionReader
 from effmon.metrics import MetricsError, evaluate, resolve_window
 
 COLUMNS = (
-    "name", "task", "input_tokens", "output_tokens", "concurrency", "duration_s", "requests", "output_tokens_served",
+    "name", "task", "input_tokens", "output_tokens", "concurrency", "sm_clock_locked", "power_limit_w", "duration_s",
+    "requests", "output_tokens_served",
     "energy_j", "energy_source", "static_j", "dynamic_j", "J_per_output_token", "dynamic_J_per_output_token",
     "J_per_request", "power_avg_w", "AEC_w", "IT_tokens_per_s", "tokens_per_s", "sm_clock_mhz", "throttle_share",
     "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "prefill_share", "rounds",
@@ -59,7 +60,20 @@ def cell_figures(reader: SessionReader, cell: dict[str, Any], idle_w: float | No
     throttle = s.value("throttle_s")
     ttft, e2e = load.get("ttft_s") or {}, load.get("e2e_s") or {}
     return {
-        **{k: cell.get(k) for k in ("name", "task", "input_tokens", "output_tokens", "concurrency")},
+        **{
+            k: cell.get(k)
+            for k in (
+                "name",
+                "task",
+                "input_tokens",
+                "output_tokens",
+                "concurrency",
+                "sm_clock_locked",
+                "power_limit_w",
+            )
+        },  # fmt: skip
+        "t_start": w.start,
+        "t_end": w.end,
         "duration_s": w.duration,
         "requests": served,
         "output_tokens_served": tokens,

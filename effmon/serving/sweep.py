@@ -7,7 +7,8 @@ tokens/s agree within ``spread`` over the last three rounds, or ``max_rounds``, 
 request row carries its cell; the cell's energy, power, clocks and latencies are then read from the session like
 any report window (``effmon.report.sweep``), never from the client's clock alone.
 
-Nothing here touches a GPU setting: clocks and power limits are the GPU's own; the session records them.
+No GPU setting is touched unless ``sm_clocks`` / ``power_limits`` ask for it (``effmon.core.gpuctl``: checked
+first, recorded, put back on every exit path); otherwise clocks and power limits are the GPU's own, as recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,7 +32,9 @@ TASKS = ("generation", "qa", "summarisation")
 
 
 class SweepError(Exception):
-    code = 2
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,18 @@ class Cell:
     output_tokens: int
     concurrency: int
     task: str | None = None
+    sm_clock: int | None = None
+    """The SM clock locked for this cell (--sm-clocks); None: the GPU's own choice."""
+    power_limit: float | None = None
+    """The power limit set for this cell (--power-limits); None: as the GPU has it."""
 
     @property
     def name(self) -> str:
         head = self.task if self.task else f"in{self.input_tokens}"
-        return f"{head}-out{self.output_tokens}-c{self.concurrency}"
+        tail = (f"-sm{self.sm_clock}" if self.sm_clock else "") + (
+            f"-pl{self.power_limit:g}" if self.power_limit else ""
+        )
+        return f"{head}-out{self.output_tokens}-c{self.concurrency}{tail}"
 
 
 @dataclass
@@ -64,14 +75,26 @@ class SweepConfig:
     budget_s: float = 120.0
     """A cell ends after this long even if not stable (it says so)."""
     idle_s: float = 10.0
+    sm_clocks: list[int] = field(default_factory=list)
+    """Lock the SM clock at each of these for every cell (only when given: effmon changes nothing otherwise)."""
+    power_limits: list[float] = field(default_factory=list)
 
     def cells(self) -> list[Cell]:
+        """Every cell, grouped by GPU setting (each setting changed once)."""
         heads: list[tuple[int | None, str | None]] = (
             [(None, t) for t in self.tasks] if self.tasks else [(n, None) for n in self.inputs]
         )
+        sms: list[int | None] = [*self.sm_clocks] or [None]
+        pls: list[float | None] = [*self.power_limits] or [None]
+        settings = [(sm, pl) for sm in sms for pl in pls]
         return [
-            Cell(i, o, c, t) for (i, t) in heads for o in self.outputs for c in self.concurrency
+            Cell(i, o, c, t, sm, pl)
+            for (sm, pl) in settings for (i, t) in heads for o in self.outputs for c in self.concurrency
         ]  # fmt: skip
+
+    @property
+    def changes_gpu(self) -> bool:
+        return bool(self.sm_clocks or self.power_limits)
 
 
 def load_task(name: str) -> list[str]:
@@ -124,17 +147,37 @@ def run_sweep(
     plan = {"inputs": sweep.inputs if not sweep.tasks else None, "outputs": sweep.outputs,
             "concurrency": sweep.concurrency, "tasks": list(sweep.tasks) or None, "requests": sweep.requests,
             "spread": sweep.spread, "max_rounds": sweep.max_rounds, "budget_s": sweep.budget_s,
-            "idle_s": sweep.idle_s}  # fmt: skip
+            "idle_s": sweep.idle_s, "sm_clocks": sweep.sm_clocks or None,
+            "power_limits_w": sweep.power_limits or None}  # fmt: skip
     done: list[dict[str, Any]] = []
     rec.set_meta(sweep={"plan": plan, "cells": done})
-    say(f"effmon sweep: {len(cells)} cells; first {sweep.idle_s:g} s idle (the static power every cell pays)")
-    t0 = time.time()
-    _wait(sweep.idle_s, stop)
-    rec.add([Row("phase", {"t_start": t0, "t_end": time.time(), "name": "idle"})])
-    rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": time.time()}})
+    with _gpu_settings(rec, sweep) as gpu:  # checked before the idle wait; nothing changes until the first cell
+        say(f"effmon sweep: {len(cells)} cells; first {sweep.idle_s:g} s idle (the static power every cell pays)")
+        t0 = time.time()
+        _wait(sweep.idle_s, stop)
+        rec.add([Row("phase", {"t_start": t0, "t_end": time.time(), "name": "idle"})])
+        rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": time.time()}})
+        _cells(rec, sweep, cells, stop, say, counter, gpu, done, plan, t0)
+    return done
+
+
+def _cells(
+    rec: Any, sweep: SweepConfig, cells: list[Cell], stop: Callable[[], bool], say: Callable[[str], None],
+    counter: Any, gpu: Any, done: list[dict[str, Any]], plan: dict[str, Any], t0: float,
+) -> None:  # fmt: skip
+    setting: tuple[int | None, float | None] = (None, None)
     for n, cell in enumerate(cells, 1):
         if stop():
             break
+        if gpu is not None and (cell.sm_clock, cell.power_limit) != setting:
+            setting = (cell.sm_clock, cell.power_limit)
+            if cell.sm_clock:
+                gpu.lock_sm(cell.sm_clock)
+            if cell.power_limit:
+                gpu.power_limit(cell.power_limit)
+            say(f"effmon sweep: GPU setting now SM {cell.sm_clock or 'free'} MHz, power limit "
+                f"{f'{cell.power_limit:g} W' if cell.power_limit else 'as it was'}")  # fmt: skip
+            _wait(1.0, stop)  # the clock settles before the cell starts
         result = _run_cell(rec, sweep, cell, stop, counter)
         done.append(result)
         rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": t0 + sweep.idle_s}})
@@ -143,7 +186,29 @@ def run_sweep(
         say(f"effmon sweep: [{n}/{len(cells)}] {cell.name}: {result['rounds']} round(s), "
             f"{s['succeeded']} requests, {'N/A' if tps is None else f'{tps:.1f}'} tokens/s, "
             f"{'stable' if result['stable'] else 'not stable: ' + result['why']}")  # fmt: skip
-    return done
+
+
+@contextmanager
+def _gpu_settings(rec: Any, sweep: SweepConfig) -> Iterator[Any]:
+    """Nothing unless the sweep asks for clocks or power limits; then GpuSettings, checked before the first
+    change and restored when the block ends however it ends (the session's meta says what was done)."""
+    if not sweep.changes_gpu:
+        yield None
+        return
+    from effmon.core.gpuctl import ClockError, GpuSettings
+
+    try:
+        gpu = GpuSettings()
+        gpu.check(sweep.sm_clocks, sweep.power_limits)
+    except ClockError as exc:
+        raise SweepError(str(exc), exc.code) from None
+    with gpu:
+        try:
+            yield gpu
+        finally:
+            restored = gpu.restore()
+            rec.set_meta(gpu_settings={"sm_clocks": sweep.sm_clocks, "power_limits_w": sweep.power_limits,
+                                       "restored": restored})  # fmt: skip
 
 
 def _rounds(sweep: SweepConfig, cell: Cell) -> Iterator[LoadConfig]:
@@ -202,6 +267,8 @@ def _run_cell(rec: Any, sweep: SweepConfig, cell: Cell, stop: Callable[[], bool]
         "input_tokens": cell.input_tokens,
         "output_tokens": cell.output_tokens,
         "concurrency": cell.concurrency,
+        "sm_clock_locked": cell.sm_clock,
+        "power_limit_w": cell.power_limit,
         "t_start": t_start,
         "t_end": t_end,
         "rounds": len(rates),
