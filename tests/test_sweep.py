@@ -303,3 +303,53 @@ def test_locked_clocks_per_cell_and_put_back_when_the_sweep_is_stopped(server, t
         meta = r.meta()
     assert meta["gpu_settings"]["restored"] == ["GPU 0: SM clock unlocked"] and meta["status"] == "interrupted"
     assert not (home / "gpu-settings.json").exists()
+
+
+def test_charts_of_a_clock_sweep_draw_a_panel_per_setting():
+    """A DVFS grid (2 inputs x 2 outputs x 2 concurrencies x 2 SM clocks) and tasks: the heatmap has a panel per
+    concurrency and clock, the Pareto front is drawn through the best cells, the task bars per setting."""
+    import io
+
+    from PIL import Image
+
+    from effmon.report.sweep import charts
+
+    cells = [
+        {
+            "name": f"in{i}-out{o}-c{c}-sm{sm}",
+            "task": None,
+            "input_tokens": i,
+            "output_tokens": o,
+            "concurrency": c,
+            "sm_clock_locked": sm,
+            "power_limit_w": None,
+            "J_per_output_token": (i + o) / (c * sm),
+            "e2e_p50_s": o * 1000 / sm,
+        }  # fmt: skip
+        for i in (64, 256)
+        for o in (16, 64)
+        for c in (1, 4)
+        for sm in (1410, 990)
+    ] + [
+        {
+            "name": f"{t}-out64-c1",
+            "task": t,
+            "input_tokens": None,
+            "output_tokens": 64,
+            "concurrency": 1,
+            "sm_clock_locked": None,
+            "power_limit_w": None,
+            "J_per_output_token": j,
+            "e2e_p50_s": 0.5,
+        }  # fmt: skip
+        for t, j in (("qa", 0.2), ("summarisation", 0.35))
+    ]
+    drawn = dict(charts({"cells": cells}))
+    assert list(drawn) == [
+        "J per output token over input x output length",
+        "Energy per token against latency: the Pareto front",
+        "J per output token by task",
+    ]
+    heat = Image.open(io.BytesIO(drawn["J per output token over input x output length"]))
+    wide, tall = heat.size
+    assert tall > wide / 2  # two rows of panels (one per clock), not one

@@ -138,6 +138,7 @@ def table_rows(doc: dict[str, Any], wide: bool = True) -> list[tuple[str, ...]]:
             "dyn J/tok": f(c["dynamic_J_per_output_token"], ".3g"),
             "J/req": f(c["J_per_request"], ".3g"),
             "AEC W": f(c["AEC_w"], ".1f"),
+            "IT tok/s": f(c["IT_tokens_per_s"], ".1f"),
             "tok/s": f(c["tokens_per_s"], ".1f"),
             "SM MHz": f(c["sm_clock_mhz"], ".0f"),
             "TTFT ms": f(c["ttft_p50_s"], ".0f", 1e3),
@@ -152,7 +153,7 @@ def table_rows(doc: dict[str, Any], wide: bool = True) -> list[tuple[str, ...]]:
 
 
 TABLE_HEAD = (
-    "cell", "J/tok", "dyn J/tok", "J/req", "AEC W", "tok/s", "SM MHz", "TTFT ms", "TPOT ms",
+    "cell", "J/tok", "dyn J/tok", "J/req", "AEC W", "IT tok/s", "tok/s", "SM MHz", "TTFT ms", "TPOT ms",
     "E2E s", "stable",
 )  # fmt: skip
 NARROW = ("cell", "J/tok", "dyn J/tok", "AEC W", "tok/s", "TTFT ms", "E2E s", "stable")
@@ -200,30 +201,40 @@ def charts(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
     return out
 
 
+def _setting(c: dict[str, Any]) -> str:
+    """The GPU setting a cell ran at ('' when the GPU chose)."""
+    parts = [f"SM {c['sm_clock_locked']} MHz" if c.get("sm_clock_locked") else "",
+             f"{c['power_limit_w']:g} W limit" if c.get("power_limit_w") else ""]  # fmt: skip
+    return " · ".join(p for p in parts if p)
+
+
 def _heatmaps(cells: list[dict[str, Any]]) -> bytes:
+    """A panel per concurrency (columns) and per GPU setting (rows), one colour scale for all."""
     conc = sorted({c["concurrency"] for c in cells})
+    settings = sorted({_setting(c) for c in cells})
     ins, outs = sorted({c["input_tokens"] for c in cells}), sorted({c["output_tokens"] for c in cells})
-    fig = _figure(3.6 * len(conc) + 0.8, 0.5 * len(ins) + 2.2)
+    fig = _figure(3.6 * len(conc) + 0.8, (0.5 * len(ins) + 2.0) * len(settings) + 0.2)
     values = [c["J_per_output_token"] for c in cells]
     lo, hi = min(values), max(values)
     image = None
-    for k, n in enumerate(conc):
-        ax = fig.add_subplot(1, len(conc), k + 1)
-        grid = [[float("nan")] * len(outs) for _ in ins]
-        for c in cells:
-            if c["concurrency"] == n:
-                grid[ins.index(c["input_tokens"])][outs.index(c["output_tokens"])] = c["J_per_output_token"]
-        image = ax.imshow(grid, cmap="viridis_r", vmin=lo, vmax=hi, aspect="auto", origin="lower")
-        for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                if v == v:  # dark text on the light (low) end of the scale, white on the dark end
-                    dark = v < (lo + hi) / 2
-                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color="black" if dark else "white")
-        ax.set_xticks(range(len(outs)), [str(o) for o in outs])
-        ax.set_yticks(range(len(ins)), [str(i) for i in ins])
-        ax.set_xlabel("output tokens")
-        ax.set_ylabel("input tokens" if k == 0 else "")
-        ax.set_title(f"concurrency {n}", fontsize=9)
+    for r, setting in enumerate(settings):
+        for k, n in enumerate(conc):
+            ax = fig.add_subplot(len(settings), len(conc), r * len(conc) + k + 1)
+            grid = [[float("nan")] * len(outs) for _ in ins]
+            for c in cells:
+                if c["concurrency"] == n and _setting(c) == setting:
+                    grid[ins.index(c["input_tokens"])][outs.index(c["output_tokens"])] = c["J_per_output_token"]
+            image = ax.imshow(grid, cmap="viridis_r", vmin=lo, vmax=hi, aspect="auto", origin="lower")
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    if v == v:  # dark text on the light (low) end of the scale, white on the dark end
+                        colour = "black" if v < (lo + hi) / 2 else "white"
+                        ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color=colour)
+            ax.set_xticks(range(len(outs)), [str(o) for o in outs])
+            ax.set_yticks(range(len(ins)), [str(i) for i in ins])
+            ax.set_xlabel("output tokens")
+            ax.set_ylabel("input tokens" if k == 0 else "")
+            ax.set_title(f"concurrency {n}" + (f" · {setting}" if setting else ""), fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=fig.axes, label="J / output token")
     return _png(fig)
@@ -246,14 +257,15 @@ def _pareto_chart(points: list[tuple[float, float, str]]) -> bytes:
 
 def _task_bars(cells: list[dict[str, Any]]) -> bytes:
     tasks = sorted({c["task"] for c in cells})
-    settings = sorted({(c["output_tokens"], c["concurrency"]) for c in cells})
+    settings = sorted({(c["output_tokens"], c["concurrency"], _setting(c)) for c in cells})
     fig = _figure(max(5, 1.6 * len(tasks) * max(1, len(settings)) ** 0.5 + 2), 3.4)
     ax = fig.add_subplot()
     width = 0.8 / len(settings)
-    for k, (out, conc) in enumerate(settings):
+    for k, (out, conc, gpu) in enumerate(settings):
         ys = [next((c["J_per_output_token"] for c in cells if c["task"] == t and c["output_tokens"] == out
-                    and c["concurrency"] == conc), 0.0) for t in tasks]  # fmt: skip
-        ax.bar([i + k * width for i in range(len(tasks))], ys, width, label=f"out {out}, c {conc}")
+                    and c["concurrency"] == conc and _setting(c) == gpu), 0.0) for t in tasks]  # fmt: skip
+        label = f"out {out}, c {conc}" + (f", {gpu}" if gpu else "")
+        ax.bar([i + k * width for i in range(len(tasks))], ys, width, label=label)
     ax.set_xticks([i + width * (len(settings) - 1) / 2 for i in range(len(tasks))], tasks)
     ax.set_ylabel("J / output token")
     ax.grid(axis="y", alpha=0.3)
