@@ -276,3 +276,39 @@ def test_histogram_bucket_bounds_hold_the_quantile():
     value, lo, hi = histogram_bucket(0.99, buckets)
     assert (value, lo, hi) == (2.5, 2.5, None)  # above the highest finite bound: only "over 2.5 s" is known
     assert histogram_bucket(0.5, {}) == (None, None, None)
+
+
+def test_the_servers_own_prefill_and_decode_time_are_read_as_sums():
+    """vLLM's request_queue/prefill/decode_time histograms: their _sum over every engine, in seconds (what a sweep
+    cell's server-side prefill and decode time are the increase of)."""
+    reg = CollectorRegistry()
+    phases = {
+        name: Histogram(f"vllm:request_{name}_time_seconds", name, LABELS, buckets=BUCKETS, registry=reg)
+        for name in ("queue", "prefill", "decode")
+    }
+    observed = {"queue": [0.001, 0.002], "prefill": [0.03, 0.05, 0.04], "decode": [0.9, 1.4, 1.1]}
+    for name, xs in observed.items():
+        for engine in ("0", "1"):
+            for x in xs:
+                phases[name].labels(model_name="m", engine=engine).observe(x)
+    values, _, unknown, _ = parse(generate_latest(reg).decode())
+    for name, xs in observed.items():
+        assert values[f"{name}_seconds_total"] == pytest.approx(2 * sum(xs))
+    assert unknown == []
+
+
+def test_a_sweep_cell_takes_the_servers_prefill_and_decode_increase(tmp_path):
+    from effmon.core.declare import CORE_ENTITIES, Row
+    from effmon.core.store import SessionReader, SessionWriter
+    from effmon.report.sweep import server_phases
+
+    path = tmp_path / "s.effmon"
+    w = SessionWriter(path, CORE_ENTITIES, {"name": "s"})
+    w.write(
+        [Row("serving", {"t": 10.0 + k, "prefill_seconds_total": 2.0 + 0.5 * k, "decode_seconds_total": 7.0 + 1.5 * k})
+         for k in range(9)]
+    )  # fmt: skip
+    w.close()
+    with SessionReader(path) as r:
+        got = server_phases(r, 11.5, 16.5)  # scrapes at 12 ... 16 fall inside
+    assert got == {"server_prefill_s": 2.0, "server_decode_s": 6.0, "server_decode_share": 0.75}

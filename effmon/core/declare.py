@@ -244,6 +244,9 @@ SERVING = Entity(
         M("requests_total", "requests", "counter", "Requests finished since the server started"),
         M("prompt_tokens_per_s", "tokens/s", "gauge", "Prompt tokens per second since the previous scrape"),
         M("generation_tokens_per_s", "tokens/s", "gauge", "Generated tokens per second since the previous scrape"),
+        M("queue_seconds_total", "s", "counter", "Time requests waited in the queue, summed over requests"),
+        M("prefill_seconds_total", "s", "counter", "Time requests spent in prefill, summed over requests"),
+        M("decode_seconds_total", "s", "counter", "Time requests spent in decode, summed over requests"),
         *(
             metric
             for key, what in (("ttft", "TTFT"), ("itl", "Inter-token latency"), ("e2e", "End-to-end request latency"))

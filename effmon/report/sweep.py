@@ -25,7 +25,8 @@ COLUMNS = (
     "requests", "output_tokens_served",
     "energy_j", "energy_source", "static_j", "dynamic_j", "J_per_output_token", "dynamic_J_per_output_token",
     "J_per_request", "power_avg_w", "AEC_w", "IT_tokens_per_s", "tokens_per_s", "sm_clock_mhz", "throttle_share",
-    "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "prefill_share", "rounds",
+    "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "prefill_share",
+    "server_prefill_s", "server_decode_s", "server_decode_share", "rounds",
     "spread", "stable",
 )  # fmt: skip
 
@@ -98,10 +99,27 @@ def cell_figures(reader: SessionReader, cell: dict[str, Any], idle_w: float | No
         "e2e_p99_s": e2e.get("p99"),
         # the client sees prefill (and queueing) up to the first token, decode after it
         "prefill_share": _per(ttft.get("mean"), e2e.get("mean")),
+        **server_phases(reader, w.start, w.end),
         "rounds": cell.get("rounds"),
         "spread": cell.get("spread"),
         "stable": cell.get("stable"),
     }
+
+
+def server_phases(reader: SessionReader, start: float, end: float) -> dict[str, float | None]:
+    """The server's own prefill and decode time over the cell, where it says them (vLLM's request_prefill_time and
+    request_decode_time histograms' sums, read by the vLLM source): the increase of each sum between the first and
+    the last scrape inside the cell, and decode's share of the two."""
+    rows = reader.rows_between("serving", start, end) if reader.has("serving") else []
+    out: dict[str, float | None] = {"server_prefill_s": None, "server_decode_s": None, "server_decode_share": None}
+    for key, name in (("prefill_seconds_total", "server_prefill_s"), ("decode_seconds_total", "server_decode_s")):
+        seen = [r[key] for r in rows if r.get(key) is not None]
+        if len(seen) >= 2:
+            out[name] = seen[-1] - seen[0]
+    busy = (out["server_prefill_s"] or 0.0) + (out["server_decode_s"] or 0.0)
+    if out["server_decode_s"] is not None and busy:
+        out["server_decode_share"] = out["server_decode_s"] / busy
+    return out
 
 
 def sweep_figures(reader: SessionReader) -> dict[str, Any]:

@@ -37,6 +37,12 @@ HISTOGRAMS = {
     "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
     "e2e": ("vllm:e2e_request_latency_seconds",),
 }
+PHASE_SUMS = {
+    # the server's own time in each phase of its requests, summed (a histogram's _sum: a counter in seconds)
+    "queue_seconds_total": "vllm:request_queue_time_seconds",
+    "prefill_seconds_total": "vllm:request_prefill_time_seconds",
+    "decode_seconds_total": "vllm:request_decode_time_seconds",
+}
 
 
 class MetricsFormatError(Exception):
@@ -73,7 +79,12 @@ def parse(
                     engine[key] = engine.get(key, 0.0) + s.value
             break
     hists = _histograms(families)
+    for key, name in PHASE_SUMS.items():
+        fam = families.get(name)
+        if fam is not None and fam.type == "histogram":
+            values[key] = sum(s.value for s in fam.samples if s.name == name + "_sum")
     known = {n for names in (*GAUGES.values(), *COUNTERS.values(), *HISTOGRAMS.values()) for n in names}
+    known |= set(PHASE_SUMS.values())
     unknown = sorted(
         n
         for n in families
@@ -179,7 +190,7 @@ class VllmMetricsSource:
         waiting = [r.values["waiting"] for r in rows if r.values["waiting"] is not None]
         row["waiting_max"] = max(waiting) if waiting else None
         row["engines"] = len(rows) or None
-        for key in COUNTERS:
+        for key in (*COUNTERS, *PHASE_SUMS):
             row[key] = values.get(key)
         if self.previous is not None and now > self.previous[0]:
             dt = now - self.previous[0]
