@@ -192,7 +192,9 @@ def _against_url(args: argparse.Namespace, sweep: Any, say: Any) -> tuple[int, P
     from effmon.core.procs import Interrupts
     from effmon.core.redact import redact_text
     from effmon.core.scrape import fetch_text
+    from effmon.plugins import load_registry
     from effmon.recording import RecordError, Recording, RecordOptions
+    from effmon.serving.attach import metrics_url, server_metrics_source
     from effmon.serving.load import DiscoveryError, discover_model
 
     try:
@@ -204,11 +206,15 @@ def _against_url(args: argparse.Namespace, sweep: Any, say: Any) -> tuple[int, P
     except ConnectionError as exc:
         if "answered HTTP" not in str(exc):  # an answer, even an error, is a server
             raise RecordError(f"{redact_text(str(exc))}; is the server running?", 1) from None
+    registry = load_registry()  # this machine, and the server's own metrics where it serves vLLM's
+    sources = (*registry.live_sources(), server_metrics_source(registry))
     rec = Recording(
         "sweep",
-        RecordOptions(name=args.name, quiet=True),
+        RecordOptions(name=args.name, quiet=True, sources=sources),
         slug="sweep",
         meta={"command": ["effmon", "sweep", redact_text(args.target)], "run_kind": "inference"},
+        registry=registry,
+        extra={"metrics_url": metrics_url(args.target), "window_s": 60.0},
     )
     with Interrupts() as intr, rec:
         path = rec.open()
