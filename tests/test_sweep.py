@@ -272,6 +272,10 @@ def test_locked_clocks_per_cell_and_put_back_when_the_sweep_is_stopped(server, t
                                                                   ("in128-out8-c1-sm990", 990)]  # fmt: skip
     session = next((home / "sessions").glob("*.effmon"))
     db = sqlite3.connect(session)
+    doc = json.loads(out.read_text())
+    for c in cells:  # each cell's static power is the idle phase's at its own clock
+        assert c["idle_power_w"] == doc["idle_power_by_setting_w"][f"idle-sm{c['sm_clock_locked']}"]
+        assert c["static_j"] == pytest.approx(c["idle_power_w"] * c["duration_s"])
     for c in cells:  # every SM clock reading inside the cell is the locked clock
         inside = [v for (v,) in db.execute("SELECT sm_clock_mhz FROM s_gpu WHERE t > ? AND t < ?",
                                            (c["t_start"], c["t_end"]))]  # fmt: skip

@@ -39,10 +39,10 @@ def _per(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def idle_power(reader: SessionReader) -> float | None:
-    """The idle phase's average power, all GPUs (W): the static power every cell pays."""
+def idle_power(reader: SessionReader, phase: str = "idle") -> float | None:
+    """An idle phase's average power, all GPUs (W): the static power of the cells at its GPU setting."""
     try:
-        s = evaluate(reader, resolve_window(reader, phase="idle"), with_series=False)
+        s = evaluate(reader, resolve_window(reader, phase=phase), with_series=False)
     except MetricsError:
         return None
     return s.value("AEC")
@@ -55,7 +55,7 @@ def cell_figures(reader: SessionReader, cell: dict[str, Any], idle_w: float | No
     energy = s.value("energy_j")
     tokens = s.inference.generated_tokens if s.inference else None
     served = load.get("succeeded")
-    static = idle_w * w.duration if idle_w is not None else None
+    static = idle_w * w.duration if idle_w is not None else None  # idle_w: the idle phase at the cell's setting
     dynamic = energy - static if energy is not None and static is not None else None
     clocks = [g.sm_clock_avg_mhz for g in s.gpus if g.sm_clock_avg_mhz is not None]
     throttle = s.value("throttle_s")
@@ -75,6 +75,7 @@ def cell_figures(reader: SessionReader, cell: dict[str, Any], idle_w: float | No
         },  # fmt: skip
         "t_start": w.start,
         "t_end": w.end,
+        "idle_power_w": idle_w,
         "duration_s": w.duration,
         "requests": served,
         "output_tokens_served": tokens,
@@ -128,9 +129,10 @@ def sweep_figures(reader: SessionReader) -> dict[str, Any]:
     sweep = meta.get("sweep")
     if not sweep or not sweep.get("cells"):
         raise SweepMissing(f"session {meta.get('name')} holds no sweep cells (it was not recorded by effmon sweep)")
-    idle_w = idle_power(reader)
-    cells = [cell_figures(reader, c, idle_w) for c in sweep["cells"]]
-    return {"session": meta.get("name"), "idle_power_w": idle_w, "plan": sweep.get("plan"), "cells": cells}
+    idle = {name: idle_power(reader, name) for name in {"idle", *(c.get("idle_phase", "idle") for c in sweep["cells"])}}
+    cells = [cell_figures(reader, c, idle[c.get("idle_phase", "idle")]) for c in sweep["cells"]]
+    return {"session": meta.get("name"), "idle_power_w": idle["idle"], "idle_power_by_setting_w": idle,
+            "plan": sweep.get("plan"), "cells": cells}  # fmt: skip
 
 
 def to_csv(doc: dict[str, Any]) -> str:

@@ -50,12 +50,21 @@ class Cell:
     """The power limit set for this cell (--power-limits); None: as the GPU has it."""
 
     @property
-    def name(self) -> str:
-        head = self.task if self.task else f"in{self.input_tokens}"
-        tail = (f"-sm{self.sm_clock}" if self.sm_clock else "") + (
+    def setting(self) -> str:
+        """The GPU setting's part of the name ('' when the GPU chose): -sm1410, -pl500, -sm1410-pl500."""
+        return (f"-sm{self.sm_clock}" if self.sm_clock else "") + (
             f"-pl{self.power_limit:g}" if self.power_limit else ""
         )
-        return f"{head}-out{self.output_tokens}-c{self.concurrency}{tail}"
+
+    @property
+    def name(self) -> str:
+        head = self.task if self.task else f"in{self.input_tokens}"
+        return f"{head}-out{self.output_tokens}-c{self.concurrency}{self.setting}"
+
+    @property
+    def idle_phase(self) -> str:
+        """The idle phase whose power is this cell's static power: at the cell's own GPU setting."""
+        return "idle" + self.setting
 
 
 @dataclass
@@ -177,7 +186,10 @@ def _cells(
                 gpu.power_limit(cell.power_limit)
             say(f"effmon sweep: GPU setting now SM {cell.sm_clock or 'free'} MHz, power limit "
                 f"{f'{cell.power_limit:g} W' if cell.power_limit else 'as it was'}")  # fmt: skip
-            _wait(1.0, stop)  # the clock settles before the cell starts
+            _wait(1.0, stop)  # the clock settles before the idle phase at it starts
+            t_idle = time.time()  # a locked clock idles higher: the static power at this setting
+            _wait(sweep.idle_s, stop)
+            rec.add([Row("phase", {"t_start": t_idle, "t_end": time.time(), "name": cell.idle_phase})])
         result = _run_cell(rec, sweep, cell, stop, counter)
         done.append(result)
         rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": t0 + sweep.idle_s}})
@@ -267,6 +279,7 @@ def _run_cell(rec: Any, sweep: SweepConfig, cell: Cell, stop: Callable[[], bool]
         "input_tokens": cell.input_tokens,
         "output_tokens": cell.output_tokens,
         "concurrency": cell.concurrency,
+        "idle_phase": cell.idle_phase,
         "sm_clock_locked": cell.sm_clock,
         "power_limit_w": cell.power_limit,
         "t_start": t_start,
