@@ -654,10 +654,16 @@ def test_every_command_listens_on_loopback_only(tmp_path):
         )
     listened: dict[str, set[tuple[str, int]]] = {}
     try:
-        for args in commands:
-            code, seen, err = _watch_sockets(args, env)
-            assert code == 0, (args, err[-2000:])
-            listened[" ".join(args[:2])] = seen
+        # side by side (each watched on its own; export needs the sessions the others wrote, so it runs last)
+        from concurrent.futures import ThreadPoolExecutor
+
+        first, last = [a for a in commands if a[0] != "export"], [a for a in commands if a[0] == "export"]
+        for group in (first, last):
+            with ThreadPoolExecutor(max_workers=len(group)) as pool:
+                results = pool.map(lambda a: _watch_sockets(a, env), group)
+                for args, (code, seen, err) in zip(group, results, strict=True):
+                    assert code == 0, (args, err[-2000:])
+                    listened[" ".join(args[:2])] = seen
     finally:
         server.kill()
         metrics.shutdown()

@@ -66,7 +66,7 @@ def test_cells_against_the_raw_rows_and_the_servers_timing(server, tmp_path):
     the server's injected timing."""
     home, out = tmp_path / "h", tmp_path / "cells.json"
     sweep(home, server, "--model", "m", "--input", "8,32", "--output", "8,24", "--concurrency", "1,2",
-          "--requests", "4", "--max-rounds", "2", "--idle", "2", "-o", str(out))  # fmt: skip
+          "--requests", "4", "--max-rounds", "2", "--idle", "1", "-o", str(out))  # fmt: skip
     doc = json.loads(out.read_text())
     assert [c["name"] for c in doc["cells"]] == [
         f"in{i}-out{o}-c{c}" for i in (8, 32) for o in (8, 24) for c in (1, 2)
@@ -265,7 +265,7 @@ def test_locked_clocks_per_cell_and_put_back_when_the_sweep_is_stopped(server, t
     home = tmp_path / "h"
     env = {**os.environ, "EFFMON_HOME": str(home)}
     out = tmp_path / "cells.json"
-    sweep(home, server, "--model", "m", "--output", "8", "--requests", "12", "--max-rounds", "1", "--idle", "1",
+    sweep(home, server, "--model", "m", "--output", "8", "--requests", "12", "--max-rounds", "1", "--idle", "0.5",
           "--sm-clocks", "1410,990", "-o", str(out))  # fmt: skip
     cells = json.loads(out.read_text())["cells"]
     assert [(c["name"], c["sm_clock_locked"]) for c in cells] == [("in128-out8-c1-sm1410", 1410),
