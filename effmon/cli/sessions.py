@@ -50,6 +50,13 @@ def register(sub: Any) -> dict[str, Handler]:
         help="sessions (name, prefix, path, 'last') or .json exports; the first is the baseline. Repeats of one "
         "configuration joined by commas (A1,A2,A3) are compared by their mean, with their spread",
     )
+    cmp.add_argument(
+        "--perf",
+        type=perf_arg,
+        metavar="ppl:FILE",
+        help="measure each run's score (1/perplexity on the text file, with the weights its session served) and its "
+        "MCR against the first: the benchmark's quantization comparison from measured data",
+    )
     cmp.add_argument("--format", "-f", choices=["table", "md", "html", "json"], default="table")
     cmp.add_argument("-o", "--output", help="write to this file (md and html need one)")
     cmp.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -101,7 +108,13 @@ def register(sub: Any) -> dict[str, Handler]:
     win.add_argument("--phase", metavar="NAME", help="only this phase of the session")
     mcr = rpt.add_argument_group("compression rate (MCR)")
     mcr.add_argument("--precision", help="precision of this run (bf16, fp16, fp8, int8, int4, awq, gptq, ...)")
-    mcr.add_argument("--perf", type=float, help="task performance score of this run")
+    mcr.add_argument(
+        "--perf",
+        type=perf_arg,
+        metavar="SCORE|ppl:FILE",
+        help="task performance score of this run; ppl:FILE measures it: 1/perplexity on the text file, with the "
+        "weights the session served (and the --baseline session's)",
+    )
     mcr.add_argument("--baseline", metavar="SESSION", help="a baseline session (its precision and --baseline-perf)")
     mcr.add_argument("--baseline-precision", help="precision of the baseline (default: bf16)")
     mcr.add_argument("--baseline-perf", type=float, help="task performance score of the baseline")
@@ -202,7 +215,40 @@ def cmd_report(args: argparse.Namespace, command: list[str]) -> int:
         )
     if line:
         print(f"effmon: {line}", file=sys.stderr)
+    if isinstance(args.perf, str):  # ppl:FILE: measured, this run's and the baseline's
+        bad = _measured_perf(args, paths[0])
+        if bad is not None:
+            return bad
     return int(readable(paths[0], lambda path: _report(path, args)))
+
+
+def perf_arg(text: str) -> float | str:
+    """``--perf``: a score, or ``ppl:FILE`` (measured)."""
+    if text.startswith("ppl:"):
+        if not text[4:]:
+            raise argparse.ArgumentTypeError("ppl:FILE: give the text file, e.g. ppl:effmon/data/eval-text.txt")
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a score (0.47) or ppl:FILE to measure one") from None
+
+
+def _measured_perf(args: argparse.Namespace, path: Path) -> int | None:
+    """``report --perf ppl:FILE``: this run's score and, from ``--baseline``, the baseline's, both measured."""
+    from effmon.core.sessions import resolve
+    from effmon.serving.quality import QualityError, session_score
+
+    if not args.baseline:
+        return err("--perf ppl:FILE compares with a baseline run: give --baseline SESSION (e.g. the bf16 run)", 2)
+    try:
+        mine, base = session_score(path, args.perf), session_score(resolve(args.baseline), args.perf)
+    except QualityError as exc:
+        return err(str(exc), exc.code)
+    print(f"effmon: perplexity on {mine['file']} ({mine['tokens']} tokens): this run {mine['perplexity']:.4g}, "
+          f"baseline {base['perplexity']:.4g}; score = 1/perplexity", file=sys.stderr)  # fmt: skip
+    args.perf, args.baseline_perf = mine["score"], base["score"]
+    return None
 
 
 def _report_from_prometheus(args: argparse.Namespace) -> int:
@@ -452,7 +498,8 @@ def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
     if args.output:
         check_target(args.output, args.force)
     try:
-        result = compare([load_group(ref) for ref in args.runs])
+        runs = _measured_runs(args.runs, args.perf) if args.perf else [load_group(ref) for ref in args.runs]
+        result = compare(runs)
     except CompareError as exc:
         return err(str(exc), 2)
     if args.format == "json":
@@ -471,6 +518,38 @@ def cmd_compare(args: argparse.Namespace, command: list[str]) -> int:
         return 0
     _print_compare(result)
     return 0
+
+
+def _measured_runs(refs: list[str], spec: str) -> list[dict[str, Any]]:
+    """``compare --perf ppl:FILE``: each session's score measured with the weights it served; its MCR against the
+    first (the baseline's precision and score)."""
+    from effmon.core.sessions import resolve
+    from effmon.metrics import Options
+    from effmon.report.compare import CompareError, load_run
+    from effmon.serving.quality import QualityError, session_score
+
+    if not isinstance(spec, str):
+        raise CompareError("compare --perf takes ppl:FILE (a score per run is measured, not typed)")
+    try:
+        scores = [session_score(resolve(ref), spec) for ref in refs]
+    except QualityError as exc:
+        raise CompareError(str(exc)) from None
+    base = scores[0]
+    for ref, sc in zip(refs, scores, strict=True):
+        print(f"effmon: {ref}: {sc['precision']}, perplexity {sc['perplexity']:.4g} on {sc['file']} "
+              f"({sc['tokens']} tokens)", file=sys.stderr)  # fmt: skip
+    return [
+        load_run(
+            ref,
+            Options(
+                precision=sc["precision"],
+                perf=sc["score"],
+                baseline_precision=base["precision"],
+                baseline_perf=base["score"],
+            ),
+        )  # fmt: skip
+        for ref, sc in zip(refs, scores, strict=True)
+    ]
 
 
 def _print_compare(result: dict[str, Any]) -> None:

@@ -158,8 +158,7 @@ def cmd_sweep(args: argparse.Namespace, command: list[str]) -> int:
 def _drive(sweep: Any, say: Any) -> Any:
     from effmon.serving.sweep import SweepError, run_sweep
 
-    def drive(rec: Any, cfg: Any, stop: Any) -> tuple[str, str, int]:
-        sweep.base.url, sweep.base.model, sweep.base.tokenizer = cfg.url, cfg.model, cfg.tokenizer
+    def drive(rec: Any, cfg: Any, stop: Any) -> tuple[str, str, int]:  # cfg is sweep.base, filled in by serve()
         try:
             cells = run_sweep(rec, sweep, stop, say)
         except SweepError as exc:  # the cells before it are kept, in the session and its figures

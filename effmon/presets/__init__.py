@@ -37,6 +37,9 @@ SERVE_SCHEMA: dict[str, type] = {
     "engine": str,
     "model": str,
     "quantization": str,
+    "quantize": str,  # transformers engine: int8 | int4, a weight-only copy of the model folder made by torchao
+    "group_size": int,
+    "device": str,  # transformers engine: cpu (default) or cuda
     "dtype": str,
     "kv_cache_dtype": str,
     "max_model_len": int,

@@ -52,7 +52,7 @@ def _from_export(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return {"name": name, "values": values, "gpu": _gpu_names(block.get("gpus") or [])}
 
 
-def load_run(ref: str) -> dict[str, Any]:
+def load_run(ref: str, options: Any = None) -> dict[str, Any]:
     path = Path(ref)
     if path.suffix == ".json" and path.is_file():
         try:
@@ -73,7 +73,8 @@ def load_run(ref: str) -> dict[str, Any]:
         raise CompareError(f"{ref}: {exc}") from None
     try:
         with SessionReader(path) as reader:
-            return from_summary(evaluate(reader, with_series=False), reader.meta().get("name", ref))
+            summary = evaluate(reader, options=options, with_series=False)
+            return from_summary(summary, reader.meta().get("name", ref))
     except MetricsError as exc:
         raise CompareError(f"{ref}: {exc}") from None
 

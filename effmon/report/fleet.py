@@ -95,25 +95,15 @@ class FleetHost:
     def current(self) -> bool:
         return any(g.current for g in self.gpus)
 
-    def now_sum(self, field_name: str) -> float | None:
-        values = [g.now[field_name] for g in self.gpus if field_name in g.now]
-        return sum(values) if values else None
-
-    def now_mean(self, field_name: str) -> float | None:
-        values = [g.now[field_name] for g in self.gpus if field_name in g.now]
-        return sum(values) / len(values) if values else None
-
-    def now_max(self, field_name: str) -> float | None:
-        values = [g.now[field_name] for g in self.gpus if field_name in g.now]
-        return max(values) if values else None
+    def now(self, field_name: str) -> list[float]:
+        """The newest value of a field on each GPU that has one."""
+        return [g.now[field_name] for g in self.gpus if field_name in g.now]
 
     def power_series(self) -> list[float]:
-        """The host's power over the window: its GPUs' series summed point by point."""
+        """The host's power over the window: its GPUs' series summed point by point (their common, newest part)."""
         series = [g.power_series for g in self.gpus if g.power_series]
-        if not series:
-            return []
-        n = min(len(s) for s in series)
-        return [sum(s[-n:][i] for s in series) for i in range(n)]
+        n = min((len(s) for s in series), default=0)
+        return [sum(points) for points in zip(*(s[len(s) - n :] for s in series), strict=True)] if n else []
 
 
 @dataclass
@@ -142,24 +132,29 @@ def results_of(gpus: list[GpuStats]) -> dict[str, Result]:
     return compute_all(Inputs(gpus, None, None, None, "monitoring", {}, Options(), {}, []))
 
 
+class _Values:
+    """What a metric's strip formatter reads beside its own value: the other metrics' values."""
+
+    def __init__(self, results: dict[str, Result]):
+        self.results = results
+
+    def value(self, key: str) -> Any:
+        return self.results[key].value
+
+
 def strip_text(results: dict[str, Result]) -> list[tuple[str, str]]:
-    """The strip's (label, value) pairs, formatted as the dashboard's EfficientLLM strip formats them."""
+    """The strip's (label, value) pairs, formatted by each metric's own strip declaration (as the dashboard's)."""
     out = []
     for key in STRIP:
         m, value = METRICS[key], results[key].value
         if value is None:
             text = "N/A"
-        elif key == "PCU":  # the strip's PCU says where it comes from (SM activity or NVML utilisation)
-            source = results.get("PCU_source")
-            text = f"{value:.3f}" + (" SM" if source and source.value == PCU_FROM_GPM else " util")
+        elif callable(m.strip):
+            text = m.strip(value, _Values(results))
         else:
-            text = str(m.strip).format(value) if isinstance(m.strip, str) else m.format(value)
+            text = str(m.strip).format(value)
         out.append((m.label, text))
     return out
-
-
-def _duration(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def fleet_snapshot(url: str, match: str, start: float, end: float, points: int = SPARK_POINTS) -> Fleet:

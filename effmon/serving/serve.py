@@ -22,6 +22,7 @@ from effmon.core.logpipe import RedactedLog
 from effmon.core.procs import die_with_parent, identity
 from effmon.core.redact import redact_argv
 from effmon.plugins import EngineSpec, load_registry
+from effmon.recipes.quantize import QuantizeError, quantization_of
 from effmon.recording import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -243,7 +244,10 @@ def serve(
         raise RecordError(f"preset {preset.name} is a training preset: effmon run --preset {preset.name}", EXIT_USAGE)
     engine = preflight(preset)
     f = preset.fields
-    model_dir = engine.prepare(f, True) if engine.prepare else None
+    try:
+        model_dir = engine.prepare(f, True) if engine.prepare else None
+    except QuantizeError as exc:
+        raise RecordError(str(exc), EXIT_USAGE) from None
     argv = preset.command(model_dir=model_dir)
     registry = load_registry()
     sources = None
@@ -259,6 +263,8 @@ def serve(
             "precision": f.get("precision"),
             "precision_bits": f.get("bits"),
             "preset": {"name": preset.name, "path": str(preset.path), **f},
+            "model_dir": model_dir,
+            "quantization": quantization_of(Path(model_dir)) if model_dir else None,
         },
         registry=registry,
         extra={"metrics_url": preset.url + "/metrics", "wait_for_server": True},

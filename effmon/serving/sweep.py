@@ -158,21 +158,28 @@ def run_sweep(
             "spread": sweep.spread, "max_rounds": sweep.max_rounds, "budget_s": sweep.budget_s,
             "idle_s": sweep.idle_s, "sm_clocks": sweep.sm_clocks or None,
             "power_limits_w": sweep.power_limits or None}  # fmt: skip
-    done: list[dict[str, Any]] = []
-    rec.set_meta(sweep={"plan": plan, "cells": done})
+    state: dict[str, Any] = {"plan": plan, "cells": []}  # the session's meta "sweep", written as it grows
+    rec.set_meta(sweep=state)
     with _gpu_settings(rec, sweep) as gpu:  # checked before the idle wait; nothing changes until the first cell
         say(f"effmon sweep: {len(cells)} cells; first {sweep.idle_s:g} s idle (the static power every cell pays)")
-        t0 = time.time()
-        _wait(sweep.idle_s, stop)
-        rec.add([Row("phase", {"t_start": t0, "t_end": time.time(), "name": "idle"})])
-        rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": time.time()}})
-        _cells(rec, sweep, cells, stop, say, counter, gpu, done, plan, t0)
-    return done
+        state["idle"] = _idle(rec, "idle", sweep.idle_s, stop)
+        rec.set_meta(sweep=state)
+        _cells(rec, sweep, cells, stop, say, counter, gpu, state)
+    return list(state["cells"])
+
+
+def _idle(rec: Any, name: str, seconds: float, stop: Callable[[], bool]) -> dict[str, float]:
+    """An idle phase: the server up, no request in flight (its power is the static power of the cells after it)."""
+    t_start = time.time()
+    _wait(seconds, stop)
+    phase = {"t_start": t_start, "t_end": time.time()}
+    rec.add([Row("phase", {**phase, "name": name})])
+    return phase
 
 
 def _cells(
     rec: Any, sweep: SweepConfig, cells: list[Cell], stop: Callable[[], bool], say: Callable[[str], None],
-    counter: Any, gpu: Any, done: list[dict[str, Any]], plan: dict[str, Any], t0: float,
+    counter: Any, gpu: Any, state: dict[str, Any],
 ) -> None:  # fmt: skip
     setting: tuple[int | None, float | None] = (None, None)
     for n, cell in enumerate(cells, 1):
@@ -186,13 +193,11 @@ def _cells(
                 gpu.power_limit(cell.power_limit)
             say(f"effmon sweep: GPU setting now SM {cell.sm_clock or 'free'} MHz, power limit "
                 f"{f'{cell.power_limit:g} W' if cell.power_limit else 'as it was'}")  # fmt: skip
-            _wait(1.0, stop)  # the clock settles before the idle phase at it starts
-            t_idle = time.time()  # a locked clock idles higher: the static power at this setting
-            _wait(sweep.idle_s, stop)
-            rec.add([Row("phase", {"t_start": t_idle, "t_end": time.time(), "name": cell.idle_phase})])
+            _wait(1.0, stop)  # the clock settles; a locked clock idles higher: the static power at this setting
+            _idle(rec, cell.idle_phase, sweep.idle_s, stop)
         result = _run_cell(rec, sweep, cell, stop, counter)
-        done.append(result)
-        rec.set_meta(sweep={"plan": plan, "cells": done, "idle": {"t_start": t0, "t_end": t0 + sweep.idle_s}})
+        state["cells"].append(result)
+        rec.set_meta(sweep=state)
         s = result["load"]
         tps = s.get("output_token_throughput")
         say(f"effmon sweep: [{n}/{len(cells)}] {cell.name}: {result['rounds']} round(s), "

@@ -97,7 +97,10 @@ def host_row(h: FleetHost) -> tuple[Any, ...]:
         value = r[key].value
         return "N/A" if value is None else f"{value:{spec}}"
 
-    power, util, temp = h.now_sum(POWER), h.now_mean(UTIL), h.now_max("DCGM_FI_DEV_GPU_TEMP")
+    powers, utils, temps = h.now(POWER), h.now(UTIL), h.now("DCGM_FI_DEV_GPU_TEMP")
+    power = sum(powers) if powers else None
+    util = sum(utils) / len(utils) if utils else None
+    temp = max(temps) if temps else None
     name = Text(visible(h.name), style="" if h.current else "yellow")
     if not h.current:
         name.append(" (no reading now)", style="yellow")

@@ -29,7 +29,7 @@ def command(fields: dict[str, Any], model_dir: str | None) -> list[str]:
         "--port",
         str(fields.get("port", 8000)),
         "--device",
-        "cpu",
+        str(fields.get("device", "cpu")),
         *[str(a) for a in fields.get("extra_args", [])],
     ]
 
@@ -41,14 +41,23 @@ def available() -> bool:
 
 
 def prepare(fields: dict[str, Any], build: bool = True) -> str | None:
-    """``model = "tiny"``: a tiny random Llama with a locally trained tokenizer, built once, offline."""
-    if fields.get("model") != "tiny":
+    """``model = "tiny"``: a tiny random Llama with a locally trained tokenizer, built once, offline.
+    ``quantize = "int8" | "int4"``: a weight-only quantized copy of the model folder (torchao), built once beside
+    it; the server loads it quantized (its config.json says how)."""
+    method = fields.get("quantize")
+    if fields.get("model") != "tiny" and not method:
         return None
     from effmon.core.paths import effmon_home
 
-    folder = effmon_home() / "models" / "tiny-llama"
+    folder = effmon_home() / "models" / "tiny-llama" if fields.get("model") == "tiny" else Path(str(fields["model"]))
     if not build:
-        return str(folder)
-    from effmon.recipes.tiny_model import ensure
+        return str(folder.with_name(f"{folder.name}-{method}") if method else folder)
+    if fields.get("model") == "tiny":
+        from effmon.recipes.tiny_model import ensure
 
-    return str(ensure(folder))
+        folder = ensure(folder)
+    if method:
+        from effmon.recipes.quantize import quantized_folder
+
+        folder = quantized_folder(folder, str(method), int(fields.get("group_size", 32)))
+    return str(folder)
