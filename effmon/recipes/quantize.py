@@ -22,6 +22,15 @@ class QuantizeError(Exception):
     """A quantized folder that cannot be made: said in one line (``effmon serve`` exits 2 with it)."""
 
 
+def quiet_torchao() -> None:
+    """torchao says on import which of its CUDA kernels it could not load, and torch warns about an enum it
+    registers: neither is the user's business on a CPU; errors still show."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def quantized_folder(source: Path, method: str, group_size: int = 32) -> Path:
     """``source`` quantized with ``method`` (int8 or int4), built once into ``source-method``."""
     if method not in BITS:
@@ -31,6 +40,7 @@ def quantized_folder(source: Path, method: str, group_size: int = 32) -> Path:
     out = source.with_name(f"{source.name}-{method}")
     if (out / "config.json").exists() and quantization_of(out):
         return out
+    quiet_torchao()
     try:
         import torch
         from torchao.quantization import IntxWeightOnlyConfig

@@ -30,11 +30,17 @@ def perplexity(
         )
     if not (folder / "config.json").is_file():
         raise QualityError(f"{folder}: the session's model folder is gone; perplexity needs its weights")
+    from effmon.recipes.quantize import quiet_torchao
+
+    quiet_torchao()  # a quantized folder imports torchao as it loads
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         raise QualityError("a perplexity needs torch and transformers: pip install 'effmon[serve]'") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line of ours says what was measured; no bar per model
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = tok(path.read_text(encoding="utf-8", errors="replace"), return_tensors="pt").input_ids[0][:max_tokens]
