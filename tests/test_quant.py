@@ -22,12 +22,21 @@ PRESETS = {"tiny-cpu": 32, "tiny-cpu-int8": 8, "tiny-cpu-int4": 4}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The three presets served and loaded (4 requests each) in one effmon home; yields the home."""
+    from concurrent.futures import ThreadPoolExecutor
+
     home = tmp_path_factory.mktemp("quant")
     env = {**os.environ, "EFFMON_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
-    for preset in PRESETS:
-        res = subprocess.run([sys.executable, "-m", "effmon", "serve", preset, "--set", f"port={free_port()}", "--load",
-                              "--requests", "4", "--output-tokens", "8", "-q", "--name", preset], env=env, cwd=REPO,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    def serve(preset):
+        return subprocess.run([sys.executable, "-m", "effmon", "serve", preset, "--set", f"port={free_port()}",
+                               "--load", "--requests", "4", "--output-tokens", "8", "-q", "--name", preset],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    first, *quantized = PRESETS  # the fp32 folder first (the others are made from it), then both side by side
+    results = [serve(first)]
+    with ThreadPoolExecutor(max_workers=len(quantized)) as pool:
+        results += list(pool.map(serve, quantized))
+    for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     return home
 
