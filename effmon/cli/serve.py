@@ -161,21 +161,12 @@ def cmd_serve(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def _prompts(path: str) -> list[str]:
+    from effmon.serving.load import jsonl_prompts
+
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--prompts {path}: no such file")
-    prompts = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise ValueError(f'{path}:{lineno}: not JSON; one {{"prompt": ...}} object a line') from None
-        text = obj.get("prompt") or obj.get("text") if isinstance(obj, dict) else None
-        if not text:
-            raise ValueError(f"{path}:{lineno}: no 'prompt' or 'text' field")
-        prompts.append(str(text))
+    prompts = jsonl_prompts(p.read_text(encoding="utf-8"), path)
     if not prompts:
         raise ValueError(f"--prompts {path}: the file holds no prompts")
     return prompts

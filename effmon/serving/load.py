@@ -103,6 +103,24 @@ class RequestResult:
         return per_token_gaps(self.gaps, self.chunk_tokens) if self.chunk_tokens else []
 
 
+def jsonl_prompts(text: str, where: str) -> list[str]:
+    """Prompts from JSON lines, one ``{"prompt": ...}`` (or ``{"text": ...}``) object a line, blank lines skipped:
+    the prompt files of ``effmon load --prompts`` and ``effmon sweep --tasks``. ValueError says the line."""
+    prompts = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise ValueError(f'{where}:{lineno}: not JSON; one {{"prompt": ...}} object a line') from None
+        found = obj.get("prompt") or obj.get("text") if isinstance(obj, dict) else None
+        if not found:
+            raise ValueError(f"{where}:{lineno}: no 'prompt' or 'text' field")
+        prompts.append(str(found))
+    return prompts
+
+
 def make_prompt(rng: random.Random, tokens: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(max(1, tokens)))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from effmon.core.declare import Row
-from effmon.serving.load import LoadConfig, RequestResult, request_row, run_load, summarize, token_counter
+from effmon.serving.load import (
+    LoadConfig,
+    RequestResult,
+    jsonl_prompts,
+    request_row,
+    run_load,
+    summarize,
+    token_counter,
+)
 
 TASKS = ("generation", "qa", "summarisation")
 """The task prompt sets shipped in effmon/data/prompts (offline; their token counts come from the server)."""
@@ -107,7 +114,7 @@ class SweepConfig:
 
 
 def load_task(name: str) -> list[str]:
-    """A shipped task (generation, qa, summarisation) or a file of prompts: JSON lines with a "prompt" each, or
+    """A shipped task (generation, qa, summarisation) or a file of prompts: JSON lines as for load --prompts, or
     plain text with one prompt per paragraph (a blank line between)."""
     if name in TASKS:
         text = (resources.files("effmon") / "data" / "prompts" / f"{name}.jsonl").read_text(encoding="utf-8")
@@ -120,11 +127,11 @@ def load_task(name: str) -> list[str]:
 
 def _prompts(text: str, name: str) -> list[str]:
     lines = [line for line in text.splitlines() if line.strip()]
-    if lines and all(line.lstrip().startswith("{") for line in lines):
+    if lines and all(line.lstrip().startswith("{") for line in lines):  # the same JSON lines as load --prompts
         try:
-            prompts = [str(json.loads(line)["prompt"]) for line in lines]
-        except (ValueError, KeyError, TypeError):
-            raise SweepError(f'--tasks {name}: a JSON line without a "prompt" string') from None
+            prompts = jsonl_prompts(text, f"--tasks {name}")
+        except ValueError as exc:
+            raise SweepError(str(exc)) from None
     else:
         prompts = [p.strip() for p in text.split("\n\n") if p.strip()]
     if not prompts:
