@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import sys
 
+from effmon.core.interrupt import by_interrupt
+
 
 def run() -> int:
     try:
         from effmon.cli import main
 
         return main()
-    except KeyboardInterrupt:
+    except BaseException as exc:  # a Ctrl-C mid-import may come wrapped (see by_interrupt)
+        if not by_interrupt(exc) or isinstance(exc, SystemExit):
+            raise
         sys.stderr.write("effmon: interrupted\n")
         return 130

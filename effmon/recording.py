@@ -31,6 +31,7 @@ from effmon import __version__
 from effmon.core.clock import RealClock, ScaledClock, VirtualClock
 from effmon.core.declare import CORE_ENTITIES, Row
 from effmon.core.energy import EnergyIntegrator
+from effmon.core.interrupt import by_interrupt
 from effmon.core.logpipe import RedactedLog
 from effmon.core.paths import sessions_dir
 from effmon.core.procs import Interrupts, die_with_parent, identity
@@ -449,7 +450,7 @@ class Recording:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and not self.finished:
-            why = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+            why = "interrupted" if by_interrupt(exc) else "failed"
             self.finish(why, f"{exc_type.__name__}: {exc}" if why == "failed" else "stopped by the user")
 
     def report_end(self, what: str) -> None:

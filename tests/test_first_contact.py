@@ -131,6 +131,34 @@ def test_a_signal_at_any_moment_of_start_up_leaves_no_child_and_no_traceback(tmp
             assert r.meta()["status"] == "interrupted"
 
 
+def test_a_ctrl_c_that_python_wraps_mid_import_still_ends_in_one_line(monkeypatch, capsys):
+    """The CI failure the timed test above found: a Ctrl-C landing while a module builds a class (in a descriptor's
+    ``__set_name__``) reaches the entry point as a RuntimeError on Python 3.11. Here the interrupt lands there
+    for sure, in a real class statement."""
+    from effmon.entry import run
+
+    def loading() -> int:
+        class Descriptor:
+            def __set_name__(self, owner: type, name: str) -> None:
+                raise KeyboardInterrupt
+
+        class Module:  # noqa: F841 (building it is the point)
+            attribute = Descriptor()
+
+        return 0
+
+    monkeypatch.setattr("effmon.cli.main", loading)
+    assert run() == 130
+    assert capsys.readouterr().err == "effmon: interrupted\n"
+
+    def broken() -> int:  # and a real error that merely mentions no interrupt still surfaces
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("effmon.cli.main", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run()
+
+
 def test_ctrl_c_stops_the_running_command_and_keeps_the_session(tmp_path):
     """Deterministic: the signal goes once the command is known to run (it writes a file first)."""
     home, started = tmp_path / "h", tmp_path / "started"

@@ -13,6 +13,7 @@ import sys
 
 from effmon.cli import control, export, record, serve, sessions, sweep, web
 from effmon.cli.common import Handler, err
+from effmon.core.interrupt import by_interrupt
 
 EPILOG = """\
 examples:
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(_dispatch(handlers[args.cmd], args, command) or 0)
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a Ctrl-C mid-import (a command's lazy imports) may come wrapped: see by_interrupt
+        if not by_interrupt(exc):
+            raise
+        print("effmon: interrupted", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling (nothing was started yet)
         print("effmon: interrupted", file=sys.stderr)
         return 130
