@@ -13,8 +13,8 @@ def run() -> int:
         from effmon.cli import main
 
         return main()
-    except BaseException as exc:  # a Ctrl-C mid-import may come wrapped (see by_interrupt)
-        if not by_interrupt(exc) or isinstance(exc, SystemExit):
+    except (KeyboardInterrupt, Exception) as exc:  # a Ctrl-C mid-import may come wrapped (see by_interrupt)
+        if not by_interrupt(exc):
             raise
         sys.stderr.write("effmon: interrupted\n")
         return 130

@@ -72,12 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(_dispatch(handlers[args.cmd], args, command) or 0)
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # a Ctrl-C mid-import (a command's lazy imports) may come wrapped: see by_interrupt
-        if not by_interrupt(exc):
+    except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C before a command installed its own handling (nothing
+        if not by_interrupt(exc):  # was started yet); mid-import it may come wrapped (see by_interrupt)
             raise
-        print("effmon: interrupted", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling (nothing was started yet)
         print("effmon: interrupted", file=sys.stderr)
         return 130
 
