@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,12 @@ TRAINER_TRACE = Path(__file__).resolve().parent / "data" / "h100_lora_trainer.js
 """A real transformers Trainer LoRA run on an H100: step durations and NVML without GPM."""
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A suite started in the background by a script (`bash .ci/run &`) inherits SIGINT ignored, and every command a test
+# starts would too, as effmon respects it (see test_nohup_is_respected...). The tests that press Ctrl-C stand for a
+# terminal's foreground job, which has SIGINT at its default: give the suite that, whoever started it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def trace_lines(path: Path = PHASES_TRACE) -> list[dict]:

@@ -227,6 +227,25 @@ def test_detach_survives_the_terminal_and_stop_ends_it(tmp_path):
     assert run_effmon("stop", name, env_home=tmp_path).stderr.count("nothing to stop") == 1
 
 
+@pytest.mark.skipif(shutil.which("nohup") is None, reason="needs coreutils' nohup")
+def test_nohup_is_respected_a_hangup_stops_neither_effmon_nor_its_job(tmp_path):
+    """``nohup effmon record -- JOB &`` then the SSH connection drops: the login shell sends SIGHUP to the job's
+    process group, which nohup told to ignore it. effmon keeps it ignored (it used to stop the job: exit 129)."""
+    proc = subprocess.Popen(["nohup", PY, "-m", "effmon", "record", "--", *SLEEPER], env=dict(os.environ,
+                            EFFMON_HOME=str(tmp_path)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            process_group=0)  # fmt: skip
+    job = job_of(tmp_path)
+    os.killpg(proc.pid, signal.SIGHUP)  # as bash does to each job when its terminal hangs up
+    time.sleep(1.5)
+    assert proc.poll() is None and not gone(job), proc.stderr.read() if proc.poll() is not None else ""
+    session = the_session(tmp_path)
+    assert meta_of(session)["status"] == "recording"
+    stop = run_effmon("stop", session.stem, env_home=tmp_path)  # the way to end it, as for --detach
+    assert stop.returncode == 0 and "ended: interrupted (stopped by SIGTERM)" in stop.stderr, stop.stderr
+    assert proc.wait(30) != 0 and wait(lambda: gone(job), 10, "the job's end")
+    assert "Traceback" not in proc.stderr.read()
+
+
 def test_detach_reports_a_command_that_cannot_start(tmp_path):
     res = run_effmon("record", "--detach", "--", "no-such-command-xyz", env_home=tmp_path)
     assert res.returncode != 0 and "command not found: no-such-command-xyz" in res.stderr

@@ -39,6 +39,7 @@ def register(sub: Any) -> dict[str, Handler]:
 
 
 def cmd_export(args: argparse.Namespace, command: list[str]) -> int:
+    from effmon.core.procs import catch
     from effmon.core.sessions import resolve
     from effmon.report.prometheus import Exporter, ExporterError
 
@@ -51,7 +52,7 @@ def cmd_export(args: argparse.Namespace, command: list[str]) -> int:
     print(f"effmon: serving {path.stem} at {exporter.url} (Ctrl-C stops)", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
+        catch(sig, lambda *_: stop.set())  # one that nohup set to be ignored stays ignored
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
         while not stop.wait(0.2):

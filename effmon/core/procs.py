@@ -3,7 +3,9 @@
 * ``Interrupts``: SIGINT, SIGTERM and SIGHUP become counted stop requests (never a ``KeyboardInterrupt`` in the
   middle of writing a session); one instance is shared by the thread that records and the dashboard that shows
   it. A hangup (the terminal or SSH connection is gone) also points standard input and output at /dev/null, so
-  the messages that follow cannot fail on a dead terminal.
+  the messages that follow cannot fail on a dead terminal. A signal that whoever started effmon set to be ignored
+  (``nohup``: SIGHUP; a script's ``cmd &``: SIGINT) stays ignored, by effmon and by what it launches, as the Unix
+  convention (and Python itself, for SIGINT) has it: ``nohup effmon run ... &`` survives the logout it was asked to.
 * ``die_with_parent``: a launched job or server gets SIGTERM from the kernel if effmon dies hard (``kill -9``,
   OOM): on Linux, through the parent-death signal.
 * ``identity`` / ``still_running``: a process recognised by pid *and* start time, so a crashed recorder's job
@@ -43,7 +45,8 @@ class Interrupts:
         self._depth += 1
         if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
+                if (old := catch(sig, self._handle)) is not None:
+                    self._old[sig] = old
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -71,6 +74,14 @@ class Interrupts:
             for sig, old in self._old.items():
                 signal.signal(sig, old)
             self._old.clear()
+
+
+def catch(sig: int, handler: Callable[[int, Any], None]) -> Any:
+    """``signal.signal(sig, handler)`` unless ``sig`` is ignored (inherited from nohup, or a script's ``&``): then
+    it stays ignored, for effmon and for the commands it starts, and this returns None (nothing to restore)."""
+    if signal.getsignal(sig) == signal.SIG_IGN:
+        return None
+    return signal.signal(sig, handler)
 
 
 def _away_from_the_terminal() -> None:
