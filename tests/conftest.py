@@ -20,9 +20,9 @@ TRAINER_TRACE = Path(__file__).resolve().parent / "data" / "h100_lora_trainer.js
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# A suite started in the background by a script (`bash .ci/run &`) inherits SIGINT ignored, and every command a test
-# starts would too, as effmon respects it (see test_nohup_is_respected...). The tests that press Ctrl-C stand for a
-# terminal's foreground job, which has SIGINT at its default: give the suite that, whoever started it.
+# A suite started in the background by a script (`bash .ci/run &`) inherits SIGINT ignored, and so would every command
+# a test starts: Python and effmon keep an inherited ignored signal ignored (test_nohup_is_respected...). The tests
+# that press Ctrl-C stand for a terminal's foreground job, whose SIGINT is at its default: give the suite that.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
