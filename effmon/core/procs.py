@@ -45,8 +45,7 @@ class Interrupts:
         self._depth += 1
         if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                if (old := catch(sig, self._handle)) is not None:
-                    self._old[sig] = old
+                self._old[sig] = catch(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -78,9 +77,10 @@ class Interrupts:
 
 def catch(sig: int, handler: Callable[[int, Any], None]) -> Any:
     """``signal.signal(sig, handler)`` unless ``sig`` is ignored (inherited from nohup, or a script's ``&``): then
-    it stays ignored, for effmon and for the commands it starts, and this returns None (nothing to restore)."""
+    it stays ignored, for effmon and for the commands it starts. Returns the disposition to restore, as
+    ``signal.signal`` does (``SIG_IGN`` when nothing changed)."""
     if signal.getsignal(sig) == signal.SIG_IGN:
-        return None
+        return signal.SIG_IGN
     return signal.signal(sig, handler)
 
 
