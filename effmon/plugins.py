@@ -11,10 +11,27 @@ A plugin is a module (or object) with a hook implementation::
 and is found through the ``effmon`` entry-point group. The built-in sources register
 through the very same hook (``effmon.sources.builtin``). A plugin that fails to load is
 reported and skipped; it never stops effmon.
+
+A plugin adds a derived metric the same way (``effmon_register_metrics``), declared as effmon's own are
+(``effmon/metrics/registry.py``), and it appears in every table, export, ``compare`` and the exporter::
+
+    from effmon.plugins import NA, hookimpl
+
+    def tokens_per_watt(x):
+        "Generated tokens per second per watt."
+        it, aec = x["IT"], x["AEC"]
+        return it / aec if it and aec else NA("needs IT and AEC")
+
+    @hookimpl
+    def effmon_register_metrics(register):
+        register("tokens_per_watt", tokens_per_watt, label="tokens/s/W", unit="tokens/s/W", better="higher",
+                 needs=("IT", "AEC"), json=("efficiency", "tokens_per_s_per_w"), table="known", compare=True,
+                 export="effmon_tokens_per_second_per_watt")
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +50,13 @@ from effmon.core.source import (
     hookimpl,
     hookspec,
 )
+from effmon.core.values import NA, Known
 
 __all__ = [
+    "NA",
     "EngineSpec",
     "Entity",
+    "Known",
     "M",
     "Metric",
     "Registry",
@@ -59,6 +79,12 @@ class HookSpecs:
     @hookspec
     def effmon_register_engines(self, register: Callable[[EngineSpec], None]) -> None:
         """Register serving engines by calling ``register(EngineSpec(...))``."""
+
+    @hookspec
+    def effmon_register_metrics(self, register: Callable[..., None]) -> None:
+        """Declare derived metrics by calling ``register(key, compute, label=..., unit=..., better=..., needs=...,
+        ...)`` with the fields of a metric declaration (``effmon.metrics.registry.MetricDef``). ``compute`` gets the
+        window's inputs and returns a value or ``NA(reason)``."""
 
     @hookspec
     def effmon_launch_env(self, env: dict[str, str]) -> None:
@@ -113,6 +139,24 @@ class Registry:
         return out
 
 
+@functools.cache
+def _entry_points() -> tuple[tuple[tuple[str, object], ...], tuple[str, ...]]:
+    plugins: list[tuple[str, object]] = []
+    errors: list[str] = []
+    for ep in importlib.metadata.entry_points(group="effmon"):
+        try:
+            plugins.append((ep.name, ep.load()))
+        except Exception as exc:  # a broken plugin is reported, never fatal
+            errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}")
+    return tuple(plugins), tuple(errors)
+
+
+def entry_point_plugins() -> tuple[list[tuple[str, object]], list[str]]:
+    """The installed plugins (the ``effmon`` entry-point group), loaded once per process, and the ones that failed."""
+    plugins, errors = _entry_points()
+    return list(plugins), list(errors)
+
+
 def load_registry(*, entry_points: bool = True, extra_plugins: tuple[object, ...] = ()) -> Registry:
     """Collect every registered source: built-ins, installed plugins, then ``extra_plugins``."""
     from effmon.sources import builtin
@@ -122,11 +166,10 @@ def load_registry(*, entry_points: bool = True, extra_plugins: tuple[object, ...
     pm.register(builtin, name="effmon.builtin")
     errors: list[str] = []
     if entry_points:
-        for ep in importlib.metadata.entry_points(group="effmon"):
-            try:
-                pm.register(ep.load(), name=ep.name)
-            except Exception as exc:  # a broken plugin is reported, never fatal
-                errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}")
+        plugins, load_errors = entry_point_plugins()
+        errors += load_errors
+        for name, plugin in plugins:
+            pm.register(plugin, name=name)
     for plugin in extra_plugins:
         pm.register(plugin)
 

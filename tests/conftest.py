@@ -45,8 +45,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_effmon(*args: str, env_home: Path | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def run_effmon(
+    *args: str, env_home: Path | None = None, timeout: float = 120, env: dict | None = None, **kw
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ if env is None else env)
     if env_home is not None:
         env["EFFMON_HOME"] = str(env_home)
     env["COLUMNS"] = "120"

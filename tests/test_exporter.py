@@ -97,11 +97,14 @@ def test_export_serves_a_recorded_session_under_dcgm_names_as_the_trace_has_them
     count = value(fams, "effmon_training_step_seconds", "effmon_training_step_seconds_count")
     total = value(fams, "effmon_training_step_seconds", "effmon_training_step_seconds_sum")
     assert count == len(steps) and total == pytest.approx(sum(s["t_end"] - s["t_start"] for s in steps))
-    recent = steps[-64:]  # tokens/s over the last 64 steps, by the trace's own step ends
-    rate = sum(s["tokens"] for s in recent[1:]) / (recent[-1]["t_end"] - recent[0]["t_end"])
+    # tokens/s as the registry defines it, by the trace's own rows: tokens over the summed step time
+    rate = sum(s["tokens"] for s in steps) / sum(s["t_end"] - s["t_start"] for s in steps)
     assert value(fams, "effmon_training_tokens_per_second") == pytest.approx(rate)
-    # power integrated over the session against the hardware counter's own difference (within 1%)
+    # the session's energy against the hardware counter's own difference (within 1%)
     assert value(fams, "effmon_energy_joules") == pytest.approx(energy[-1] - energy[0], rel=0.01)
+    # AEC by the trace's own arithmetic: the energy counter's increase over the session's span
+    span = gpu[-1]["t"] - gpu[0]["t"]
+    assert value(fams, "effmon_aec_watts") == pytest.approx((energy[-1] - energy[0]) / span, rel=0.01)
     batches = trace_rows("generate_batch")
     done = value(fams, "effmon_serving_requests", "effmon_serving_requests_total", outcome="succeeded")
     assert done == sum(b["requests"] for b in batches)
@@ -109,6 +112,37 @@ def test_export_serves_a_recorded_session_under_dcgm_names_as_the_trace_has_them
         b["requests"] * b["new_tokens_each"] for b in batches
     )
     assert value(fams, "effmon_session_info", session=phases_session.stem) == 1
+
+
+def test_the_endpoint_and_the_report_give_one_figure_per_metric(phases_session, tmp_path):
+    """One session, one tokens/s, one J/token, one TTFT p50: every metric declared with an export name is on the
+    endpoint with the value ``effmon report --format json`` gives for the whole session (the report computes it
+    with the exact aggregation, the exporter with the running one), and the EfficientLLM figures AMU, PCU and AEC
+    are there too."""
+    from effmon.metrics import METRICS
+
+    served = Served(tmp_path / "h", "export", str(phases_session), "--prometheus", "0")
+    try:
+        fams = scrape(served.url)
+    finally:
+        assert served.stop() == 0
+    out = run_effmon("report", str(phases_session), "--format", "json", env_home=tmp_path / "h")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    checked = 0
+    for m in METRICS.values():
+        if m.export is None or m.json is None:
+            continue
+        expected = doc[m.json[0]] if len(m.json) == 1 else (doc.get(m.json[0]) or {}).get(m.json[1])
+        if isinstance(expected, dict):
+            expected = expected.get("value")
+        if expected is None:
+            assert not [s for s in fams.get(m.export, []) if s.name == m.export], m.export  # no value: no sample
+            continue
+        assert value(fams, m.export) == pytest.approx(expected, rel=1e-9), m.key
+        checked += 1
+    assert {"effmon_amu_bytes", "effmon_pcu_ratio", "effmon_aec_watts"} <= set(fams)
+    assert checked >= 15
 
 
 def test_record_prometheus_serves_while_recording_and_stops_with_it(tmp_path):

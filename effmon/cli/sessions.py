@@ -592,10 +592,12 @@ def _print_compare(result: dict[str, Any]) -> None:
 
 
 def cmd_sources(args: argparse.Namespace, command: list[str]) -> int:
-    from effmon.cli.output import console, literal, piped, print_json, print_rows
+    from effmon.cli.output import piped, print_json, print_rows
+    from effmon.metrics import PLUGIN_ERRORS
     from effmon.plugins import load_registry
 
     registry = load_registry()
+    errors = [*registry.load_errors, *(e for e in PLUGIN_ERRORS if e not in registry.load_errors)]
     sources: list[dict[str, Any]] = [
         {
             "name": spec.name,
@@ -615,16 +617,34 @@ def cmd_sources(args: argparse.Namespace, command: list[str]) -> int:
         if args.metrics
         else []
     )
+    derived = _derived_metrics() if args.metrics else []
     if args.json:
         return print_json(
-            {"sources": sources, "metrics": metrics if args.metrics else None, "errors": registry.load_errors}
+            {
+                "sources": sources,
+                "metrics": metrics if args.metrics else None,
+                "derived": derived if args.metrics else None,
+                "errors": errors,
+            }
         )
     if piped():
+        for problem in errors:  # beside the rows, not among them
+            print(f"effmon: {visible(problem)}", file=sys.stderr)
         print_rows(
             (s["name"], "live" if s["live"] else "-", ",".join(s["entities"]), s["description"]) for s in sources
         )
-        return print_rows((m["entity"], m["metric"], m["unit"], m["kind"], m["description"]) for m in metrics)
+        print_rows((m["entity"], m["metric"], m["unit"], m["kind"], m["description"]) for m in metrics)
+        return print_rows(("derived", d["key"], d["unit"], ",".join(d["needs"]), d["description"]) for d in derived)
+    _print_sources(sources, errors, metrics, derived)
+    return 0
+
+
+def _print_sources(
+    sources: list[dict[str, Any]], errors: list[str], metrics: list[dict[str, Any]], derived: list[dict[str, Any]]
+) -> None:
     from rich.table import Table
+
+    from effmon.cli.output import console, literal
 
     out = console()
     table = Table(title="Data sources (plugins)", title_justify="left")
@@ -638,16 +658,58 @@ def cmd_sources(args: argparse.Namespace, command: list[str]) -> int:
             literal(src["description"]),
         )
     out.print(table)
-    for problem in registry.load_errors:
+    for problem in errors:
         out.print(literal(problem, "red"))
     if metrics:
-        mt = Table(title="Metrics", title_justify="left")
+        mt = Table(title="Recorded metrics (what the sources read)", title_justify="left")
         for col in ("entity", "metric", "unit", "kind", "meaning"):
             mt.add_column(col)
         for m in metrics:
             mt.add_row(*(literal(m[k]) for k in ("entity", "metric", "unit", "kind", "description")))
         out.print(mt)
-    return 0
+    if derived:
+        dt = Table(title="Derived metrics (the registry: what reports, exports and the dashboard compute)",
+                   title_justify="left")  # fmt: skip
+        for col in ("metric", "unit", "better", "computed from", "exported as", "declared by", "meaning"):
+            dt.add_column(col, no_wrap=col == "metric")
+        for d in derived:
+            dt.add_row(
+                literal(d["key"]),
+                literal(d["unit"]),
+                literal(d["better"] or "-"),
+                literal(", ".join(d["needs"])),
+                literal(
+                    ", ".join(
+                        x for x in (d["efficientllm"] and f"EfficientLLM {d['efficientllm']}", d["prometheus"]) if x
+                    )
+                    or "-"
+                ),  # fmt: skip
+                literal(d["declared_by"]),
+                literal(d["description"]),
+            )
+        out.print(dt)
+
+
+def _derived_metrics() -> list[dict[str, Any]]:
+    """Every declaration of the metric registry, with what it is computed from and where it is exported."""
+    from effmon.metrics import METRICS
+
+    return [
+        {
+            "key": m.key,
+            "label": m.label,
+            "unit": m.unit,
+            "better": m.better,
+            "needs": list(m.needs),
+            "family": m.family,
+            "json": ".".join(m.json) if m.json else None,
+            "efficientllm": m.efficientllm,
+            "prometheus": m.export,
+            "declared_by": m.module,
+            "description": m.description,
+        }
+        for m in METRICS.values()
+    ]
 
 
 def _preset_record(p: Any) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def _mcr_detail(s: Any) -> str:
     table="always",
     detail=_mcr_detail,
     compare=True,
+    export="effmon_mcr_ratio",
 )
 def model_compression_rate(x: Inputs) -> Any:
     """(bits_original / bits_compressed) × (perf_compressed / perf_original), from the scores given."""
@@ -144,6 +145,7 @@ def peak_flops(gpu_name: str | None) -> float | None:
     fmt=".3f",
     table="known",
     detail=lambda s: s.result("MFU").info.get("formula", ""),
+    export="effmon_mfu_ratio",
 )
 def mfu(x: Inputs) -> Any:
     """Model FLOP utilisation against the GPUs' dense bf16 peak."""

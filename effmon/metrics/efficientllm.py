@@ -54,7 +54,15 @@ def amu_fraction(x: Inputs) -> float | NA:
     return _amu_bytes(x) / total if total else NA("total GPU memory unknown")
 
 
-@metric("AMU_bytes", label="AMU bytes", unit="B", better="lower", needs=("gpus",), json=("AMU", "bytes"))
+@metric(
+    "AMU_bytes",
+    label="AMU bytes",
+    unit="B",
+    better="lower",
+    needs=("gpus",),
+    json=("AMU", "bytes"),
+    export="effmon_amu_bytes",
+)
 def amu_bytes(x: Inputs) -> float | NA:
     """AMU in bytes."""
     return _amu_bytes(x) if x.gpus else NO_GPU
@@ -78,6 +86,7 @@ def _pcu_strip(value: Any, s: Any) -> str:
     detail=lambda s: f"ratio, from {s.value('PCU_source')}",
     strip=_pcu_strip,
     compare=True,
+    export="effmon_pcu_ratio",
 )
 def pcu(x: Inputs) -> float | NA:
     """Time-averaged SM activity (NVML GPM) where the GPU has it, else NVML utilisation; mean over GPUs."""
@@ -104,8 +113,9 @@ def pcu_source(x: Inputs) -> Any:
     family="compute",
     fmt=".3f",
     table="known",
-    table_label="  tensor active",
+    parent="PCU",
     detail="ratio, NVML GPM",
+    export="effmon_tensor_active_ratio",
 )
 def tensor_active(x: Inputs) -> float | NA:
     """Time-averaged tensor-core activity (NVML GPM), mean over GPUs."""
@@ -123,7 +133,7 @@ def tensor_active(x: Inputs) -> float | NA:
     family="compute",
     fmt=".3f",
     table="known",
-    table_label="  NVML util",
+    parent="PCU",
     detail="ratio (any kernel running — not SM activity)",
 )
 def nvml_utilization(x: Inputs) -> float | NA:
@@ -149,6 +159,7 @@ def _al_unit(s: Any) -> str:
     detail=_al_unit,
     strip="{:.3g} s",
     compare=True,
+    export="effmon_al_seconds",
 )
 def al(x: Inputs) -> float | NA:
     """Average latency: mean step wall time (training) or mean end-to-end request latency (inference)."""
@@ -210,6 +221,7 @@ def _per_param(x: Inputs, total: float) -> float | NA:
     detail="tokens/param/s",
     strip="{:.3g}",
     compare=True,
+    export="effmon_tt_tokens_per_param_per_second",
 )
 def tt(x: Inputs) -> float | NA:
     """Token throughput: Σ tokens / parameters / Σ step time."""
@@ -229,6 +241,7 @@ def tt(x: Inputs) -> float | NA:
     detail="samples/param/s",
     strip="{:.3g}",
     compare=True,
+    export="effmon_st_samples_per_param_per_second",
 )
 def st(x: Inputs) -> float | NA:
     """Sample throughput: Σ samples / parameters / Σ step time."""
@@ -248,6 +261,7 @@ def st(x: Inputs) -> float | NA:
     detail="generated tokens/s",
     strip="{:.3g}",
     compare=True,
+    export="effmon_it_tokens_per_second",
 )
 def it(x: Inputs) -> float | NA:
     """Inference throughput: generated tokens / time with at least one request in flight."""
@@ -273,6 +287,7 @@ def it(x: Inputs) -> float | NA:
     detail="W (average power, all GPUs)",
     strip="{:.0f} W",
     compare=True,
+    export="effmon_aec_watts",
 )
 def aec(x: Inputs) -> float | NA:
     """Average power, (1/T)∫P dt, summed over GPUs."""

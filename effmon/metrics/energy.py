@@ -29,6 +29,7 @@ INTEGRATED = "integrated_power"
         f"counter {human_energy(s.value('energy_counter_j'))}, "
         f"integrated {human_energy(s.value('energy_integrated_j'))}"
     ),
+    export="effmon_energy_joules",
 )
 def energy_j(x: Inputs) -> float | NA:
     """Energy over the window: the counter where every GPU has one, else integrated power."""
@@ -100,10 +101,11 @@ def _tokens(x: Inputs) -> Any:
     json=("energy_per", "token_j"),
     family="energy",
     table="known",
-    table_label="  J/token",
+    parent="energy_j",
     detail="J",
     strip="{:.3g}",
     compare=True,
+    export="effmon_energy_per_token_joules",
 )
 def j_per_token(x: Inputs) -> float | NA:
     """Energy per token: trained tokens (training) or generated tokens (inference)."""
@@ -119,8 +121,9 @@ def j_per_token(x: Inputs) -> float | NA:
     json=("energy_per", "sample_j"),
     family="energy",
     table="known",
-    table_label="  J/sample",
+    parent="energy_j",
     detail="J",
+    export="effmon_energy_per_sample_joules",
 )
 def j_per_sample(x: Inputs) -> float | NA:
     """Energy per training sample."""
@@ -136,10 +139,11 @@ def j_per_sample(x: Inputs) -> float | NA:
     json=("energy_per", "request_j"),
     family="energy",
     table="known",
-    table_label="  J/request",
+    parent="energy_j",
     detail="J",
     strip="{:.3g}",
     compare=True,
+    export="effmon_energy_per_request_joules",
 )
 def j_per_request(x: Inputs) -> float | NA:
     """Energy per inference request (all of the window's energy over its requests)."""
@@ -155,10 +159,11 @@ def j_per_request(x: Inputs) -> float | NA:
     json=("energy_per", "step_j"),
     family="energy",
     table="known",
-    table_label="  J/step",
+    parent="energy_j",
     detail="J",
     strip="{:.3g}",
     compare=True,
+    export="effmon_energy_per_step_joules",
 )
 def j_per_step(x: Inputs) -> float | NA:
     """Energy per optimizer step (all of the window's energy over its steps)."""
@@ -174,9 +179,10 @@ def j_per_step(x: Inputs) -> float | NA:
     json=("energy_per", "generated_token_j"),
     family="energy",
     table="known",
-    table_label="  J/generated token (server)",
+    parent="energy_j",
     detail="J",
     strip="{:.3g}",
+    export="effmon_energy_per_server_generated_token_joules",
 )
 def j_per_generated_token(x: Inputs) -> float | NA:
     """Energy per token the server says it generated (its own counter)."""
@@ -193,10 +199,11 @@ def j_per_generated_token(x: Inputs) -> float | NA:
     json=("efficiency", "tokens_per_j"),
     family="energy",
     table="known",
-    table_label="  tokens/J",
+    parent="energy_j",
     detail="tokens per joule",
     strip="{:.3g}",
     compare=True,
+    export="effmon_tokens_per_joule",
 )
 def tokens_per_j(x: Inputs) -> float | NA:
     """Tokens per joule, the inverse of J/token: trained tokens (training) or generated tokens (inference)."""

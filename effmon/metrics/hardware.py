@@ -14,6 +14,7 @@ from effmon.metrics.registry import NA, Inputs, metric
     json=("throttle_s",),
     family="hardware",
     fmt=".1f",
+    export="effmon_throttle_seconds",
 )
 def throttle_s(x: Inputs) -> float | NA:
     """Seconds any GPU's clocks were held down by power, thermal or hardware slowdown, summed over GPUs."""

@@ -7,7 +7,7 @@ reports, the JSON and EfficientLLM exports and ``compare`` all iterate the regis
 is one declaration (see ``docs/architecture.md``)::
 
     @metric("J_per_step", label="J/step", unit="J", better="lower", needs=("energy_j", "training"),
-            json=("energy_per", "step_j"), table="known", compare=True)
+            json=("energy_per", "step_j"), table="known", parent="energy_j", compare=True)
     def j_per_step(x: Inputs) -> float | NA:
         if not x.training:
             return NA("no training steps in the window")
@@ -16,37 +16,16 @@ is one declaration (see ``docs/architecture.md``)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from effmon.core.fmt import num
+from effmon.core.values import NA, Known
 
 if TYPE_CHECKING:
     from effmon.metrics.stats import GpuStats, InferenceStats, ServerStats, TrainingStats
-
-
-class NA:
-    """No value, and why (never a zero)."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return f"NA({self.reason!r})"
-
-
-@dataclass(frozen=True)
-class Known:
-    """A value with facts about how it was obtained (exported beside it, e.g. MCR's bit widths)."""
-
-    value: Any
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +45,9 @@ class Result:
 
 Better = Literal["higher", "lower"]
 TableRule = Literal["always", "known", "never"]
+Window = Literal["window", "recent"]
+
+EXPORT_NAME = re.compile(r"^effmon_[a-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -78,23 +60,32 @@ class MetricDef:
     compute: Callable[[Inputs], Any]
     description: str
     family: str = "efficientllm"
+    """The section it belongs to (efficientllm, compute, energy, hardware, or a plugin's own): the only meaning of
+    "family"; the HTML report groups its energy figures by it."""
     fmt: str | Callable[[Any], str] = ".4g"
     json: tuple[str, ...] | None = None
-    """Where it lives in the effmon JSON document (and the EfficientLLM export's ``effmon`` block)."""
+    """Where it lives in the effmon JSON document (and the EfficientLLM export's ``effmon`` block): ``(group,)`` for
+    a value of its own, ``(group, field)`` for a field of a group object. Groups are made from these paths."""
     json_object: bool = False
     """Exported as ``{"value": ..., "reason": ...}`` with its facts beside the value."""
     efficientllm: str | None = None
     """Its key in the benchmark's own record, if it has one."""
     unit_doc: str | None = None
     table: TableRule = "never"
-    table_label: str | None = None
+    parent: str | None = None
+    """The metric whose sub-row it is in the tables (shown indented under it): J/token under energy."""
     detail: str | Callable[[Any], str] = ""
     """The table's "unit / source" column: text, or a function of the summary."""
     strip: str | Callable[[Any, Any], str] | None = None
     """The dashboard strip's text: a ``str.format`` pattern, or a function of (value, summary); None: not shown."""
     compare: bool = False
+    export: str | None = None
+    """Its gauge's name on the Prometheus endpoint (``effmon_...``), the value over the session so far."""
+    window: Window = "window"
+    """``window``: over the window a view asks for (the whole session, or the report's --since/--until);
+    ``recent``: over the last seconds only (a live panel's rate), said in its label."""
     module: str = ""
-    """The family module that declares it: the registry is ordered by family, then by declaration."""
+    """Who declared it: the family module of effmon, or the plugin that registered it."""
 
     def format(self, value: Any) -> str:
         if value is None:
@@ -104,11 +95,39 @@ class MetricDef:
     def detail_text(self, summary: Any) -> str:
         return self.detail(summary) if callable(self.detail) else self.detail
 
+    @property
+    def depth(self) -> int:
+        """How deep a sub-row it is (0: a row of its own)."""
+        return 0 if self.parent is None else METRICS[self.parent].depth + 1
+
+    @property
+    def row_label(self) -> str:
+        """Its label in a table, indented under its parent."""
+        return "  " * self.depth + self.label
+
 
 METRICS: dict[str, MetricDef] = {}
-"""Every metric, in the order the tables show them."""
+"""Every metric, in the order the tables show them (effmon's family modules in order, then plugins')."""
 
 INPUTS = ("gpus", "training", "inference", "server", "run_kind", "model", "options", "meta", "steps", "requests")
+
+
+class RegistryError(ValueError):
+    """A declaration that breaks the registry's contract (said when it is declared, not when a report drops it)."""
+
+
+def declare(key: str, compute: Callable[[Inputs], Any], *, module: str, **kw: Any) -> MetricDef:
+    """Add one declaration, checked against the ones before it (see ``check_one``)."""
+    if key in METRICS:
+        raise RegistryError(f"metric {key!r} declared twice ({METRICS[key].module} and {module})")
+    kw.setdefault("description", (compute.__doc__ or "").strip())
+    try:
+        m = MetricDef(key=key, compute=compute, module=module, **kw)
+    except TypeError as exc:
+        raise RegistryError(f"metric {key!r}: {exc}") from None
+    check_one(m)
+    METRICS[key] = m
+    return m
 
 
 def metric(
@@ -117,15 +136,102 @@ def metric(
     """Declare a metric; the decorated function computes it from ``Inputs``."""
 
     def register(fn: Callable[[Inputs], Any]) -> Callable[[Inputs], Any]:
-        if key in METRICS:
-            raise ValueError(f"metric {key!r} declared twice")
-        doc = (fn.__doc__ or "").strip()
-        METRICS[key] = MetricDef(
-            key, label, unit, better, needs, fn, kw.pop("description", doc), module=fn.__module__, **kw
-        )
+        declare(key, fn, module=fn.__module__, label=label, unit=unit, better=better, needs=needs, **kw)
         return fn
 
     return register
+
+
+def check_one(m: MetricDef) -> None:
+    """A declaration's own contract, against the metrics declared before it: a compared
+    metric says which way is better, a sub-row's parent exists, its JSON path fits the groups made so far, its
+    export name is a Prometheus name of its own."""
+    where = f"metric {m.key!r} ({m.module})"
+    if not m.label or not isinstance(m.needs, tuple):
+        raise RegistryError(f"{where}: a label and a tuple of needs are required")
+    if m.better not in ("higher", "lower", None):
+        raise RegistryError(f"{where}: better must be 'higher', 'lower' or None, not {m.better!r}")
+    if m.compare and m.better is None:
+        raise RegistryError(f"{where} is compared (compare=True) but does not say which way is better (better=...)")
+    if m.table not in ("always", "known", "never"):
+        raise RegistryError(f"{where}: table must be 'always', 'known' or 'never', not {m.table!r}")
+    if m.window not in ("window", "recent"):
+        raise RegistryError(f"{where}: window must be 'window' or 'recent', not {m.window!r}")
+    if m.parent is not None and m.parent not in METRICS:
+        raise RegistryError(f"{where}: its parent {m.parent!r} is not a metric declared before it")
+    if m.json is not None:
+        _check_json(m, where)
+    if m.export is not None:
+        if not EXPORT_NAME.match(m.export):
+            raise RegistryError(f"{where}: export name {m.export!r} must match {EXPORT_NAME.pattern}")
+        clash = [o.key for o in METRICS.values() if o.export == m.export]
+        if clash:
+            raise RegistryError(f"{where}: export name {m.export!r} is already {clash[0]!r}'s")
+
+
+def _check_json(m: MetricDef, where: str) -> None:
+    path = m.json or ()
+    if not 1 <= len(path) <= 2 or not all(isinstance(p, str) and p for p in path):
+        raise RegistryError(f"{where}: json must be (group,) or (group, field), not {path!r}")
+    if m.json_object and len(path) != 2:
+        raise RegistryError(f"{where}: a json_object metric needs json=(group, field)")
+    for other in METRICS.values():
+        if other.json is None or other.json[0] != path[0]:
+            continue
+        if other.json == path:
+            raise RegistryError(f"{where}: JSON path {path!r} is already {other.key!r}'s")
+        if len(other.json) == 1 or len(path) == 1:
+            raise RegistryError(
+                f"{where}: JSON group {path[0]!r} holds {other.key!r}'s value, so it cannot also be an object"
+            )
+        if other.json_object or m.json_object:
+            raise RegistryError(f"{where}: JSON group {path[0]!r} is {other.key!r}'s object; choose another group")
+
+
+def check_needs() -> None:
+    """Once a set of declarations is complete (effmon's families, then each plugin's): everything a metric needs
+    is an input or a declared metric (a family may use a metric it declares further down)."""
+    for m in METRICS.values():
+        unknown = [n for n in m.needs if n not in INPUTS and n not in METRICS]
+        if unknown:
+            raise RegistryError(
+                f"metric {m.key!r} ({m.module}) needs {unknown}, which are neither inputs {INPUTS} nor metrics"
+            )
+
+
+def table_order() -> list[MetricDef]:
+    """Every metric in the order tables show them: declaration order, each sub-row right under its parent (a
+    plugin's J/sample-like figure sits under energy, not at the table's end)."""
+    children: dict[str | None, list[MetricDef]] = {}
+    for m in METRICS.values():
+        children.setdefault(m.parent, []).append(m)
+    out: list[MetricDef] = []
+
+    def walk(parent: str | None) -> None:
+        for m in children.get(parent, []):
+            out.append(m)
+            walk(m.key)
+
+    walk(None)
+    return out
+
+
+def json_groups() -> tuple[str, ...]:
+    """The top-level groups of metric values in the documents, in the order their first metric is declared."""
+    return tuple(dict.fromkeys(m.json[0] for m in METRICS.values() if m.json))
+
+
+def remove(keys: list[str]) -> None:
+    """Take declarations out again (a plugin's metrics when it is unregistered); a metric that another one still
+    needs or has as its parent stays, and that is an error."""
+    for m in METRICS.values():
+        if m.key in keys:
+            continue
+        held = [k for k in keys if k in m.needs or k == m.parent]
+        if held:
+            raise RegistryError(f"cannot remove {held}: metric {m.key!r} needs them")
+    for key in keys:
+        METRICS.pop(key, None)
 
 
 @dataclass
@@ -157,7 +263,14 @@ class Inputs:
 
     def result(self, key: str) -> Result:
         if key not in self.results:
-            self.results[key] = Result.of(METRICS[key].compute(self))
+            m = METRICS[key]
+            if m.module.startswith("effmon."):
+                self.results[key] = Result.of(m.compute(self))
+            else:  # a plugin's metric that fails is N/A with its error; it never stops a report
+                try:
+                    self.results[key] = Result.of(m.compute(self))
+                except Exception as exc:
+                    self.results[key] = Result(None, f"{m.module} failed: {type(exc).__name__}: {exc}")
         return self.results[key]
 
     def __getitem__(self, key: str) -> Any:
@@ -166,22 +279,6 @@ class Inputs:
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
-
-
-def check(families: tuple[str, ...]) -> None:
-    """Once every family module is imported: order the registry by family (the order tables show), and
-    check that every metric needs only inputs and declared metrics."""
-    rank = {f"effmon.metrics.{f}": i for i, f in enumerate(families)}
-    unknown_family = sorted({m.module for m in METRICS.values()} - set(rank))
-    if unknown_family:
-        raise ValueError(f"metrics declared outside the families {families}: {unknown_family}")
-    ordered = sorted(enumerate(METRICS.values()), key=lambda im: (rank[im[1].module], im[0]))
-    METRICS.clear()
-    METRICS.update((m.key, m) for _, m in ordered)
-    for m in METRICS.values():
-        unknown = [n for n in m.needs if n not in INPUTS and n not in METRICS]
-        if unknown:
-            raise ValueError(f"metric {m.key!r} needs {unknown}, which are neither inputs nor metrics")
 
 
 def compute_all(x: Inputs) -> dict[str, Result]:

@@ -379,6 +379,7 @@ class InferenceStats:
     failed_by_kind: dict[str, int]
     ttft_p50_s: float | None
     ttft_p95_s: float | None
+    ttft_p99_s: float | None = None
 
 
 def busy_time(intervals: list[tuple[float, float]]) -> float:
@@ -420,6 +421,7 @@ def inference_stats(req: Requests) -> InferenceStats | None:
         failed_by_kind=dict(req.failed),
         ttft_p50_s=percentile(ttfts, 50),
         ttft_p95_s=percentile(ttfts, 95),
+        ttft_p99_s=percentile(ttfts, 99),
     )
 
 

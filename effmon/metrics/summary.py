@@ -8,7 +8,7 @@ from typing import Any
 from effmon import __version__
 from effmon.core.store import SessionReader
 from effmon.metrics.aggregate import Aggregation, ExactAggregation
-from effmon.metrics.registry import METRICS, Inputs, MetricDef, Options, Result, compute_all
+from effmon.metrics.registry import METRICS, Inputs, MetricDef, Options, Result, compute_all, table_order
 from effmon.metrics.stats import (
     GpuStats,
     InferenceStats,
@@ -57,8 +57,8 @@ class Summary:
         """The metrics a view shows, in order: ``table`` (every known one and the always-shown ones),
         ``strip`` (the dashboard), ``compare``."""
         out = []
-        for key, m in METRICS.items():
-            r = self.results[key]
+        for m in table_order() if where == "table" else METRICS.values():
+            r = self.results[m.key]
             if where == "table" and (m.table == "always" or (m.table == "known" and r.value is not None)):
                 out.append((m, r))
             elif where == "strip" and m.strip is not None and (r.value is not None or m.table == "always"):

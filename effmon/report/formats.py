@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING, Any
 from effmon.core.declare import GPM_ACTIVITY, GPU_COLUMNS
 from effmon.core.store import SessionReader
 from effmon.metrics import METRICS, Summary
+from effmon.metrics.registry import json_groups
 
 if TYPE_CHECKING:
     import numpy as np
-
-GROUPS = ("AMU", "PCU", "AL", "TT", "ST", "IT", "AEC", "MCR", "MFU", "energy_per", "efficiency")
-"""Top-level groups of metric values in the documents, in order."""
 
 SERIES_UNITS = {
     "total_time": "s",
@@ -56,9 +54,10 @@ def clean(obj: Any) -> Any:
     return obj
 
 
-def metric_tree(s: Summary, groups: tuple[str, ...] = GROUPS) -> dict[str, Any]:
-    """Metric values placed where each declaration says, group by group."""
-    tree: dict[str, Any] = {g: None for g in groups}
+def metric_tree(s: Summary, groups: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Metric values placed where each declaration says, group by group (default: every group the declarations
+    make, in the order they are declared)."""
+    tree: dict[str, Any] = {g: None for g in (json_groups() if groups is None else groups)}
     for key, m in METRICS.items():
         if m.json is None or m.json[0] not in tree:
             continue
@@ -97,7 +96,6 @@ def effmon_json(s: Summary) -> dict[str, Any]:
             "inference": _asdict(s.inference),
             "server": _asdict(s.server),
             "gpus": [dataclasses.asdict(g) for g in s.gpus],
-            "throttle_s": s.value("throttle_s"),
             "notes": s.notes,
         }
     )
@@ -157,7 +155,8 @@ def efficientllm(s: Summary) -> dict[str, Any]:
         }
     )
     training, inference = s.training, s.inference
-    tree = metric_tree(s, ("AMU", "PCU", "AL", "AEC", "MCR", "MFU", "energy_per", "efficiency"))
+    top_level = {m.json[0] for m in METRICS.values() if m.json is not None and m.json == (m.efficientllm,)}
+    tree = metric_tree(s, tuple(g for g in json_groups() if g not in top_level))  # TT, ST, IT stand at the top
     out["effmon"] = {
         "version": s.effmon_version,
         "units": units(),
@@ -173,19 +172,12 @@ def efficientllm(s: Summary) -> dict[str, Any]:
         if training.tokens_counted == "padded"
         else "real tokens, padding not counted",
         **tree,
-        "throughput": {
-            "tokens_per_s": training.tokens_per_s if training else None,
-            "samples_per_s": training.samples_per_s if training else None,
-            "generated_tokens_per_s": inference.generated_tokens_per_s if inference else None,
-            "requests_per_s": inference.requests_per_s if inference else None,
-        },
         "per_param_null_reason": None
         if (s.value("TT") is not None or not training)
         else "model parameter count unknown; give --params",
         "training": _asdict(training),
         "inference": _asdict(inference),
         "gpus": [dataclasses.asdict(g) for g in s.gpus],
-        "throttle_s": s.value("throttle_s"),
         "notes": s.notes,
     }
     return clean(out)

@@ -14,6 +14,7 @@ and the job's run id.
 
 from __future__ import annotations
 
+import math
 import socket
 import sys
 import threading
@@ -95,8 +96,6 @@ class Totals:
     e2e: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     step_cursor: int = 0
     request_cursor: int = 0
-    last_steps: list[tuple[float, int]] = field(default_factory=list)
-    """(end time, tokens of all ranks so far) at recent steps of the clock rank, for a current tokens/s."""
     clock_rank: int | None = None
     """The rank whose steps are counted and timed: the first seen (a node of a multi-node job has no rank 0)."""
 
@@ -114,6 +113,8 @@ class SessionCollector:
         self.lock = threading.Lock()
         self._reader: SessionReader | None = None
         self._meta: dict[str, Any] | None = None
+        self._aggregation: Any = None
+        self._aggregated_to = -float("inf")
 
     def reader(self) -> SessionReader:
         if self._reader is None:
@@ -124,6 +125,7 @@ class SessionCollector:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._aggregation, self._aggregated_to = None, -float("inf")
 
     def collect(self) -> Iterator[Any]:
         with self.lock:
@@ -206,7 +208,6 @@ class SessionCollector:
             if rank == t.clock_rank:
                 t.steps += 1
                 t.step_seconds.add(row["t_end"] - row["t_start"])
-                t.last_steps = (t.last_steps + [(row["t_end"], t.tokens)])[-64:]  # tokens of every rank so far
         requests, t.request_cursor = r.spans("request", cursor=t.request_cursor)
         for row in requests:
             n = int(row.get("requests") or 1)
@@ -231,9 +232,6 @@ class SessionCollector:
         newest = max((float(row["t"]) for row in latest["gpu"].values()), default=now)
         yield _gauge("effmon_session_time_seconds", "The session's clock at its newest reading (Unix time; a "
                      "replay's is the trace's).", base, labels, newest)  # fmt: skip
-        energy = sum(float(row.get("energy_integrated_j") or 0.0) for row in latest["gpu_energy"].values())
-        yield _gauge("effmon_energy_joules", "GPU energy since the session began (all GPUs, integrated power).",
-                     base, labels, energy if now else None)  # fmt: skip
         if t.steps:
             yield _counter(CounterMetricFamily, "effmon_training_steps", "Optimizer steps.", base, labels, t.steps)
             yield _counter(CounterMetricFamily, "effmon_training_tokens", "Input tokens trained on (all ranks).",
@@ -241,12 +239,6 @@ class SessionCollector:
             hist = HistogramMetricFamily("effmon_training_step_seconds", "Optimizer step time.", labels=base)
             hist.add_metric(labels, t.step_seconds.buckets(), t.step_seconds.total)
             yield hist
-            yield _gauge("effmon_training_tokens_per_second", "Tokens per second over the last steps (up to 64).",
-                         base, labels, _recent_rate(t.last_steps))  # fmt: skip
-            yield _gauge("effmon_energy_per_step_joules", "GPU energy per optimizer step so far.", base, labels,
-                         energy / t.steps if energy else None)  # fmt: skip
-            yield _gauge("effmon_energy_per_token_joules", "GPU energy per trained token so far.", base, labels,
-                         energy / t.tokens if energy and t.tokens else None)  # fmt: skip
         if t.requests:
             fam = CounterMetricFamily("effmon_serving_requests", "Requests finished.", labels=[*base, "outcome"])
             for outcome, n in sorted(t.requests.items()):
@@ -262,8 +254,33 @@ class SessionCollector:
                 hist = HistogramMetricFamily(name, help_text, labels=base)
                 hist.add_metric(labels, hist_data.buckets(), hist_data.total)
                 yield hist
-            yield _gauge("effmon_energy_per_output_token_joules", "GPU energy per generated token so far.", base,
-                         labels, energy / t.output_tokens if energy and t.output_tokens else None)  # fmt: skip
+        yield from self._registry_families(base, labels)
+
+    def _registry_families(self, base: tuple[str, ...], labels: list[str]) -> Iterator[Any]:
+        """Every metric declared with an export name, as a gauge of its value over the session so far: the same
+        declaration, inputs and arithmetic as ``effmon report`` (running sums extended scrape by scrape, as the
+        dashboard's). A metric with no value yet has no sample (never a zero)."""
+        from effmon.metrics import METRICS, IncrementalAggregation, MetricsError, evaluate, so_far
+
+        r = self.reader()
+        lo, hi = r.time_range()
+        summary = None
+        if lo is not None and hi is not None and hi > lo:
+            if self._aggregation is None or hi < self._aggregated_to:
+                self._aggregation = IncrementalAggregation(r)
+            self._aggregated_to = hi
+            try:
+                summary = evaluate(r, so_far(lo, hi), aggregation=self._aggregation, with_series=False)
+            except MetricsError:
+                summary = None
+        for m in METRICS.values():
+            if m.export is None:
+                continue
+            value = summary.value(m.key) if summary is not None else None
+            number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+            number = number if number is not None and math.isfinite(number) else None
+            yield _gauge(m.export, f"{m.description} [{m.unit or 'ratio'}; {m.key}, over the session so far]",
+                         base, labels, number)  # fmt: skip
 
 
 def _gauge(name: str, help_text: str, base: tuple[str, ...], labels: list[str], value: float | None) -> Any:
@@ -279,13 +296,6 @@ def _counter(cls: Any, name: str, help_text: str, base: tuple[str, ...], labels:
     fam = cls(name, help_text, labels=base)
     fam.add_metric(labels, value)
     return fam
-
-
-def _recent_rate(steps: list[tuple[float, int]]) -> float | None:
-    """Tokens per second between the oldest and newest of the recent steps ((end time, tokens so far) pairs)."""
-    if len(steps) < 2 or steps[-1][0] <= steps[0][0]:
-        return None
-    return (steps[-1][1] - steps[0][1]) / (steps[-1][0] - steps[0][0])
 
 
 class Exporter:

@@ -47,7 +47,7 @@ PER_GPU_ROWS: tuple[tuple[str, Callable[[GpuStats], str]], ...] = (
 def metric_rows(s: Summary) -> list[tuple[str, str, str]]:
     """(label, value, unit / source) of every metric the tables show; an N/A says why instead of its unit."""
     return [
-        (m.table_label or m.label, m.format(r.value), r.reason if r.value is None and r.reason else m.detail_text(s))
+        (m.row_label, m.format(r.value), r.reason if r.value is None and r.reason else m.detail_text(s))
         for m, r in s.metrics("table")
     ]
 
@@ -139,15 +139,15 @@ def render_summary(
         tr = s.training
         console.print(
             f"training: {tr.steps} steps, {tr.tokens} tokens, "
-            f"step time p50 {num(tr.step_time_p50_s, '.3f')} s "
-            f"p95 {num(tr.step_time_p95_s, '.3f')} s, {num(tr.tokens_per_s, '.0f')} tokens/s"
+            f"step time p50 {num(s.value('step_p50'), '.3f')} s "
+            f"p95 {num(s.value('step_p95'), '.3f')} s, {num(s.value('tokens_per_s'), '.0f')} tokens/s"
         )
     if s.inference:
         inf = s.inference
         console.print(
             f"inference: {inf.requests} requests, "
             f"{'tokens not counted' if inf.generated_tokens is None else f'{inf.generated_tokens} generated tokens'}, "
-            f"latency p50 {num(inf.latency_p50_s, '.3f')} s p99 {num(inf.latency_p99_s, '.3f')} s"
+            f"latency p50 {num(s.value('E2E_p50'), '.3f')} s p99 {num(s.value('E2E_p99'), '.3f')} s"
         )
     for note in s.notes:
         console.print(literal(f"note: {note}", "dim"))
