@@ -210,3 +210,22 @@ def evaluate(
         requests=requests,
         series=series,
     )
+
+
+def evaluate_spans(
+    steps: list[dict[str, Any]],
+    requests: list[dict[str, Any]],
+    keys: tuple[str, ...],
+    *,
+    options: Options | None = None,
+) -> dict[str, Result]:
+    """The registry's figures of some training steps and requests alone (a live panel's last seconds, a load run's
+    results): the same declarations as a report, with no GPU or server input (their figures are N/A here)."""
+    options = options or Options()
+    notes: list[str] = []
+    ordered = Steps(sorted(steps, key=lambda r: (r["t_start"], r.get("rank") or 0)))
+    training = training_stats(ordered, notes, options.tokens) if ordered.rows else None
+    inference = inference_stats(split_requests(requests))
+    run_kind = _run_kind({}, training, inference, None)
+    x = Inputs([], training, inference, None, run_kind, {}, options, {}, notes)
+    return {key: x.result(key) for key in keys}

@@ -228,7 +228,9 @@ class EffmonApp(App[None]):
         self.query_one("#throughput", Static).update(
             pairs_table(snap.throughput, "no step or request data yet: it comes from the training/serving integrations")
         )
-        self.query_one("#latency", Static).update(pairs_table(snap.latency, "no steps or requests yet"))
+        latency = self.query_one("#latency", Static)
+        latency.border_title = f"latency · {snap.window_label}"  # its percentiles are over the view's window
+        latency.update(pairs_table(snap.latency, "no steps or requests yet"))
         self.query_one("#efficiency", Static).update(efficiency_text(snap))
         self._render_procs(snap)
         self.query_one("#chart-label", Static).update(chart_renderable(snap))

@@ -14,9 +14,9 @@ from typing import Any
 
 from effmon.core.fmt import GIB
 from effmon.core.store import SessionReader
-from effmon.metrics import IncrementalAggregation, MetricsError, Summary, evaluate, so_far
-from effmon.metrics.series import percentile
+from effmon.metrics import METRICS, IncrementalAggregation, MetricsError, Result, Summary, evaluate, so_far
 from effmon.metrics.stats import THROTTLE_BITS
+from effmon.metrics.summary import evaluate_spans
 from effmon.tui.buffer import RecentSeries, RecentSpans
 
 WINDOWS = ((60.0, "1 min"), (600.0, "10 min"), (3600.0, "1 h"), (None, "whole session"))
@@ -31,6 +31,14 @@ CHART_METRICS = (
 )
 STALE_AFTER_S = 3.0
 RATE_SPAN_S = 10.0
+REQUEST_RATE_SPAN_S = 30.0
+"""The throughput panel's rates are over the last seconds (steps: 10 s; requests, sparser: 30 s), and say so."""
+RATE_LABEL = f" · {RATE_SPAN_S:.0f} s"
+REQUEST_RATE_LABEL = f" · {REQUEST_RATE_SPAN_S:.0f} s"
+STEP_COLUMNS = ("t_start", "t_end", "step", "rank", "tokens", "padded_tokens", "samples", "loss", "comm_s")
+REQUEST_COLUMNS = ("t_start", "t_end", "requests", "prompt_tokens", "generated_tokens", "ttft_s", "error")
+"""What the panels' metrics read of each step and request (kept in memory for the last minutes)."""
+PERCENTILES = tuple(f"{name}_p{q}" for name in ("TTFT", "E2E") for q in (50, 95, 99))
 
 
 @dataclass
@@ -91,6 +99,13 @@ def _fmt(x: float | None, spec: str, unit: str = "") -> str:
     return "N/A" if x is None else f"{x:{spec}}{unit}"
 
 
+def _row(key: str, results: dict[str, Result], window: str = "") -> tuple[str, str]:
+    """A panel row of a registry metric: its label (with the window when it is not the view's) and its value."""
+    m = METRICS[key]
+    value = results[key].value
+    return m.label + window, m.format(value) + (f" {m.unit}" if value is not None and m.unit == "s" else "")
+
+
 class SessionView:
     def __init__(self, path: Path | str, efficiency_every_s: float = 5.0):
         self.path = Path(path)
@@ -104,10 +119,8 @@ class SessionView:
             for entity in ("gpu", "gpu_gpm")
         }
         self._spans = {
-            "train_step": RecentSpans(self.reader, "train_step", ("t_start", "t_end", "tokens", "samples", "loss")),
-            "request": RecentSpans(
-                self.reader, "request", ("t_start", "t_end", "requests", "generated_tokens", "ttft_s")
-            ),
+            "train_step": RecentSpans(self.reader, "train_step", STEP_COLUMNS),
+            "request": RecentSpans(self.reader, "request", REQUEST_COLUMNS),
         }
 
     def close(self) -> None:
@@ -201,18 +214,16 @@ class SessionView:
         return cards
 
     def _training_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Rates over the last RATE_SPAN_S, percentiles over the view's window: the registry's declarations, with the
+        window in the label (the strip below shows the session so far)."""
         steps = self._spans["train_step"].ended(w0, t)
         if not steps:
             return [], []
-        recent = [s for s in steps if s.t_end > t - RATE_SPAN_S]
-        times = [s.t_end - s.t_start for s in steps]
-        return [
-            ("tokens/s", _fmt(sum(s.tokens or 0 for s in recent) / RATE_SPAN_S, ",.0f")),
-            ("samples/s", _fmt(sum(s.samples or 0 for s in recent) / RATE_SPAN_S, ".1f")),
-            ("steps/s", _fmt(len(recent) / RATE_SPAN_S, ".2f")),
-        ], [
-            ("step p50", _fmt(percentile(times, 50), ".3f", " s")),
-            ("step p95", _fmt(percentile(times, 95), ".3f", " s")),
+        recent = [s._asdict() for s in steps if s.t_end > t - RATE_SPAN_S]
+        rates = evaluate_spans(recent, [], ("tokens_per_s", "samples_per_s", "steps_per_s"))
+        spread = evaluate_spans([s._asdict() for s in steps], [], ("step_p50", "step_p95"))
+        return [_row(key, rates, RATE_LABEL) for key in rates], [
+            *(_row(key, spread) for key in spread),
             ("last loss", _fmt(steps[-1].loss, ".4g")),
         ]
 
@@ -220,25 +231,18 @@ class SessionView:
         requests = self._spans["request"].ended(w0, t)
         if not requests:
             return [], []
-        span = RATE_SPAN_S * 3
-        recent = [q for q in requests if q.t_end > t - span]
-        gen = sum((q.generated_tokens or 0) * (q.requests or 1) for q in recent)
-        e2e: list[float] = []
-        ttft: list[float] = []
-        for q in requests:
-            n = int(q.requests or 1)
-            e2e += [q.t_end - q.t_start] * n
-            if q.ttft_s is not None:
-                ttft += [q.ttft_s] * n
-        latency = [
-            (label, "/".join(_fmt(percentile(vals, p), ".3g") for p in (50, 95, 99)) + " s" if vals else "N/A")
-            for label, vals in (("TTFT p50/95/99", ttft), ("E2E p50/95/99", e2e))
-        ]
-        counted = not recent or any(q.generated_tokens is not None for q in recent)
-        return [
-            ("gen tokens/s", _fmt(gen / span, ",.0f") if counted else "not counted (no usage or tokenizer)"),
-            ("requests/s", _fmt(sum(q.requests or 1 for q in recent) / span, ".2f")),
-        ], latency
+        recent = [q._asdict() for q in requests if q.t_end > t - REQUEST_RATE_SPAN_S]
+        rates = evaluate_spans([], recent, ("generated_tokens_per_s", "requests_per_s"))
+        got = evaluate_spans([], [q._asdict() for q in requests], PERCENTILES)
+        latency = []
+        for name in ("TTFT", "E2E"):
+            values = [got[f"{name}_p{q}"].value for q in (50, 95, 99)]
+            text = "N/A" if values[0] is None else "/".join(_fmt(v, ".3g") for v in values) + " s"
+            latency.append((f"{name} p50/95/99", text))
+        throughput = [_row(key, rates, REQUEST_RATE_LABEL) for key in rates]
+        if recent and rates["generated_tokens_per_s"].value is None:
+            throughput[0] = (throughput[0][0], "not counted (no usage or tokenizer)")
+        return throughput, latency
 
     def _server_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         serving = self._latest("serving", t, key="t")
