@@ -52,7 +52,7 @@ def main() -> None:
         for conc in (1, 64, 512):
             cfg = LoadConfig(url=url, concurrency=conc, requests=None, duration=a.seconds, output_tokens=a.tokens)
             results, wall = asyncio.run(run_load(cfg))
-            s = summarize(results, wall, cfg)
+            s = summarize(results, wall, cfg).to_json()
             print(
                 f"| {conc} | {s['request_throughput']:.0f} | {s['output_token_throughput']:.0f} | "
                 f"{s['ttft_s']['p99'] * 1000:.1f} | {s['e2e_s']['p99'] * 1000:.1f} | {s['failed']} |"

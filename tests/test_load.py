@@ -25,7 +25,7 @@ def test_ttft_and_itl_within_2ms_at_100_concurrent_streams(server):
     # synchronised bursts of a closed loop (those queue in the server: real latency, not client error).
     cfg = LoadConfig(url=server, rate=115, concurrency=0, requests=400, output_tokens=16)
     results, wall = asyncio.run(run_load(cfg))
-    s = summarize(results, wall, cfg)
+    s = summarize(results, wall, cfg).to_json()
     assert s["succeeded"] == 400
     served = json.loads(urllib.request.urlopen(server + "/stats").read())
     # the client's own accuracy: its TTFT against what the server did for that very request
@@ -346,6 +346,6 @@ def test_a_burst_of_starts_is_seen_as_the_clients_wait_and_marks_ttft(server):
     assert all(s <= served[r.response_id]["received"] + 0.002 for s, r in zip(sent, results, strict=True))
     waits = [r.send_delay_s for r in results]
     assert percentile(waits, 99) > 0.005 and min(waits) < percentile(waits, 99) / 2  # a burst: early ones go at once
-    s = summarize(results, wall, cfg, watch.report(sum(r.chunks for r in results), 128))
+    s = summarize(results, wall, cfg, watch.report(sum(r.chunks for r in results), 128)).to_json()
     assert s["client"]["send_delay_p99_s"] == percentile(waits, 99)
     assert "p99" in s["client"]["affected"]["ttft_s"]

@@ -157,7 +157,9 @@ def cmd_serve(args: argparse.Namespace, command: list[str]) -> int:
             run_dashboard(make_app(path, mode="live"), intr)
 
     options = RecordOptions(name=args.name, quiet=args.quiet, views=views(args))
-    return serve(preset, options, load=cfg, timeout_s=args.timeout, dashboard=dashboard)
+    from effmon.cli.loadview import print_load_summary
+
+    return serve(preset, options, load=cfg, timeout_s=args.timeout, dashboard=dashboard, show_load=print_load_summary)
 
 
 def _prompts(path: str) -> list[str]:
@@ -222,11 +224,12 @@ def _load_setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
 
+    from effmon.cli.loadview import print_load_summary
     from effmon.core.files import check_target, safe_write
     from effmon.core.procs import Interrupts
     from effmon.core.redact import redact_text
     from effmon.recording import Recording, RecordOptions
-    from effmon.serving.load import print_summary, record_load, verdict
+    from effmon.serving.load import record_load, verdict
 
     if args.json and args.json != "-":
         check_target(args.json, args.force)
@@ -259,27 +262,28 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
             rec.finish("interrupted", f"stopped by {intr.last_name} after {len(results)} requests")
         else:
             rec.finish("failed" if failed else "complete", failed or "the load ended")
+    doc = summary.to_json()
     if args.json == "-":
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        print_summary(summary)
+        print_load_summary(summary)
     if args.json and args.json != "-":
-        safe_write(args.json, json.dumps(summary, indent=2) + "\n", args.force)
+        safe_write(args.json, json.dumps(doc, indent=2) + "\n", args.force)
     if intr.count:
         return err(f"the load was stopped by {intr.last_name}; the {len(results)} requests that ended are kept", 130)
-    if summary["succeeded"] == 0:
+    if summary.succeeded == 0:
         return err(_no_success(summary, redact_text(args.url), args.endpoint, cfg.model), 1)
     if failed:
         return err(failed, 1)
     return 0
 
 
-def _no_success(summary: dict[str, Any], url: str, endpoint: str, model: str) -> str:
-    """Why no request succeeded, in words that match what happened."""
+def _no_success(summary: Any, url: str, endpoint: str, model: str) -> str:
+    """Why no request succeeded (``summary``: the LoadSummary), in words that match what happened."""
     from effmon.core.fmt import visible
 
-    kinds = set(summary["errors"])
-    first = visible(summary["first_error"] or ", ".join(sorted(kinds)))
+    kinds = set(summary.errors)
+    first = visible(summary.first_error or ", ".join(sorted(kinds)))
     if kinds <= {"connect"}:
         return f"no request succeeded: nothing answers at {url} ({first}); is the server up?"
     if kinds & {"http_404", "http_405"}:

@@ -13,6 +13,7 @@ when it, not the server, was the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -395,7 +396,7 @@ def record_load(
     cfg: LoadConfig,
     stop: Callable[[], bool],
     counter: LocalTokenizer | ServerTokenizer | None | str = "auto",
-) -> tuple[list[RequestResult], dict[str, Any]]:
+) -> tuple[list[RequestResult], LoadSummary]:
     """Run the load into an open Recording ``rec``: a request row as each request ends, then the summary (with
     what the client's watch saw) in the session's meta, and a warning there when the client was saturated.
     Returns every finished request (whatever stopped the load) and the summary."""
@@ -407,8 +408,9 @@ def record_load(
     asyncio.run(run_load(cfg, lambda r: rec.add([request_row(r)]), stop, results=results, watch=watch, counter=counter))
     wall = time.perf_counter() - started
     client = watch.report(sum(r.chunks for r in results), cfg.concurrency or len(results))
-    summary = redact_obj(summarize(results, wall, cfg, client))  # error texts may echo a key
-    rec.set_meta(load_summary=summary)
+    summary = summarize(results, wall, cfg, client)
+    summary.first_error = redact_obj(summary.first_error)  # an error text may echo a key
+    rec.set_meta(load_summary=summary.to_json())
     if client["saturated"]:
         rec.notice("warning", saturation_warning(client))
     return results, summary
@@ -581,84 +583,167 @@ def _tokens_counted_from(ok: list[RequestResult]) -> str:
     return ", else ".join(TOKENS_FROM[k] for k in ("usage", "tokenizer", "server") if k in kinds)
 
 
-def _pct(values: list[float]) -> dict[str, float | None]:
-    return {f"p{q}": percentile(values, q) for q in (50, 90, 95, 99)} | {
-        "mean": sum(values) / len(values) if values else None
-    }
+QUANTILES = ("p50", "p90", "p95", "p99", "mean")
 
 
-def summarize(
-    results: list[RequestResult], wall_s: float, cfg: LoadConfig, client: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The load's figures (``client``: what the client's watch saw, ClientWatch.report)."""
-    ok = [r for r in results if r.ok]
-    known = all(r.output_tokens is not None for r in ok) and bool(ok)
-    tokens = sum(r.output_tokens or 0 for r in ok) if known else None
-    chunks = sum(r.chunks for r in ok)
-    per_token = [g for r in ok for g in r.itl_token]
-    token_itl_share = sum(1 for r in ok if r.chunk_tokens) / len(ok) if ok else 0.0
-    latency = {
-        "ttft_s": _pct([r.ttft_s for r in ok if r.ttft_s is not None]),
-        "itl_s": _pct(per_token),
-        "itl_chunk_s": _pct([g for r in ok for g in r.gaps]),
-        "tpot_s": _pct([t for r in ok if (t := r.tpot_s) is not None]),
-        "e2e_s": _pct([r.e2e_s for r in ok]),
-    }
-    tpot_slo_checkable = cfg.slo_tpot_s is None or known
+@dataclass
+class Quantiles:
+    """A latency's distribution over the requests that succeeded (percentiles as the metric registry takes them)."""
+
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    mean: float | None = None
+
+    @staticmethod
+    def of(values: list[float]) -> Quantiles:
+        p50, p90, p95, p99 = (percentile(values, q) for q in (50, 90, 95, 99))
+        return Quantiles(p50, p90, p95, p99, sum(values) / len(values) if values else None)
+
+
+@dataclass
+class Goodput:
+    """Requests within the SLOs (--slo), or why that could not be checked."""
+
+    slo_ttft_s: float | None
+    slo_tpot_s: float | None
+    requests: int | None
+    requests_per_s: float | None
+    why_not: str | None
+
+
+LATENCIES = ("ttft_s", "itl_s", "itl_chunk_s", "tpot_s", "e2e_s")
+FIGURES = ("generated_tokens_per_s", "requests_per_s", "TTFT_p50", "TTFT_p95", "TTFT_p99", "E2E_p50", "E2E_p99")
+"""The registry's figures of the load's requests, over the time they were in flight: what ``effmon report`` says
+of the same requests (IT, requests/s, the percentiles)."""
+
+
+@dataclass
+class LoadSummary:
+    """What a load run measured. Throughput here is over the run's wall time (as ``vllm bench serve`` states it);
+    ``figures`` holds the registry's figures of the same requests (IT: generated tokens over the time a request
+    was in flight), which ``effmon report`` shows for the session."""
+
+    requests: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    failure_share: float | None
+    max_failures: float
+    errors: dict[str, int]
+    wall_s: float
+    request_throughput: float | None
+    output_token_throughput: float | None
+    output_tokens: int | None
+    chunks: int
+    chunk_throughput: float | None
+    tokens_counted_from: str
+    tokenizer_vs_usage: float | None
+    latency: dict[str, Quantiles]
+    """By LATENCIES key: ttft_s, itl_s (per token), itl_chunk_s, tpot_s, e2e_s."""
+    itl_measured: str
+    goodput: Goodput
+    client: dict[str, Any] | None
+    """What the client's watch saw (ClientWatch.report), with the figures its own delay may have moved."""
+    first_error: str | None
+    figures: dict[str, float | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``-o`` / ``--json`` document and the session's ``load_summary``: latencies at the top level."""
+        doc = dataclasses.asdict(self)
+        latency = doc.pop("latency")
+        figures = doc.pop("figures")
+        return {**doc, **latency, "figures": figures}
+
+
+def _itl_measured(ok: list[RequestResult]) -> str:
+    share = sum(1 for r in ok if r.chunk_tokens) / len(ok) if ok else 0.0
+    if share == 1.0:
+        return "per token (tokens per chunk known)"
+    if share:
+        return f"per token for {share:.0%} of the requests (tokens per chunk known there)"
+    return "per chunk only: the tokens of each chunk are not known (give --tokenizer MODEL_DIR)"
+
+
+def _goodput(ok: list[RequestResult], cfg: LoadConfig, wall_s: float, tokens_known: bool) -> Goodput:
+    if cfg.slo_tpot_s is not None and not tokens_known:
+        why = "the TPOT SLO is per token and the tokens were not counted (give --tokenizer MODEL_DIR)"
+        return Goodput(cfg.slo_ttft_s, cfg.slo_tpot_s, None, None, why)
     good = [
         r
         for r in ok
         if (cfg.slo_ttft_s is None or (r.ttft_s or 0) <= cfg.slo_ttft_s)
         and (cfg.slo_tpot_s is None or (r.tpot_s is not None and r.tpot_s <= cfg.slo_tpot_s))
     ]
-    errors = Counter(r.error for r in results if not r.ok and r.error != "cancelled")
+    return Goodput(cfg.slo_ttft_s, cfg.slo_tpot_s, len(good), len(good) / wall_s if wall_s else None, None)
+
+
+def _latency(ok: list[RequestResult]) -> dict[str, Quantiles]:
+    return {
+        "ttft_s": Quantiles.of([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "itl_s": Quantiles.of([g for r in ok for g in r.itl_token]),
+        "itl_chunk_s": Quantiles.of([g for r in ok for g in r.gaps]),
+        "tpot_s": Quantiles.of([t for r in ok if (t := r.tpot_s) is not None]),
+        "e2e_s": Quantiles.of([r.e2e_s for r in ok]),
+    }
+
+
+def _client(ok: list[RequestResult], client: dict[str, Any] | None, latency: dict[str, Quantiles]) -> Any:
+    if client is None:
+        return None
+    sends = Quantiles.of([r.send_delay_s for r in ok if r.send_delay_s is not None])
+    client = client | {f"send_delay_{q}_s": getattr(sends, q) for q in QUANTILES}
+    return client | {"affected": affected({k: dataclasses.asdict(v) for k, v in latency.items()}, client)}
+
+
+def _per(count: float | None, wall_s: float) -> float | None:
+    return count / wall_s if wall_s and count is not None else None
+
+
+def summarize(
+    results: list[RequestResult], wall_s: float, cfg: LoadConfig, client: dict[str, Any] | None = None
+) -> LoadSummary:
+    """The load's figures (``client``: what the client's watch saw, ClientWatch.report)."""
+    from effmon.metrics.summary import evaluate_spans
+
+    ok = [r for r in results if r.ok]
+    known = all(r.output_tokens is not None for r in ok) and bool(ok)
+    tokens = sum(r.output_tokens or 0 for r in ok) if known else None
+    chunks = sum(r.chunks for r in ok)
+    errors = Counter(str(r.error) for r in results if not r.ok and r.error != "cancelled")
     cancelled = sum(r.error == "cancelled" for r in results)
     finished = len(results) - cancelled
     both = [r for r in ok if r.counted_tokens is not None and r.output_tokens]
-    if client is not None:
-        sends = _pct([r.send_delay_s for r in ok if r.send_delay_s is not None])
-        client = client | {f"send_delay_{q}_s": v for q, v in sends.items()}
-        client |= {"affected": affected(latency, client)}
-    return {
-        "requests": len(results),
-        "succeeded": len(ok),
-        "failed": finished - len(ok),
-        "cancelled": cancelled,
-        "failure_share": (finished - len(ok)) / finished if finished else None,
-        "max_failures": cfg.max_failures,
-        "errors": dict(errors),
-        "wall_s": wall_s,
-        "request_throughput": len(ok) / wall_s if wall_s else None,
-        "output_token_throughput": tokens / wall_s if wall_s and tokens is not None else None,
-        "output_tokens": tokens,
-        "chunks": chunks,
-        "chunk_throughput": chunks / wall_s if wall_s else None,
-        "tokens_counted_from": _tokens_counted_from(ok),
-        "tokenizer_vs_usage": sum(r.counted_tokens or 0 for r in both) / sum(r.output_tokens or 0 for r in both)
+    latency = _latency(ok)
+    figures = evaluate_spans([], [request_row(r).values for r in results if r.error != "cancelled"], FIGURES)
+    return LoadSummary(
+        requests=len(results),
+        succeeded=len(ok),
+        failed=finished - len(ok),
+        cancelled=cancelled,
+        failure_share=(finished - len(ok)) / finished if finished else None,
+        max_failures=cfg.max_failures,
+        errors=dict(errors),
+        wall_s=wall_s,
+        request_throughput=_per(len(ok), wall_s),
+        output_token_throughput=_per(tokens, wall_s),
+        output_tokens=tokens,
+        chunks=chunks,
+        chunk_throughput=_per(chunks, wall_s),
+        tokens_counted_from=_tokens_counted_from(ok),
+        tokenizer_vs_usage=sum(r.counted_tokens or 0 for r in both) / sum(r.output_tokens or 0 for r in both)
         if both
         else None,
-        **latency,
-        "itl_measured": "per token (tokens per chunk known)"
-        if token_itl_share == 1.0
-        else (
-            f"per token for {token_itl_share:.0%} of the requests (tokens per chunk known there)"
-            if token_itl_share
-            else "per chunk only: the tokens of each chunk are not known (give --tokenizer MODEL_DIR)"
-        ),
-        "goodput": {
-            "slo_ttft_s": cfg.slo_ttft_s,
-            "slo_tpot_s": cfg.slo_tpot_s,
-            "requests": len(good) if tpot_slo_checkable else None,
-            "requests_per_s": len(good) / wall_s if wall_s and tpot_slo_checkable else None,
-            "why_not": None
-            if tpot_slo_checkable
-            else "the TPOT SLO is per token and the tokens were not counted (give --tokenizer MODEL_DIR)",
-        },
-        "client": client,
-        "first_error": next(
+        latency=latency,
+        itl_measured=_itl_measured(ok),
+        goodput=_goodput(ok, cfg, wall_s, known),
+        client=_client(ok, client, latency),
+        first_error=next(
             (f"{r.error}: {r.detail}" for r in results if not r.ok and r.detail and r.error != "cancelled"), None
         ),
-    }
+        figures={key: result.value for key, result in figures.items()},
+    )
 
 
 def request_row(r: RequestResult) -> Row:
@@ -683,80 +768,6 @@ def request_row(r: RequestResult) -> Row:
     )
 
 
-LATENCY_ROWS = (
-    ("ttft_s", "TTFT (to first content)"),
-    ("itl_s", "ITL (per token)"),
-    ("itl_chunk_s", "ITL (per chunk)"),
-    ("tpot_s", "TPOT (per token)"),
-    ("e2e_s", "E2E"),
-)
-
-
-def print_summary(s: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    t = Table(
-        title=f"effmon load — {s['succeeded']} of {s['requests']} requests succeeded in {s['wall_s']:.1f} s",
-        title_justify="left",
-    )
-    t.add_column("latency")
-    quantiles = ("p50", "p90", "p95", "p99", "mean")
-    for q in quantiles:
-        t.add_column(q, justify="right")
-    client = s.get("client") or {}
-    marks = client.get("affected") or {}
-    for key, label in LATENCY_ROWS:
-        if key not in s:
-            continue
-        t.add_row(
-            label,
-            *(
-                "N/A" if s[key][q] is None else f"{s[key][q] * 1000:.1f} ms" + ("*" if q in marks.get(key, ()) else "")
-                for q in quantiles
-            ),
-        )
-    console.print(t)
-    tokens = (
-        f"{s['output_token_throughput']:.1f} output tokens/s"
-        if s.get("output_token_throughput") is not None
-        else "output tokens not counted"
-    )
-    console.print(
-        f"throughput: {s['request_throughput'] or 0:.2f} requests/s, {tokens}, "
-        f"{s.get('chunk_throughput') or 0:.1f} chunks/s"
-    )
-    console.print(f"tokens counted from: {s['tokens_counted_from']}", highlight=False)
-    if s.get("itl_measured", "").startswith("per chunk only"):
-        console.print(f"ITL: {s['itl_measured']}", highlight=False)
-    g = s["goodput"]
-    if g.get("why_not"):
-        console.print(f"[yellow]goodput: not checked: {g['why_not']}[/]", highlight=False)
-    elif g["slo_ttft_s"] is not None or g["slo_tpot_s"] is not None:
-        console.print(f"goodput: {g['requests']} requests within the SLO, {g['requests_per_s'] or 0:.2f}/s")
-    if marks:
-        ms = lambda key: (client.get(key) or 0.0) * 1000  # noqa: E731
-        console.print(
-            "* within reach of the client's own delay: its event-loop lag, or (TTFT, E2E) the wait before a "
-            "request's headers went out, is over 5% of the figure at that quantile (lag p50 "
-            f"{ms('loop_lag_p50_s'):.1f} ms, p99 {ms('loop_lag_p99_s'):.1f} ms; send wait p50 "
-            f"{ms('send_delay_p50_s'):.1f} ms, p99 {ms('send_delay_p99_s'):.1f} ms)",
-            style="dim",
-            highlight=False,
-        )
-    if client.get("saturated"):
-        console.print(f"[bold yellow]{saturation_warning(client)}[/]", highlight=False)
-    if s["errors"]:
-        console.print(
-            "[yellow]failed (not in the latency figures): "
-            + ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items()))
-            + "[/]"
-        )
-    if s.get("cancelled"):
-        console.print(f"[yellow]cancelled when the load was stopped: {s['cancelled']} (not counted as failed)[/]")
-
-
 def saturation_warning(client: dict[str, Any]) -> str:
     """What to tell the user when the client, not the server, was the bottleneck."""
     cap = client.get("streams_capacity")
@@ -778,15 +789,15 @@ def saturation_warning(client: dict[str, Any]) -> str:
     )
 
 
-def verdict(s: dict[str, Any]) -> str | None:
+def verdict(s: LoadSummary) -> str | None:
     """Why the load as a whole failed (None when it did not): no success, or more failures than allowed."""
-    if s["succeeded"] == 0 and s["requests"] - s.get("cancelled", 0) > 0:
+    if s.succeeded == 0 and s.requests - s.cancelled > 0:
         return "no request succeeded"
-    share = s.get("failure_share")
-    if share is not None and share > s.get("max_failures", 1.0):
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items()))
+    share = s.failure_share
+    if share is not None and share > s.max_failures:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items()))
         return (
-            f"{s['failed']} of {s['failed'] + s['succeeded']} requests failed ({share:.0%}, more than --max-failures "
-            f"{s['max_failures']:.0%}): {kinds}"
+            f"{s.failed} of {s.failed + s.succeeded} requests failed ({share:.0%}, more than --max-failures "
+            f"{s.max_failures:.0%}): {kinds}"
         )
     return None

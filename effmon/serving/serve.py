@@ -33,7 +33,7 @@ from effmon.recording import (
     RecordOptions,
 )
 from effmon.serving.attach import server_metrics_source
-from effmon.serving.load import LoadConfig, print_summary, record_load, verdict
+from effmon.serving.load import LoadConfig, LoadSummary, record_load, verdict
 
 GRACE_S = 15.0
 
@@ -178,16 +178,18 @@ def local_tokenizer(model: str) -> str | None:
     return model if model and (Path(model).expanduser() / "tokenizer.json").is_file() else None
 
 
-def _drive_load(rec: Recording, server: Server, cfg: LoadConfig, intr: Interrupts) -> tuple[str, str, int]:
+def _drive_load(
+    rec: Recording, server: Server, cfg: LoadConfig, intr: Interrupts, show: Callable[[LoadSummary], None]
+) -> tuple[str, str, int]:
     results, summary = record_load(rec, cfg, lambda: intr.count > 0 or server.process.poll() is not None)
-    print_summary(summary)
+    show(summary)
     if server.process.poll() is not None:
         raise server.died(f"the server died under load (status {server.process.returncode})")
     if intr.count:
         return "interrupted", f"stopped by {intr.last_name} after {len(results)} requests", EXIT_INTERRUPTED
     failed = verdict(summary)
     if failed:
-        print(f"effmon: error: {failed} ({summary['first_error']})", file=sys.stderr)
+        print(f"effmon: error: {failed} ({summary.first_error})", file=sys.stderr)
         return "failed", failed, EXIT_ERROR
     return "complete", "the load finished", 0
 
@@ -211,6 +213,7 @@ def _watch(
     load: LoadConfig | None,
     drive: Callable[[Recording, LoadConfig, Callable[[], bool]], tuple[str, str, int]] | None,
     dashboard: Callable[[Path, Interrupts], None] | None,
+    show_load: Callable[[LoadSummary], None],
 ) -> tuple[str, str, int]:
     """What the server is there for: a load (or the caller's ``drive`` of it: effmon sweep), the dashboard, or
     serving until Ctrl-C; the session's ending (status, reason, exit code)."""
@@ -220,7 +223,7 @@ def _watch(
             raise server.died(f"the server died under load (status {server.process.returncode})")
         return ended
     if load is not None:
-        return _drive_load(rec, server, load, intr)
+        return _drive_load(rec, server, load, intr, show_load)
     if dashboard is not None:
         dashboard(rec.path, intr)
         if intr.count:
@@ -238,8 +241,10 @@ def serve(
     dashboard: Callable[[Path, Interrupts], None] | None = None,
     on_open: Callable[[Recording], None] | None = None,
     drive: Callable[[Recording, LoadConfig, Callable[[], bool]], tuple[str, str, int]] | None = None,
+    show_load: Callable[[LoadSummary], None] = lambda summary: None,
 ) -> int:
-    """Launch, watch (``dashboard``, a load, or until Ctrl-C), stop; returns the exit status."""
+    """Launch, watch (``dashboard``, a load, or until Ctrl-C), stop; returns the exit status. ``show_load``: what
+    to do with a load's summary (the CLI prints it)."""
     if preset.kind != "serve":
         raise RecordError(f"preset {preset.name} is a training preset: effmon run --preset {preset.name}", EXIT_USAGE)
     engine = preflight(preset)
@@ -314,7 +319,7 @@ def serve(
                 load.url = preset.url
                 load.model = load.model if load.model != "default" else model_id
                 load.tokenizer = load.tokenizer or local_tokenizer(model_dir or str(f.get("model") or ""))
-            status, reason, code = _watch(rec, server, intr, say, load, drive, dashboard)
+            status, reason, code = _watch(rec, server, intr, say, load, drive, dashboard, show_load)
             return code
         except RecordError as exc:
             status, reason = "failed", str(exc).splitlines()[0]

@@ -301,5 +301,5 @@ def _run_cell(rec: Any, sweep: SweepConfig, cell: Cell, stop: Callable[[], bool]
         "spread": final,
         "stable": not why,
         "why": why,
-        "load": summarize(results, t_end - t_start, cfg),
+        "load": summarize(results, t_end - t_start, cfg).to_json(),
     }
