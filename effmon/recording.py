@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -100,6 +101,25 @@ class LiveState:
 
 
 @dataclass
+class Ending:
+    """How a recording ended: the session's status and reason, the exit status, and what to add to its metadata."""
+
+    status: str
+    reason: str
+    code: int = 0
+    exit_code: int | None = None
+    """The watched command's own exit status, stored in the session (None: nothing was launched)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def stopped(intr: Interrupts) -> Ending:
+    """The usual answer to a stop request: the session ends interrupted, effmon exits 130."""
+    return Ending(
+        "interrupted", f"stopped by {intr.last_name}" if intr.count else "stopped by the user", EXIT_INTERRUPTED
+    )
+
+
+@dataclass
 class _Pending:
     rows: deque[Row] = field(default_factory=deque)
     notices: list[tuple[float, str, str]] = field(default_factory=list)
@@ -155,6 +175,8 @@ class Recording:
         self._stop_flusher = threading.Event()
         self._flusher: threading.Thread | None = None
         self._view_stops: list[Callable[[], None]] = []
+        self.open_failures: dict[str, str] = {}
+        """Sources that could not be opened, and why (by source name): a caller that needs one says why it failed."""
 
     # -- open ------------------------------------------------------------------------------
     def open(self, clock: Any = None, sources: list[Source] | None = None) -> Path:
@@ -166,9 +188,11 @@ class Recording:
             try:
                 info = source.open()
             except SourceUnavailable as exc:
+                self.open_failures[source.name] = str(exc)
                 self.notice("notice", f"{source.name}: {exc}")
                 continue
             except Exception as exc:
+                self.open_failures[source.name] = f"{source.name} failed to open: {type(exc).__name__}: {exc}"
                 self.notice("error", f"{source.name} failed to open: {type(exc).__name__}: {exc}; skipped")
                 continue
             self.sources.append(source)
@@ -392,6 +416,61 @@ class Recording:
         if self.sampler:
             self.sampler.stop_event.set()
 
+    # -- waiting -----------------------------------------------------------------------------
+    def run_until(
+        self,
+        intr: Interrupts,
+        *,
+        done: Callable[[], Ending | None] = lambda: None,
+        stop: threading.Event | None = None,
+        on_stop: Callable[[Interrupts], Ending | None] = stopped,
+        wait: Callable[[float], Any] | None = None,
+        every_s: float = FLUSH_EVERY_S,
+        cleanup: Callable[[], None] | None = None,
+    ) -> Ending:
+        """Wait until what is watched ends (``done`` returns an Ending) or a stop is asked for (a signal counted by
+        ``intr``, or ``stop`` set), then finish the session with that ending and return it. Each new stop request
+        goes to ``on_stop`` once: an Ending ends the recording, None keeps waiting (a command asked to exit: its own
+        exit is the ending, or a second Ctrl-C). ``wait`` (default: the stop requests' event) paces the loop;
+        ``cleanup`` runs once waiting is over, before the session is finished (whatever ended it). An exception
+        inside still ends the session through the context manager (failed, or interrupted)."""
+        try:
+            ending = self._wait(intr, done, stop, on_stop, wait, every_s)
+        finally:
+            if cleanup is not None:
+                cleanup()
+        self.finish(ending.status, ending.reason, ending.exit_code, **ending.meta)
+        return ending
+
+    def _wait(
+        self,
+        intr: Interrupts,
+        done: Callable[[], Ending | None],
+        stop: threading.Event | None,
+        on_stop: Callable[[Interrupts], Ending | None],
+        wait: Callable[[float], Any] | None,
+        every_s: float,
+    ) -> Ending:
+        handled = 0
+        ending: Ending | None = None
+        while ending is None:
+            ending = done()
+            if ending is not None:
+                break
+            asked = intr.count + (1 if stop is not None and stop.is_set() and not intr.count else 0)
+            if asked > handled:
+                handled = asked
+                ending = on_stop(intr)
+                if ending is not None:
+                    break
+            if wait is not None:
+                wait(every_s)
+            elif asked:
+                time.sleep(every_s)  # the event stays set once a stop came: do not spin on it
+            else:
+                intr.event.wait(every_s)
+        return ending
+
     # -- ending ----------------------------------------------------------------------------
     def finish(self, status: str, reason: str | None = None, exit_code: int | None = None, **meta: Any) -> None:
         """Stop sampling and writing, and write the session's end. Safe to call twice (the first wins)."""
@@ -553,12 +632,11 @@ def record_command(
         if not options.quiet:
             print(f"effmon: recording {rec.path.name} while pid {child.pid} runs", file=sys.stderr)
         rec.start()
-        status, reason = _wait_for_child(child, intr)
-        if log is not None:
-            log.close()
-        code = child.returncode
-        exit_code = code if code >= 0 else 128 - code
-        rec.finish(status, reason, exit_code, exit_signal=(-code if code < 0 else None))
+        waiting = _ChildWait(child, intr)
+        ending = rec.run_until(
+            intr, done=waiting.done, on_stop=waiting.on_stop, wait=waiting.wait, cleanup=log.close if log else None
+        )
+        exit_code = ending.code
     rec.report_end(f"command exited with status {exit_code}")
     if rec.write_error and exit_code == 0:
         return EXIT_IOERR
@@ -594,33 +672,43 @@ def _start_child(
     return child, log
 
 
-def _wait_for_child(child: subprocess.Popen[Any], intr: Interrupts) -> tuple[str, str]:
-    """Until the command exits. The first stop request is passed on to it; a second kills it. A command
-    that exits with a non-zero status ends its session ``failed``."""
-    status, reason = "complete", "the command exited"
-    handled = 0
-    while child.poll() is None:
-        if intr.count > handled:
-            handled = intr.count
-            if handled == 1:
-                status, reason = "interrupted", f"stopped by {intr.last_name}"
-                _forward(child, intr.signals[-1])
-                _say("effmon: stopping; waiting for the command to exit (Ctrl-C again to kill it)")
-            else:
-                child.kill()
+class _ChildWait:
+    """A launched command, waited for: the first stop request is passed on to it, a second kills it; its own exit
+    is the ending (a command that exits non-zero ends its session ``failed``)."""
+
+    def __init__(self, child: subprocess.Popen[Any], intr: Interrupts):
+        self.child, self.intr = child, intr
+        self.asked = False
+
+    def wait(self, seconds: float) -> None:
         try:
-            child.wait(FLUSH_EVERY_S)
+            self.child.wait(seconds)
         except subprocess.TimeoutExpired:
             pass
-    if status == "complete" and child.returncode < 0 and -child.returncode in Interrupts.SIGNALS and not intr.count:
-        intr.event.wait(0.3)  # the terminal's signal (Ctrl-C, a hangup) reached the job first; effmon's is coming
-    if status == "complete" and intr.count:
-        status, reason = "interrupted", f"stopped by {intr.last_name}"
-    if status == "complete" and child.returncode != 0:
+
+    def on_stop(self, intr: Interrupts) -> None:
+        if not self.asked:
+            self.asked = True
+            _forward(self.child, intr.signals[-1] if intr.signals else signal.SIGTERM)
+            _say("effmon: stopping; waiting for the command to exit (Ctrl-C again to kill it)")
+        else:
+            self.child.kill()
+
+    def done(self) -> Ending | None:
+        child, intr = self.child, self.intr
+        if child.poll() is None:
+            return None
         code = child.returncode
-        status = "failed"
-        reason = f"the command exited with status {code}" if code > 0 else f"the command was killed by signal {-code}"
-    return status, reason
+        if not self.asked and code < 0 and -code in Interrupts.SIGNALS and not intr.count:
+            intr.event.wait(0.3)  # the terminal's signal (Ctrl-C, a hangup) reached the job first; effmon's is coming
+        exit_code = code if code >= 0 else 128 - code
+        meta = {"exit_signal": -code if code < 0 else None}
+        if self.asked or intr.count:
+            return Ending("interrupted", f"stopped by {intr.last_name}", exit_code, exit_code, meta)
+        if code == 0:
+            return Ending("complete", "the command exited", 0, 0, meta)
+        why = f"the command exited with status {code}" if code > 0 else f"the command was killed by signal {-code}"
+        return Ending("failed", why, exit_code, exit_code, meta)
 
 
 def _forward(child: subprocess.Popen[Any], sig: int) -> None:
@@ -668,22 +756,22 @@ def record_pid(
                 print(f"effmon: {line}", file=sys.stderr)
         rec.start()
         started = time.monotonic()
-        status, reason, code = "complete", f"process {pid} exited", 0
-        while _alive(proc):
-            if intr.count or (stop is not None and stop.is_set()):
-                # watching stops; the process is never touched
-                reason, code = f"stopped watching; process {pid} goes on", EXIT_INTERRUPTED if intr.count else 0
-                rec.set_meta(detached=True)
-                break
-            intr.event.wait(FLUSH_EVERY_S)
-        rec.finish(status, reason)
-    if status == "complete" and time.monotonic() - started < 1.0 and not options.quiet:
+
+        def exited() -> Ending | None:
+            return None if _alive(proc) else Ending("complete", f"process {pid} exited")
+
+        def detach(intr: Interrupts) -> Ending:  # watching stops; the process is never touched
+            code = EXIT_INTERRUPTED if intr.count else 0
+            return Ending("complete", f"stopped watching; process {pid} goes on", code, meta={"detached": True})
+
+        ending = rec.run_until(intr, done=exited, stop=stop, on_stop=detach)
+    if not ending.meta.get("detached") and time.monotonic() - started < 1.0 and not options.quiet:
         print(
             f"effmon: process {pid} exited after {time.monotonic() - started:.1f} s; little was recorded",
             file=sys.stderr,
         )
-    rec.report_end(reason)
-    return EXIT_IOERR if rec.write_error else code
+    rec.report_end(ending.reason)
+    return EXIT_IOERR if rec.write_error else ending.code
 
 
 def attach_notes(proc: Any, registry: Any) -> list[str]:
@@ -777,18 +865,36 @@ def record_replay(
         if view is not None:
             viewer = threading.Thread(target=view, args=(rec, done), daemon=True)
             viewer.start()
-        status, reason, code = "complete", "the trace ended", 0
-        while not done.is_set():
-            if intr.count or (stop is not None and stop.is_set()):
-                why = f"stopped by {intr.last_name}" if intr.count else "stopped by the user"
-                status, reason, code = "interrupted", why, EXIT_INTERRUPTED
-                break
-            done.wait(FLUSH_EVERY_S)
-        sampler.stop_event.set()
-        thread.join(5)
-        done.set()
-        if viewer is not None:
-            viewer.join(5)
-        rec.finish(status, reason)
-    rec.report_end(reason)
-    return EXIT_IOERR if rec.write_error else code
+
+        def cleanup() -> None:
+            sampler.stop_event.set()
+            thread.join(5)
+            done.set()
+            if viewer is not None:
+                viewer.join(5)
+
+        ending = rec.run_until(
+            intr,
+            done=lambda: Ending("complete", "the trace ended") if done.is_set() else None,
+            stop=stop,
+            wait=done.wait,
+            cleanup=cleanup,
+        )
+    rec.report_end(ending.reason)
+    return EXIT_IOERR if rec.write_error else ending.code
+
+
+def record_machine(
+    options: RecordOptions, view: Callable[[Path, Interrupts], None], *, extra: dict[str, Any] | None = None
+) -> Path:
+    """Record this machine while ``view`` (the dashboard of ``effmon top``) runs; the session ends when the view
+    is closed (complete) or a stop request ends it (interrupted). Returns the session's path."""
+    rec = Recording("top", options, slug="top", meta={"command": ["effmon", "top"]}, extra=extra)
+    with Interrupts() as intr, rec:
+        path = rec.open()
+        for _, _level, text in rec.notices:
+            _say(f"effmon: {text}")
+        rec.start()
+        view(path, intr)
+        rec.run_until(intr, done=lambda: None if intr.count else Ending("complete", "the dashboard was closed"))
+    return path

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +26,62 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # that press Ctrl-C stand for a terminal's foreground job, whose SIGINT is at its default: give the suite that.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _become_subreaper() -> None:
+    """Orphans of the processes a test starts (a server whose launcher died) are reparented to this process, not to
+    init, so the leak check below still finds them (Linux; elsewhere the check sees direct descendants only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _processes_end_with_their_test(request):
+    """No test leaks a process: whatever a test started (effmon, a server, a fine-tune, their children) and left
+    running is killed with its whole process group when the test ends; a test that passed but left one is told
+    (processes of module and session fixtures were there before the test, and are theirs to stop)."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    if not left:
+        return
+    failed = any(getattr(request.node, f"report_{w}", None) and getattr(request.node, f"report_{w}").failed
+                 for w in ("setup", "call"))  # fmt: skip
+    if not failed:
+        _, left = psutil.wait_procs(left, timeout=5)  # a process on its way out (a server stopping) gets its time
+    names = _kill_groups(left)
+    if names and not failed:
+        pytest.fail(f"the test left processes running (killed now): {', '.join(names)}", pytrace=False)
+
+
+def _kill_groups(procs: list[psutil.Process]) -> list[str]:
+    names = []
+    for p in procs:
+        try:
+            names.append(f"{p.pid} {' '.join(p.cmdline())[:80]}")
+            pgid = os.getpgid(p.pid)
+            if pgid == p.pid:  # the leader of its own group (start_new_session): the whole group goes
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                p.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    psutil.wait_procs(procs, timeout=5)
+    return names
 
 
 def trace_lines(path: Path = PHASES_TRACE) -> list[dict]:

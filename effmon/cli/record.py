@@ -424,26 +424,13 @@ def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
     bad = need_terminal("effmon top")
     if bad is not None:
         return bad
-    from effmon.core.procs import Interrupts
-    from effmon.recording import Recording
+    from effmon.recording import record_machine
 
-    rec = Recording(
-        "top",
+    path = record_machine(
         record_options(args, quiet=True),
-        slug="top",
-        meta={"command": ["effmon", "top"]},
+        lambda path, intr: _dashboard(path, interrupts=intr, refresh_s=args.refresh or 1.0),
         extra={"busiest": 10},  # nothing is watched in top: show the busiest processes, as top does
     )
-    with Interrupts() as intr, rec:
-        path = rec.open()
-        for _, _level, text in rec.notices:
-            print(f"effmon: {text}", file=sys.stderr)
-        rec.start()
-        _dashboard(path, interrupts=intr, refresh_s=args.refresh or 1.0)
-        if intr.count:
-            rec.finish("interrupted", f"stopped by {intr.last_name}")
-        else:
-            rec.finish("complete", "the dashboard was closed")
     _say(f"effmon: session {path.name.removesuffix('.effmon')} saved")
     return 0
 

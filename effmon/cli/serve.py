@@ -223,45 +223,28 @@ def _load_setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
-
     from effmon.cli.loadview import print_load_summary
     from effmon.core.files import check_target, safe_write
-    from effmon.core.procs import Interrupts
     from effmon.core.redact import redact_text
-    from effmon.recording import Recording, RecordOptions
-    from effmon.serving.load import record_load, verdict
+    from effmon.serving.load import load_session
 
     if args.json and args.json != "-":
         check_target(args.json, args.force)
     cfg, counter = _load_setup(args)
-    rec = Recording(
-        "load",
-        RecordOptions(name=args.name, quiet=True),
-        slug="load",
-        meta={
-            "command": ["effmon", "load", args.url],
-            "run_kind": "inference",
-            "load": {k: v for k, v in vars(cfg).items() if k != "prompts"},
-        },
-    )
-    with Interrupts() as intr, rec:
-        path = rec.open()
-        rec.start()
-        if not args.quiet:
-            how = f"rate {cfg.rate}/s" if cfg.rate else f"concurrency {cfg.concurrency}"
-            until = f"{cfg.duration:g} s" if cfg.duration else f"{cfg.requests} requests"
-            shown = redact_text(args.url)
-            counted = f"tokens: usage, else {counter.name}" if counter else "tokens: usage only"
-            print(
-                f"effmon load: {shown} ({args.endpoint}), {how}, {until}, {counted}; recording {path.stem}",
-                file=sys.stderr,
-            )
-        results, summary = record_load(rec, cfg, lambda: intr.count > 0, counter)
-        failed = verdict(summary)
-        if intr.count:
-            rec.finish("interrupted", f"stopped by {intr.last_name} after {len(results)} requests")
-        else:
-            rec.finish("failed" if failed else "complete", failed or "the load ended")
+
+    def announce(path: Any) -> None:
+        if args.quiet:
+            return
+        how = f"rate {cfg.rate}/s" if cfg.rate else f"concurrency {cfg.concurrency}"
+        until = f"{cfg.duration:g} s" if cfg.duration else f"{cfg.requests} requests"
+        counted = f"tokens: usage, else {counter.name}" if counter else "tokens: usage only"
+        print(
+            f"effmon load: {redact_text(args.url)} ({args.endpoint}), {how}, {until}, {counted}; recording {path.stem}",
+            file=sys.stderr,
+        )
+
+    run = load_session(cfg, counter, name=args.name, command=["effmon", "load", args.url], announce=announce)
+    summary = run.summary
     doc = summary.to_json()
     if args.json == "-":
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -269,12 +252,12 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
         print_load_summary(summary)
     if args.json and args.json != "-":
         safe_write(args.json, json.dumps(doc, indent=2) + "\n", args.force)
-    if intr.count:
-        return err(f"the load was stopped by {intr.last_name}; the {len(results)} requests that ended are kept", 130)
+    if run.ending.status == "interrupted":
+        return err(f"the load was {run.ending.reason}; the requests that ended are kept", 130)
     if summary.succeeded == 0:
         return err(_no_success(summary, redact_text(args.url), args.endpoint, cfg.model), 1)
-    if failed:
-        return err(failed, 1)
+    if run.ending.status == "failed":
+        return err(run.ending.reason, 1)
     return 0
 
 

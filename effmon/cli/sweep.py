@@ -155,26 +155,11 @@ def cmd_sweep(args: argparse.Namespace, command: list[str]) -> int:
     return code
 
 
-def _drive(sweep: Any, say: Any) -> Any:
-    from effmon.serving.sweep import SweepError, run_sweep
-
-    def drive(rec: Any, cfg: Any, stop: Any) -> tuple[str, str, int]:  # cfg is sweep.base, filled in by serve()
-        try:
-            cells = run_sweep(rec, sweep, stop, say)
-        except SweepError as exc:  # the cells before it are kept, in the session and its figures
-            print(f"effmon: error: {exc}", file=sys.stderr)
-            return "failed", str(exc), exc.code
-        if stop():
-            return "interrupted", f"stopped after {len(cells)} of {len(sweep.cells())} cells", 130
-        return "complete", f"the sweep ran its {len(cells)} cells", 0
-
-    return drive
-
-
 def _with_preset(args: argparse.Namespace, sweep: Any, say: Any) -> tuple[int, Path | None]:
     from effmon.presets import PresetError, load
     from effmon.recording import EXIT_USAGE, RecordError, RecordOptions
     from effmon.serving.serve import serve
+    from effmon.serving.sweep import sweep_driver
 
     try:
         preset = load(args.target, args.set)
@@ -182,47 +167,15 @@ def _with_preset(args: argparse.Namespace, sweep: Any, say: Any) -> tuple[int, P
         raise RecordError(str(exc), EXIT_USAGE) from None
     opened: list[Path] = []
     options = RecordOptions(name=args.name, quiet=args.quiet)
-    code = serve(preset, options, load=sweep.base, drive=_drive(sweep, say),
+    code = serve(preset, options, load=sweep.base, drive=sweep_driver(sweep, say),
                  on_open=lambda rec: opened.append(rec.path))  # fmt: skip
     return code, opened[0] if opened else None
 
 
 def _against_url(args: argparse.Namespace, sweep: Any, say: Any) -> tuple[int, Path | None]:
-    from effmon.core.procs import Interrupts
-    from effmon.core.redact import redact_text
-    from effmon.core.scrape import fetch_text
-    from effmon.plugins import load_registry
-    from effmon.recording import RecordError, Recording, RecordOptions
-    from effmon.serving.attach import metrics_url, server_metrics_source
-    from effmon.serving.load import DiscoveryError, discover_model
+    from effmon.serving.sweep import sweep_url
 
-    try:
-        model = args.model or discover_model(args.target, "chat", min(args.timeout, 60.0))
-        if args.model:  # not asked for its models: still make sure something answers there before the idle wait
-            fetch_text(f"{args.target.rstrip('/')}/v1/models", {}, timeout=min(args.timeout, 10.0))
-    except DiscoveryError as exc:
-        raise RecordError(str(exc), 1) from None
-    except ConnectionError as exc:
-        if "answered HTTP" not in str(exc):  # an answer, even an error, is a server
-            raise RecordError(f"{redact_text(str(exc))}; is the server running?", 1) from None
-    registry = load_registry()  # this machine, and the server's own metrics where it serves vLLM's
-    sources = (*registry.live_sources(), server_metrics_source(registry))
-    rec = Recording(
-        "sweep",
-        RecordOptions(name=args.name, quiet=True, sources=sources),
-        slug="sweep",
-        meta={"command": ["effmon", "sweep", redact_text(args.target)], "run_kind": "inference"},
-        registry=registry,
-        extra={"metrics_url": metrics_url(args.target), "window_s": 60.0},
-    )
-    with Interrupts() as intr, rec:
-        path = rec.open()
-        rec.start()
-        say(f"effmon sweep: {redact_text(args.target)} ({model}); recording {path.stem}")
-        sweep.base.url, sweep.base.model = args.target, model
-        status, reason, code = _drive(sweep, say)(rec, sweep.base, lambda: intr.count > 0)
-        rec.finish(status, reason)
-    return code, path
+    return sweep_url(args.target, sweep, say, model=args.model, name=args.name, timeout_s=args.timeout)
 
 
 def _results(path: Path, args: argparse.Namespace, say: Any) -> None:

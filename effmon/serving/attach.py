@@ -16,6 +16,7 @@ from effmon.recording import (
     EXIT_INTERRUPTED,
     EXIT_IOERR,
     EXIT_USAGE,
+    Ending,
     Interrupts,
     RecordError,
     Recording,
@@ -82,29 +83,30 @@ def record_url(
         try:
             rec.open()
         except RecordError:  # the one source could not open (--dcgm watches nothing else): say why, as a usage error
-            why = next((text for _, _, text in rec.notices if text.startswith(source)), None)
-            if why is None:
+            if source not in rec.open_failures:
                 raise
-            raise RecordError(why.removeprefix(f"{source}: "), EXIT_USAGE) from None
+            raise RecordError(rec.open_failures[source], EXIT_USAGE) from None
         if source not in [s.name for s in rec.sources]:
-            why = next((text for _, _, text in rec.notices if text.startswith(source)), "")
+            why = rec.open_failures.get(source) or f"cannot read {target}"
             rec.finish("failed", why)
-            raise RecordError(why.removeprefix(f"{source}: ") or f"cannot read {target}", EXIT_USAGE)
+            raise RecordError(why, EXIT_USAGE)
         if on_open is not None:
             on_open(rec)
         if not options.quiet:
             print(f"effmon: recording {rec.path.name} from {redact_text(target)}; Ctrl-C to stop", file=sys.stderr)
         rec.start()
         started = time.monotonic()
-        reason, code = f"stopped watching; the {'node' if dcgm else 'server'} at {netloc} goes on", 0
-        while not intr.count and not (stop is not None and stop.is_set()):
+        detached = {"detached": True}
+
+        def timed_out() -> Ending | None:
             if duration_s is not None and time.monotonic() - started >= duration_s:
-                reason = f"--duration {duration_s:g} s reached"
-                break
-            intr.event.wait(0.5)
-        if intr.count:
-            code = EXIT_INTERRUPTED
-        rec.set_meta(detached=True)
-        rec.finish("complete", reason)
-    rec.report_end(reason)
-    return EXIT_IOERR if rec.write_error else code
+                return Ending("complete", f"--duration {duration_s:g} s reached", meta=detached)
+            return None
+
+        def detach(intr: Interrupts) -> Ending:
+            reason = f"stopped watching; the {'node' if dcgm else 'server'} at {netloc} goes on"
+            return Ending("complete", reason, EXIT_INTERRUPTED if intr.count else 0, meta=detached)
+
+        ending = rec.run_until(intr, done=timed_out, stop=stop, on_stop=detach)
+    rec.report_end(ending.reason)
+    return EXIT_IOERR if rec.write_error else ending.code

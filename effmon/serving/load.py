@@ -416,6 +416,57 @@ def record_load(
     return results, summary
 
 
+@dataclass
+class LoadRun:
+    """A recorded load (``effmon load``): its session, every request that ended, the summary, how it ended."""
+
+    path: Any
+    results: list[RequestResult]
+    summary: LoadSummary
+    ending: Any
+
+
+def load_session(
+    cfg: LoadConfig,
+    counter: LocalTokenizer | ServerTokenizer | None,
+    *,
+    name: str | None,
+    command: list[str],
+    announce: Callable[[Any], None] = lambda path: None,
+) -> LoadRun:
+    """Run the load into a new session of its own and end it: complete, failed (``verdict``), or interrupted by a
+    stop request (the requests that ended are kept). ``announce`` is told the session's path once it exists."""
+    from effmon.recording import EXIT_INTERRUPTED, Ending, Interrupts, Recording, RecordOptions
+
+    rec = Recording(
+        "load",
+        RecordOptions(name=name, quiet=True),
+        slug="load",
+        meta={
+            "command": command,
+            "run_kind": "inference",
+            "load": {k: v for k, v in vars(cfg).items() if k != "prompts"},
+        },
+    )
+    with Interrupts() as intr, rec:
+        path = rec.open()
+        rec.start()
+        announce(path)
+        results, summary = record_load(rec, cfg, lambda: intr.count > 0, counter)
+        failed = verdict(summary)
+
+        def interrupted(intr: Interrupts) -> Ending:
+            why = f"stopped by {intr.last_name} after {len(results)} requests"
+            return Ending("interrupted", why, EXIT_INTERRUPTED)
+
+        ending = rec.run_until(
+            intr,
+            done=lambda: None if intr.count else Ending("failed" if failed else "complete", failed or "the load ended"),
+            on_stop=interrupted,
+        )
+    return LoadRun(path, results, summary, ending)
+
+
 def token_counter(cfg: LoadConfig) -> LocalTokenizer | ServerTokenizer | None:
     """How the load counts tokens the server's usage does not give (``cfg.tokenizer``); raises TokenizerError
     for a tokenizer that cannot be used, before any request."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -303,3 +304,61 @@ def _run_cell(rec: Any, sweep: SweepConfig, cell: Cell, stop: Callable[[], bool]
         "why": why,
         "load": summarize(results, t_end - t_start, cfg).to_json(),
     }
+
+
+def sweep_driver(sweep: Any, say: Callable[[str], None]) -> Any:
+    """What runs the sweep's cells in a recording (``effmon serve``'s ``drive``, or :func:`sweep_url`): the ending
+    (status, reason, exit code); a failed cell keeps the ones before it."""
+
+    def drive(rec: Any, cfg: Any, stop: Callable[[], bool]) -> tuple[str, str, int]:  # cfg: sweep.base, filled in
+        try:
+            cells = run_sweep(rec, sweep, stop, say)
+        except SweepError as exc:  # the cells before it are kept, in the session and its figures
+            print(f"effmon: error: {exc}", file=sys.stderr)
+            return "failed", str(exc), exc.code
+        if stop():
+            return "interrupted", f"stopped after {len(cells)} of {len(sweep.cells())} cells", 130
+        return "complete", f"the sweep ran its {len(cells)} cells", 0
+
+    return drive
+
+
+def sweep_url(
+    target: str, sweep: Any, say: Callable[[str], None], *, model: str | None, name: str | None, timeout_s: float
+) -> tuple[int, Path]:
+    """Sweep a server already running at ``target`` (this machine's GPUs, and the server's own metrics where it
+    serves vLLM's) into a new session; returns the exit status and the session's path."""
+    from effmon.core.redact import redact_text
+    from effmon.core.scrape import fetch_text
+    from effmon.plugins import load_registry
+    from effmon.recording import Ending, Interrupts, RecordError, Recording, RecordOptions
+    from effmon.serving.attach import metrics_url, server_metrics_source
+    from effmon.serving.load import DiscoveryError, discover_model
+
+    try:
+        served = model or discover_model(target, "chat", min(timeout_s, 60.0))
+        if model:  # not asked for its models: still make sure something answers there before the idle wait
+            fetch_text(f"{target.rstrip('/')}/v1/models", {}, timeout=min(timeout_s, 10.0))
+    except DiscoveryError as exc:
+        raise RecordError(str(exc), 1) from None
+    except ConnectionError as exc:
+        if "answered HTTP" not in str(exc):  # an answer, even an error, is a server
+            raise RecordError(f"{redact_text(str(exc))}; is the server running?", 1) from None
+    registry = load_registry()
+    sources = (*registry.live_sources(), server_metrics_source(registry))
+    rec = Recording(
+        "sweep",
+        RecordOptions(name=name, quiet=True, sources=sources),
+        slug="sweep",
+        meta={"command": ["effmon", "sweep", redact_text(target)], "run_kind": "inference"},
+        registry=registry,
+        extra={"metrics_url": metrics_url(target), "window_s": 60.0},
+    )
+    with Interrupts() as intr, rec:
+        path = rec.open()
+        rec.start()
+        say(f"effmon sweep: {redact_text(target)} ({served}); recording {path.stem}")
+        sweep.base.url, sweep.base.model = target, served
+        drive = sweep_driver(sweep, say)
+        ending = rec.run_until(intr, done=lambda: Ending(*drive(rec, sweep.base, lambda: intr.count > 0)))
+    return ending.code, path

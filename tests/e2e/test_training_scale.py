@@ -23,7 +23,7 @@ pytest.importorskip("peft")
 
 from tests.conftest import free_port  # noqa: E402
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -323,7 +323,7 @@ def test_late_attach_reads_a_jobs_tensorboard_events_between_checkpoints(tmp_pat
 def test_late_attach_says_how_to_read_tensorboard_events_when_tensorboard_is_missing(tmp_path):
     """The same job with the tensorboard package hidden from effmon: one line says what is missing and the
     install, and the attach still ends well."""
-    from tests.test_first_contact import hidden
+    from tests.e2e.test_first_contact import hidden
 
     res, rows, _, _ = late_attach(tmp_path, "trainer/runs/*/events.out.tfevents.*", "--report-to", "tensorboard",
                                   "--epochs", "1", env=hidden(tmp_path, "tensorboard"))  # fmt: skip

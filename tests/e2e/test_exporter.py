@@ -213,7 +213,7 @@ def test_serving_totals_match_what_the_server_served(server, tmp_path):
 
 
 # -- dcgm-exporter as a source ----------------------------------------------------------------------------------
-DCGM_TEXT = Path(__file__).parent / "data" / "dcgm_exporter_h100.txt"
+DCGM_TEXT = Path(__file__).parents[1] / "data" / "dcgm_exporter_h100.txt"
 
 
 class _Text(http.server.BaseHTTPRequestHandler):

@@ -66,13 +66,6 @@ def test_a_third_party_source_is_recorded_with_its_declared_metrics(home):
         assert any("oops" in n[2] for n in r.notices())
 
 
-def test_unknown_source_name_is_a_clear_error(home):
-    from tests.conftest import run_effmon
-
-    res = run_effmon("record", "--source", "nope", "--", "true", env_home=home)
-    assert res.returncode == 2 and "unknown source(s): nope" in res.stderr
-
-
 @pytest.fixture
 def trace_driver(monkeypatch):
     from tests import trace_nvml

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PHASES_TRACE, free_port, run_effmon
-from tests.test_exporter import Served
+from tests.e2e.test_exporter import Served
 
 PROMETHEUS = shutil.which("prometheus")
 needs_prometheus = pytest.mark.skipif(

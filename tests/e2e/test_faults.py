@@ -22,7 +22,7 @@ import pytest
 
 from effmon.core.store import SessionReader
 from tests.conftest import PHASES_TRACE, REPO, run_effmon, trace_lines
-from tests.test_serve import HAVE_TSERVE, free_port
+from tests.e2e.test_serve import HAVE_TSERVE, free_port
 
 PY = sys.executable
 SLEEPER = [PY, "-c", "import time; time.sleep(60)"]
@@ -451,7 +451,7 @@ def test_a_lost_gpu_is_said_and_the_others_go_on(home, monkeypatch):
     assert alerts(meta, start)[0].startswith("GPU 0 lost at t+")
     pytest.importorskip("textual")
     from effmon.tui.app import make_app
-    from tests.test_tui import text_of
+    from tests.unit.test_tui import text_of
 
     async def shown() -> str:
         app = make_app(rec.path, mode="replay", sync=True, paused=True, cursor=start + 2.5)

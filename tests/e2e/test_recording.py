@@ -180,7 +180,9 @@ def test_record_pid_until_the_process_exits(tmp_path):
 
 def test_record_pid_that_exits_at_once(tmp_path):
     home = tmp_path / "h"
-    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    # the process ends as soon as effmon's session exists (however long effmon took to start on a busy machine)
+    code = "import glob, sys, time\nwhile not glob.glob(sys.argv[1] + '/sessions/*.effmon'):\n    time.sleep(0.01)"
+    target = subprocess.Popen([sys.executable, "-c", code, str(home)])
     res = run_effmon("record", "--pid", str(target.pid), env_home=home)
     target.wait()
     assert res.returncode == 0, res.stderr

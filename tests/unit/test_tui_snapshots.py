@@ -2,7 +2,7 @@
 
 Deterministic: a replayed session (its time stamps are the trace's), a paused cursor at a fixed
 offset, synchronous refresh, no wall clock and no host name on screen. Update with
-``python -m pytest tests/test_tui_snapshots.py --snapshot-update`` and look at the report.
+``python -m pytest tests/unit/test_tui_snapshots.py --snapshot-update`` and look at the report.
 """
 
 import pytest

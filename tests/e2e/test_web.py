@@ -138,7 +138,7 @@ def test_a_browser_sees_the_dashboard_and_q_ends_it(tmp_path):
     web, url = start_web(tmp_path, "--port", str(free_port()), "--", "demo", "--speed", "2")
     try:
         assert url.startswith("http://127.0.0.1:") and "token" not in url  # loopback: no token needed
-        from tests.test_security import _listening
+        from tests.e2e.test_security import _listening
 
         listening = _listening(web.pid)
         assert listening and all(ip == "127.0.0.1" for ip, _ in listening), listening
@@ -172,7 +172,7 @@ def test_bound_beyond_loopback_the_page_needs_the_printed_token(tmp_path):
 
 
 def test_web_without_textual_serve_says_what_to_install(tmp_path):
-    from tests.test_first_contact import hidden
+    from tests.e2e.test_first_contact import hidden
 
     env = dict(os.environ, EFFMON_HOME=str(tmp_path / "h"), **hidden(tmp_path, "textual_serve"))
     res = subprocess.run([sys.executable, "-m", "effmon", "web"], capture_output=True, text=True, env=env, timeout=60)

@@ -24,7 +24,7 @@ import pytest
 from effmon.core.redact import REDACTED, Policy, redact_argv, redact_text
 from effmon.core.store import SessionReader
 from tests.conftest import REPO, run_effmon
-from tests.test_serve import HAVE_TSERVE, free_port
+from tests.e2e.test_serve import HAVE_TSERVE, free_port
 
 PY = sys.executable
 ON_TRACE = [PY, "-m", "tests.effmon_on_trace"]

@@ -1,0 +1,50 @@
+"""The golden reports (tests/golden) rendered in this process: the bundled H100 trace replayed with
+``record_replay``, each report through the CLI's own ``main()`` (the registry, ``evaluate`` and the formats), set
+against the same files tests/e2e/test_golden.py checks through ``python -m effmon``. A change to a metric or a
+format shows here in seconds."""
+
+import time
+
+import pytest
+
+from effmon.cli import main
+from effmon.recording import RecordOptions, record_replay
+from tests.e2e.test_golden import _rstrip, _without_added
+from tests.golden import make_golden as golden
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    h = tmp_path_factory.mktemp("golden-inproc")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EFFMON_HOME", str(h))
+        assert record_replay(str(golden.TRACE), RecordOptions(name="golden", quiet=True), as_fast_as_possible=True) == 0
+    return h
+
+
+@pytest.fixture
+def effmon(home, monkeypatch, capsys):
+    for key, value in {"EFFMON_HOME": str(home), "COLUMNS": "120", "NO_COLOR": "1", "TZ": "UTC"}.items():
+        monkeypatch.setenv(key, value)
+    time.tzset()
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        assert main(list(args)) == 0
+        return golden.normalise(capsys.readouterr().out, home)
+
+    yield run
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(("name", "args"), golden.REPORTS, ids=[n for n, _ in golden.REPORTS])
+def test_report_in_process_is_the_golden_file(effmon, name, args):
+    got = effmon("report", "golden", *args)
+    expected = (golden.HERE / name).read_text(encoding="utf-8")
+    if name.endswith(".csv"):
+        assert got == expected
+    elif name.endswith(".txt"):
+        assert _rstrip(_without_added(name, got)) == _rstrip(expected)
+    else:
+        assert _without_added(name, got) == expected
