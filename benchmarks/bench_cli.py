@@ -57,7 +57,14 @@ def cpu_of(cmd: list[str], env: dict) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.seconds = 2
     rows = [
         ("python -c pass (interpreter start, for scale)", f"{python_startup() * 1000:.0f} ms", ""),
         ("effmon --help", f"{help_time() * 1000:.0f} ms", "<= 150 ms"),

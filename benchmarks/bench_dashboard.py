@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.synth import make_session  # noqa: E402
 
 
-def measure(cmd: str, seconds: float, size=(120, 40), env_extra: dict | None = None) -> dict:
+def measure(cmd: str, seconds: float, size=(120, 40), env_extra: dict | None = None, warmup: float = 10.0) -> dict:
     """Start ``cmd`` in a detached tmux pane; after a warm-up, measure its CPU and RSS for ``seconds``."""
     name = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     env = " ".join(f"{k}={v}" for k, v in (env_extra or {}).items())
@@ -38,7 +38,7 @@ def measure(cmd: str, seconds: float, size=(120, 40), env_extra: dict | None = N
                 ["tmux", "list-panes", "-t", name, "-F", "#{pane_pid}"], capture_output=True, text=True
             ).stdout.split()[0]
         )
-        time.sleep(10)  # start-up and the first frames are not steady state
+        time.sleep(warmup)  # start-up and the first frames are not steady state
         shell = psutil.Process(pane_pid)
         procs = [shell] + shell.children(recursive=True)
         target = max(procs, key=lambda p: p.memory_info().rss)
@@ -65,7 +65,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--vs-nvitop", action="store_true")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     args = ap.parse_args()
+    warmup, fast_s, gpus, hours = 10.0, 60.0, 8, 1.0
+    if args.quick:
+        args.seconds, warmup, fast_s, gpus, hours = 2, 2.0, 2.0, 2, 0.05
     if not shutil.which("tmux"):
         sys.exit("needs tmux (apt-get install tmux)")
     py = sys.executable
@@ -73,24 +81,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.vs_nvitop:
             env = {"EFFMON_HOME": tmp}
-            e = measure(f"{py} -m effmon top", args.seconds, env_extra=env)
-            n = measure(f"{py} -m nvitop", args.seconds)
+            e = measure(f"{py} -m effmon top", args.seconds, env_extra=env, warmup=warmup)
+            n = measure(f"{py} -m nvitop", args.seconds, warmup=warmup)
             rows.append(("effmon top (NVML 10 Hz, refresh 1 s)", e))
             rows.append(("nvitop (default: 2 s)", n))
             print(f"CPU ratio effmon/nvitop: {e['cpu_pct'] / n['cpu_pct']:.2f}")
         else:
-            session = make_session(Path(tmp) / "gpu8.effmon", gpus=8, seconds=3600)
+            session = make_session(Path(tmp) / "gpu8.effmon", gpus=gpus, seconds=3600 * hours)
             env = {"EFFMON_HOME": tmp}
             rows.append(
                 (
                     "effmon replay, 8 GPUs x 10 Hz, x1, refresh 1 s",
-                    measure(f"{py} -m effmon replay {session} --speed 1", args.seconds, env_extra=env),
+                    measure(f"{py} -m effmon replay {session} --speed 1", args.seconds, env_extra=env, warmup=warmup),
                 )
             )
             rows.append(
                 (
                     "effmon replay, 8 GPUs x 10 Hz, x60 (1 h in 60 s), refresh 1 s",
-                    measure(f"{py} -m effmon replay {session} --speed 60", 60.0, env_extra=env),
+                    measure(f"{py} -m effmon replay {session} --speed 60", fast_s, env_extra=env, warmup=warmup),
                 )
             )
     print("| what | CPU (% of one core) | RSS start → end (max), MB |\n|---|---|---|")

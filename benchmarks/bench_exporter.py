@@ -70,7 +70,14 @@ def main() -> None:
     ap.add_argument("--scrapes", type=int, default=200)
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     a = ap.parse_args()
+    if a.quick:
+        a.scrapes, a.gpus, a.hours = 5, 2, 0.02
     with tempfile.TemporaryDirectory() as tmp:
         session = make_session(Path(tmp) / "long.effmon", gpus=a.gpus, seconds=a.hours * 3600)
         env = dict(os.environ, EFFMON_HOME=str(Path(tmp) / "home"))

@@ -59,7 +59,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.steps = 1, 15
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "train.py"

@@ -133,7 +133,14 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--minutes", type=int, default=30)
     ap.add_argument("--refreshes", type=int, default=10)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.hosts, args.gpus, args.minutes, args.refreshes = 2, 2, 2, 2
     prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if not prometheus or not promtool:
         raise SystemExit("needs Debian's prometheus package (prometheus and promtool): apt-get install prometheus")

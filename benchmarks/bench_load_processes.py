@@ -32,6 +32,14 @@ CASES = {"ceiling": (0.0, 0.0, 256), "200 ms + 20 ms/token": (0.2, 0.02, 512)}
 REQUESTS = 2048
 
 
+def scale_down() -> None:
+    """--quick: 8 streams, 32 requests a run."""
+    global REQUESTS
+    for case, (ttft, itl, _) in CASES.items():
+        CASES[case] = (ttft, itl, 8)
+    REQUESTS = 32
+
+
 def run(case: str, processes: int, work: Path) -> dict[str, Any]:
     ttft, itl, streams = CASES[case]
     server = Server(ttft, itl, "1")
@@ -70,7 +78,15 @@ def run(case: str, processes: int, work: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     a = ap.parse_args()
+    if a.quick:
+        a.repeats = 1
+        scale_down()
     print(f"machine: {os.cpu_count()} cores; {REQUESTS} requests a run\n")
     print("| case | processes | requests/s | TTFT p50 (truth) ms | TTFT p99 (truth) ms | E2E p99 (truth) ms | "
           "saturated processes |\n|---|---|---|---|---|---|---|")  # fmt: skip

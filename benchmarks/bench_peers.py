@@ -239,7 +239,14 @@ def main() -> None:
     ap.add_argument("--vllm", default=shutil.which("vllm"))
     ap.add_argument("--ceiling-streams", type=int, default=256)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     a = ap.parse_args()
+    if a.quick:
+        a.streams, a.ceiling_streams, a.timeout = "1", 4, 120
     tools: list[tuple[str, Any, Callable[[Path], dict[str, Any]], str]] = [
         ("effmon load", effmon_cmd, effmon_read, ""),
         ("AIPerf", aiperf_cmd(a.aiperf) if a.aiperf else None, aiperf_read, "not installed: pip install aiperf"),

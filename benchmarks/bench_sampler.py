@@ -39,21 +39,24 @@ def time_ticks(source, ticks: int, tick_s: float, start: float, sink=None) -> li
 
 def replay_bench(gpus: int, ticks: int) -> list[tuple[str, float, float]]:
     import json
+    import tempfile
 
     from effmon.core.energy import EnergyIntegrator
     from effmon.sources.replay import ReplaySource
-    from effmon.sources.trace import Trace, _phases, bundled_trace_path
+    from effmon.sources.trace import bundled_trace_path, load_trace
 
     lines = [json.loads(x) for x in bundled_trace_path().read_text().splitlines()]
     meta = lines[0]
     base = [x for x in lines if x["kind"] == "gpu"]
-    rows = []
-    for k in range(ticks):
-        rec = base[k % len(base)]
-        for g in range(gpus):
-            rows.append({**rec, "t": 1e9 + k * 0.1, "gpu": g})
-    trace = Trace("synthetic", meta, rows, [], [])
-    trace.phases = _phases(trace)
+    folder = tempfile.mkdtemp(prefix="bench-sampler-")
+    path = Path(folder) / f"gpu{gpus}.jsonl"
+    with path.open("w") as f:  # the bundled H100 readings, as many GPUs, as a trace file: what a replay reads
+        f.write(json.dumps(meta) + "\n")
+        for k in range(ticks):
+            rec = base[k % len(base)]
+            for g in range(gpus):
+                f.write(json.dumps({**rec, "t": 1e9 + k * 0.1, "gpu": g}) + "\n")
+    trace = load_trace(path)
     live, integ = LiveState(), EnergyIntegrator()
     keys = {"gpu": ("gpu",), "gpu_gpm": ("gpu",), "gpu_energy": ("gpu",)}
     pending = []
@@ -66,6 +69,9 @@ def replay_bench(gpus: int, ticks: int) -> list[tuple[str, float, float]]:
     src = ReplaySource(SourceOptions(tick_s=0.1, slow_s=1.0), trace)
     src.open()
     costs = time_ticks(src, ticks, 0.1, 1e9, sink)
+    src.close()
+    path.unlink()
+    Path(folder).rmdir()
     return [
         (
             "replay source + recorder sink, every tick",
@@ -136,7 +142,14 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--ticks", type=int, default=3000)
     ap.add_argument("--nvml", action="store_true", help="measure real NVML (needs an NVIDIA GPU)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.gpus, args.ticks = 2, 100
     rows = nvml_bench(args.ticks) if args.nvml else replay_bench(args.gpus, args.ticks)
     print("| what | median us per GPU per tick | p99 us per GPU per tick |\n|---|---|---|")
     for name, med, p99 in rows:

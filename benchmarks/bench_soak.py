@@ -72,7 +72,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.gpus, args.hours = 2, 0.01
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "soak.jsonl"
         n = make_trace(trace, args.gpus, args.hours)

@@ -23,7 +23,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=3600)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.gpus, args.seconds = 2, 60
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synth.effmon"
         t0 = time.perf_counter()

@@ -17,7 +17,13 @@ import time
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200_000)
-    n = ap.parse_args().steps
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
+    args = ap.parse_args()
+    n = 2000 if args.quick else args.steps
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EFFMON_TRACK_DIR"] = tmp
         import effmon.track as et

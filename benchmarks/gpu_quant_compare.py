@@ -52,11 +52,32 @@ def effmon(*args: str, env: dict[str, str]) -> int:
     return subprocess.run([sys.executable, "-m", "effmon", *args], cwd=ROOT, env=env).returncode
 
 
+def need_gpu() -> None:
+    """A clear exit on a machine without an NVIDIA GPU (this script measures one), before anything starts."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception as exc:
+        raise SystemExit(
+            f"needs an NVIDIA GPU and driver (pynvml: {exc}); docs/benchmarks.md lists it as pending"
+        ) from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a local model folder (default: a random 1.2B Llama built here)")
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run that checks the script works (the e2e tests run it); its figures mean nothing",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.requests = 4
+    need_gpu()
     home = Path(tempfile.mkdtemp(prefix="effmon-quant-"))
     env = {**os.environ, "EFFMON_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
     model = Path(args.model) if args.model else random_model(home / "models" / "random-llama-1.2b")

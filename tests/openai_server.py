@@ -10,7 +10,7 @@ sent when its last token is ready. The first content chunk carries one token (as
 tokenizer that knows these words). --no-usage leaves usage out, --done ends the stream with ``data: [DONE]``,
 --tokenize serves vLLM's ``POST /tokenize``. 0 for --ttft and --itl streams as fast as it can (the load
 generator's ceiling). ``GET /stats`` says what was served: per response id, when it was received, when its
-first and last content left, the tokens and the chunks.
+first and last content left, the tokens and the chunks; ``GET /lag`` its own event loop's lag (p50, p90).
 """
 
 from __future__ import annotations
@@ -116,11 +116,32 @@ def make_app(
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(served)
 
+    lags: list[float] = []
+
+    async def watch_loop(app: web.Application) -> None:
+        """The server's own event-loop lag (how late a 10 ms sleep wakes): on a busy machine its time stamps run
+        late by about this much, and a test that checks a client against them allows for it."""
+
+        async def watch() -> None:
+            while True:
+                t = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lags.append(max(0.0, time.perf_counter() - t - 0.01))
+                del lags[:-5000]
+
+        app["watch"] = asyncio.create_task(watch())
+
+    async def lag(request: web.Request) -> web.Response:
+        ordered = sorted(lags) or [0.0]
+        return web.json_response({f"p{q}": ordered[min(len(ordered) - 1, len(ordered) * q // 100)] for q in (50, 90)})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/lag", lag)
+    app.on_startup.append(watch_loop)
     if tokenize:
         app.router.add_post("/tokenize", tokenize_text)
     return app

@@ -414,26 +414,39 @@ def cmd_sessions(args: argparse.Namespace, command: list[str]) -> int:
     if args.sessions_cmd == "path":
         print(resolve(args.session))
         return 0
-    from effmon.cli.output import console, literal, piped, print_json, print_rows
-    from effmon.core.fmt import human_bytes, human_duration, timestamp
-    from effmon.core.paths import sessions_dir
+    from effmon.cli.output import piped, print_json
 
     entries = list_sessions()
     if args.json:
         return print_json([_session_record(e) for e in entries])
     if piped():
-        return print_rows(
-            (
-                e.name,
-                timestamp(e.meta.get("wall_started_at")),
-                human_duration(e.duration),
-                _status_text(e),
-                _gpu_text(e.meta.get("gpus") or []),
-                human_bytes(e.size),
-                " ".join(e.meta.get("command") or []) or e.error,
-            )
-            for e in entries
+        return _print_session_rows(entries)
+    return _print_sessions(entries)
+
+
+def _print_session_rows(entries: list[Any]) -> int:
+    from effmon.cli.output import print_rows
+    from effmon.core.fmt import human_bytes, human_duration, timestamp
+
+    return print_rows(
+        (
+            e.name,
+            timestamp(e.meta.get("wall_started_at")),
+            human_duration(e.duration),
+            _status_text(e),
+            _gpu_text(e.meta.get("gpus") or []),
+            human_bytes(e.size),
+            " ".join(e.meta.get("command") or []) or e.error,
         )
+        for e in entries
+    )
+
+
+def _print_sessions(entries: list[Any]) -> int:
+    from effmon.cli.output import console, literal
+    from effmon.core.fmt import human_bytes, human_duration, timestamp
+    from effmon.core.paths import sessions_dir
+
     out = console()
     if not entries:
         out.print(
@@ -459,8 +472,15 @@ def cmd_sessions(args: argparse.Namespace, command: list[str]) -> int:
     if max(len(r[0]) for r in rows) + details + 20 > out.width:
         _print_stacked(out, rows)  # narrow: the whole name on its own line, the details under it
         return 0
+    _print_session_table(out, rows)
+    return 0
+
+
+def _print_session_table(out: Any, rows: list[tuple[str, str, str, str, str, str, str, bool]]) -> None:
     from rich import box
     from rich.table import Table
+
+    from effmon.cli.output import literal
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for i, col in enumerate(("name", "start", "dur", "status", "GPUs", "size")):  # never shrunk: the command is
@@ -470,7 +490,6 @@ def cmd_sessions(args: argparse.Namespace, command: list[str]) -> int:
     for name, start, dur, status, gpus, size, cmd, bad in rows:
         table.add_row(literal(name), start, dur, literal(status, "red" if bad else ""), gpus, size, literal(cmd))
     out.print(table)
-    return 0
 
 
 def _print_stacked(out: Any, rows: list[tuple[Any, ...]]) -> None:

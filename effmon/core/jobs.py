@@ -79,32 +79,10 @@ def merge(paths: list[Path], dst: Path) -> Path:
         if len(set(nodes)) != len(nodes):
             raise JobError(f"two sessions are of the same node ({nodes}): give one session per node")
         order = sorted(range(len(paths)), key=lambda i: nodes[i])
-        first = metas[order[0]]
         entities: dict[str, Any] = {}
         for r in readers:
             entities.update(r.entities())
-        job = dict(first["job"])
-        ranks = sorted((x for m in metas for x in m.get("ranks") or []), key=lambda x: x.get("rank") or 0)
-        gpus = []
-        for i in order:
-            for g in metas[i].get("gpus") or []:
-                host = next((x.get("host") for x in metas[i].get("ranks") or [] if x.get("host")), None)
-                gpus.append(
-                    {**g, "index": nodes[i] * GPU_STRIDE + int(g.get("index") or 0), "node": nodes[i], "host": host}
-                )
-        meta = {
-            **{k: v for k, v in first.items() if k not in ("name", "gpus", "ranks")},
-            "name": f"job-{job['run_id']}",
-            "gpus": gpus,
-            "ranks": ranks,
-            "job": {**job, "node_ranks": sorted(nodes), "nodes": len(nodes)},
-            "merged_from": [metas[i].get("name") or str(paths[i]) for i in order],
-            "started_at": min(m.get("started_at") or 0 for m in metas),
-            "ended_at": max(m.get("ended_at") or 0 for m in metas) or None,
-            "model": next((m["model"] for m in metas if m.get("model")), None),
-        }
-        status = {m.get("status") for m in metas}
-        meta["status"] = "complete" if status == {"complete"} else ", ".join(sorted(str(s) for s in status))
+        meta = _merged_meta(paths, metas, nodes, order)
         writer = SessionWriter(dst, entities.values(), meta)
         try:
             for i in order:
@@ -119,6 +97,36 @@ def merge(paths: list[Path], dst: Path) -> Path:
     finally:
         for r in readers:
             r.close()
+
+
+def _merged_gpus(metas: list[dict[str, Any]], nodes: list[int], order: list[int]) -> list[dict[str, Any]]:
+    """Every node's GPUs, numbered apart (node * GPU_STRIDE + index), each with its node and host."""
+    gpus = []
+    for i in order:
+        host = next((x.get("host") for x in metas[i].get("ranks") or [] if x.get("host")), None)
+        for g in metas[i].get("gpus") or []:
+            gpus.append(
+                {**g, "index": nodes[i] * GPU_STRIDE + int(g.get("index") or 0), "node": nodes[i], "host": host}
+            )
+    return gpus
+
+
+def _merged_meta(paths: list[Path], metas: list[dict[str, Any]], nodes: list[int], order: list[int]) -> dict[str, Any]:
+    first = metas[order[0]]
+    job = dict(first["job"])
+    status = {m.get("status") for m in metas}
+    return {
+        **{k: v for k, v in first.items() if k not in ("name", "gpus", "ranks")},
+        "name": f"job-{job['run_id']}",
+        "gpus": _merged_gpus(metas, nodes, order),
+        "ranks": sorted((x for m in metas for x in m.get("ranks") or []), key=lambda x: x.get("rank") or 0),
+        "job": {**job, "node_ranks": sorted(nodes), "nodes": len(nodes)},
+        "merged_from": [metas[i].get("name") or str(paths[i]) for i in order],
+        "started_at": min(m.get("started_at") or 0 for m in metas),
+        "ended_at": max(m.get("ended_at") or 0 for m in metas) or None,
+        "model": next((m["model"] for m in metas if m.get("model")), None),
+        "status": "complete" if status == {"complete"} else ", ".join(sorted(str(s) for s in status)),
+    }
 
 
 def _node(meta: dict[str, Any]) -> int:

@@ -112,48 +112,53 @@ def _relative_spread(s: dict[str, Any] | None, mean: float | None) -> float | No
     return (s["max"] - s["min"]) / abs(mean)  # type: ignore[operator]
 
 
+def _normalized(vals: list[Any], higher: bool) -> list[float | None]:
+    """Min-max across the runs, flipped for lower-is-better metrics so that 1 is the best run."""
+    present = [v for v in vals if v is not None]
+    if not present:
+        return [None] * len(vals)
+    lo, hi = min(present), max(present)
+    if hi == lo:
+        return [None if v is None else 1.0 for v in vals]
+    return [None if v is None else (v - lo) / (hi - lo) if higher else (hi - v) / (hi - lo) for v in vals]
+
+
+def _within_spread(present: list[float], spreads: list[float]) -> bool | None:
+    """Whether the runs differ less than their repeats do (None: no repeats to tell)."""
+    if not spreads or len(present) < 2:
+        return None
+    gap = (max(present) - min(present)) / abs(sum(present) / len(present)) if any(present) else 0.0
+    return gap <= max(spreads)
+
+
+def _row(m: MetricDef, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    key, base = m.key, runs[0]["values"].get(m.key)
+    vals = [r["values"].get(key) for r in runs]
+    row: dict[str, Any] = {
+        "metric": m.label,
+        "key": key,
+        "unit": m.unit,
+        "higher_is_better": m.better == "higher",
+        "values": vals,
+        "delta": [None if v is None or base is None else v - base for v in vals],
+        "ratio": [None if v is None or not base else v / base for v in vals],
+        "normalized": _normalized(vals, m.better == "higher"),
+        "missing": [r["name"] for r, v in zip(runs, vals, strict=True) if v is None],
+        "spread": [_relative_spread((r.get("spread") or {}).get(key), v) for r, v in zip(runs, vals, strict=True)],
+    }
+    within = _within_spread([v for v in vals if v is not None], [x for x in row["spread"] if x is not None])
+    if within is not None:
+        row["within_spread"] = within
+    return row
+
+
 def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs: effmon compare BASELINE OTHER [...]")
     if runs[0]["values"].get("MCR") is None and "MCR" in {m.key for m in axes()}:
         # the baseline against itself: (bits/bits) x (perf/perf), 1 by definition
         runs[0] = {**runs[0], "values": {**runs[0]["values"], "MCR": 1.0}}
-    base = runs[0]["values"]
-    rows = []
-    for m in axes():
-        key, label, unit, higher = m.key, m.label, m.unit, m.better == "higher"
-        vals = [r["values"].get(key) for r in runs]
-        present = [v for v in vals if v is not None]
-        lo, hi = (min(present), max(present)) if present else (None, None)
-        norm: list[float | None] = []
-        for v in vals:
-            if v is None or lo is None or hi is None:
-                norm.append(None)
-            elif hi == lo:
-                norm.append(1.0)
-            else:
-                norm.append((v - lo) / (hi - lo) if higher else (hi - v) / (hi - lo))
-        rows.append(
-            {
-                "metric": label,
-                "key": key,
-                "unit": unit,
-                "higher_is_better": higher,
-                "values": vals,
-                "delta": [None if v is None or base.get(key) is None else v - base[key] for v in vals],
-                "ratio": [None if v is None or not base.get(key) else v / base[key] for v in vals],
-                "normalized": norm,
-                "missing": [r["name"] for r, v in zip(runs, vals, strict=True) if v is None],
-                "spread": [
-                    _relative_spread((r.get("spread") or {}).get(key), v) for r, v in zip(runs, vals, strict=True)
-                ],
-            }
-        )
-        row: dict[str, Any] = rows[-1]
-        spreads = [x for x in row["spread"] if x is not None]
-        if spreads and present and len(present) > 1:
-            gap = (max(present) - min(present)) / abs(sum(present) / len(present)) if any(present) else 0.0
-            row["within_spread"] = gap <= max(spreads)  # the runs differ less than their repeats do
+    rows = [_row(m, runs) for m in axes()]
     return {
         "runs": [r["name"] for r in runs],
         "gpus": [r["gpu"] for r in runs],

@@ -33,27 +33,33 @@ def _fmt(x: Any, spec: str = ".4g") -> str:
     return "N/A" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
+def _status(meta: dict[str, Any]) -> str:
+    code = meta.get("exit_code")
+    return f"{meta.get('status')}" + (f", exit {code}" if code is not None else "")
+
+
+def _model(model: dict[str, Any]) -> str:
+    kind = model.get("type") or model.get("model_type") or "-"
+    trainable = f", {model['trainable_params']} trainable" if model.get("trainable_params") else ""
+    return f"{kind}, {model.get('params') or '?'} parameters{trainable}"
+
+
+def _peft(peft: dict[str, Any]) -> str:
+    return f"{peft.get('method')} (r={peft.get('r')}, alpha={peft.get('alpha')})" if peft else "-"
+
+
 def facts(meta: dict[str, Any], s: Summary) -> list[tuple[str, str]]:
-    model = s.model or {}
-    peft = model.get("peft") or {}
     gpus = meta.get("gpus") or []
     preset = meta.get("preset") or {}
     return [
         ("session", str(meta.get("name"))),
         ("command", " ".join(meta.get("command") or []) or "-"),
-        (
-            "status",
-            f"{meta.get('status')}" + (f", exit {meta['exit_code']}" if meta.get("exit_code") is not None else ""),
-        ),
+        ("status", _status(meta)),
         ("started", timestamp(meta.get("wall_started_at"))),
         ("window", f"{s.window.label} ({human_duration(s.window.duration)})"),
         ("preset", str(preset.get("name") or "-")),
-        (
-            "model",
-            f"{model.get('type') or model.get('model_type') or '-'}, {model.get('params') or '?'} parameters"
-            + (f", {model.get('trainable_params')} trainable" if model.get("trainable_params") else ""),
-        ),
-        ("PEFT method", f"{peft.get('method')} (r={peft.get('r')}, alpha={peft.get('alpha')})" if peft else "-"),
+        ("model", _model(s.model or {})),
+        ("PEFT method", _peft((s.model or {}).get("peft") or {})),
         ("precision / quantization", str(meta.get("precision") or preset.get("quantization") or "-")),
         ("GPUs", ", ".join(f"{g.get('index')}: {g.get('name')}" for g in gpus) or "none (host only)"),
         ("driver", str(next((g.get("driver") for g in gpus if g.get("driver")), "-"))),

@@ -129,35 +129,44 @@ def _request_level(s: Summary) -> tuple[dict[str, list[Any]], int]:
     }, len(groups)
 
 
-def efficientllm(s: Summary) -> dict[str, Any]:
-    """The reference inference monitor's object, plus an ``effmon`` object with what it lacks."""
-    kind = s.run_kind
-    request_level, num_requests = _request_level(s)
-    primary = {"training": "ST", "inference": "IT"}.get(kind)
+def _benchmark_keys(s: Summary, primary: str | None) -> dict[str, Any]:
+    """The benchmark's own keys (AMU, PCU, AL, AEC, MCR ...); of TT, ST and IT the run's primary one, and any other
+    that has a value."""
     out: dict[str, Any] = {}
     for m in METRICS.values():
-        if m.efficientllm and (
-            m.efficientllm not in ("TT", "ST", "IT") or s.value(m.key) is not None or m.efficientllm == primary
-        ):
+        if not m.efficientllm:
+            continue
+        if m.efficientllm not in ("TT", "ST", "IT") or s.value(m.key) is not None or m.efficientllm == primary:
             out[m.efficientllm] = s.value(m.key)
+    return out
+
+
+def _time_series(s: Summary) -> dict[str, Any]:
     ts = s.series
-    out.update(
-        {
-            "total_time": s.window.duration,
-            "num_requests": num_requests,
-            "time_series": {
-                "timestamps": ts.timestamps if ts else [],
-                "memory_utilization": ts.memory_utilization if ts else [],
-                "compute_utilization": ts.compute_utilization if ts else [],
-                "power_consumption": ts.power_consumption if ts else [],
-            },
-            "request_level": request_level,
-        }
-    )
-    training, inference = s.training, s.inference
+    return {
+        "timestamps": ts.timestamps if ts else [],
+        "memory_utilization": ts.memory_utilization if ts else [],
+        "compute_utilization": ts.compute_utilization if ts else [],
+        "power_consumption": ts.power_consumption if ts else [],
+    }
+
+
+def _tokens_counted(training: Any) -> str | None:
+    if not training:
+        return None
+    if training.tokens_counted == "padded":
+        return "padded input positions (--tokens padded)"
+    return "real tokens, padding not counted"
+
+
+def _effmon_block(s: Summary, primary: str | None, num_requests: int) -> dict[str, Any]:
+    """What the benchmark's record lacks: units, the window, every registry figure in its group, the stats."""
+    training, inference, kind = s.training, s.inference, s.run_kind
     top_level = {m.json[0] for m in METRICS.values() if m.json is not None and m.json == (m.efficientllm,)}
     tree = metric_tree(s, tuple(g for g in json_groups() if g not in top_level))  # TT, ST, IT stand at the top
-    out["effmon"] = {
+    counts = "requests" if num_requests and inference and kind != "training" else "optimizer steps"
+    no_params = s.value("TT") is None and training
+    return {
         "version": s.effmon_version,
         "units": units(),
         "run_kind": kind,
@@ -165,21 +174,31 @@ def efficientllm(s: Summary) -> dict[str, Any]:
         "session": s.session,
         "window": window_dict(s),
         "model": s.model,
-        "num_requests_counts": "requests" if num_requests and inference and kind != "training" else "optimizer steps",
-        "tokens_counted": None
-        if not training
-        else "padded input positions (--tokens padded)"
-        if training.tokens_counted == "padded"
-        else "real tokens, padding not counted",
+        "num_requests_counts": counts,
+        "tokens_counted": _tokens_counted(training),
         **tree,
-        "per_param_null_reason": None
-        if (s.value("TT") is not None or not training)
-        else "model parameter count unknown; give --params",
+        "per_param_null_reason": "model parameter count unknown; give --params" if no_params else None,
         "training": _asdict(training),
         "inference": _asdict(inference),
         "gpus": [dataclasses.asdict(g) for g in s.gpus],
         "notes": s.notes,
     }
+
+
+def efficientllm(s: Summary) -> dict[str, Any]:
+    """The reference inference monitor's object, plus an ``effmon`` object with what it lacks."""
+    request_level, num_requests = _request_level(s)
+    primary = {"training": "ST", "inference": "IT"}.get(s.run_kind)
+    out = _benchmark_keys(s, primary)
+    out.update(
+        {
+            "total_time": s.window.duration,
+            "num_requests": num_requests,
+            "time_series": _time_series(s),
+            "request_level": request_level,
+        }
+    )
+    out["effmon"] = _effmon_block(s, primary, num_requests)
     return clean(out)
 
 
@@ -226,6 +245,24 @@ def _texts(values: np.ndarray, integer: bool) -> np.ndarray:
     return np.array(texts, dtype=object)[where.reshape(-1)]
 
 
+def _gpu_columns(columns: dict[str, list[Any]], idx: int, s: Any, g: Any, start: float, end: float) -> None:
+    """One GPU's samples in [start, end] appended to ``columns``; its GPM columns hold the latest GPM reading."""
+    import numpy as np
+
+    inside = (s.t >= start) & (s.t <= end)
+    t = s.t[inside]
+    columns["t"].append(t)
+    columns["gpu"].append(np.full(len(t), float(idx)))
+    for c in GPU_COLUMNS:
+        columns[c].append(s[c][inside] if c in s else np.full(len(t), np.nan))
+    at = np.searchsorted(g.t, t, "right") - 1 if g is not None else np.full(len(t), -1)
+    for c in GPM_ACTIVITY:
+        held = np.full(len(t), np.nan)
+        if g is not None and c in g:
+            held[at >= 0] = g[c][at[at >= 0]]
+        columns[c].append(held)
+
+
 def csv_text(reader: SessionReader, window_start: float, window_end: float, session_start: float) -> str:
     """One row per GPU sample in the window, in (time, GPU) order; the GPM columns hold the latest GPM
     reading at that time."""
@@ -235,19 +272,7 @@ def csv_text(reader: SessionReader, window_start: float, window_end: float, sess
     gpm = reader.series("gpu_gpm", GPM_ACTIVITY).by_key
     columns: dict[str, list[np.ndarray]] = {c: [] for c in CSV_COLUMNS}
     for idx, s in sorted(gpu.items()):
-        inside = (s.t >= window_start) & (s.t <= window_end)
-        t = s.t[inside]
-        columns["t"].append(t)
-        columns["gpu"].append(np.full(len(t), float(idx)))
-        for c in GPU_COLUMNS:
-            columns[c].append(s[c][inside] if c in s else np.full(len(t), np.nan))
-        g = gpm.get(idx)
-        at = np.searchsorted(g.t, t, "right") - 1 if g is not None else np.full(len(t), -1)
-        for c in GPM_ACTIVITY:
-            held = np.full(len(t), np.nan)
-            if g is not None and c in g:
-                held[at >= 0] = g[c][at[at >= 0]]
-            columns[c].append(held)
+        _gpu_columns(columns, idx, s, gpm.get(idx), window_start, window_end)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(CSV_COLUMNS)
     if not columns["t"] or not sum(len(a) for a in columns["t"]):

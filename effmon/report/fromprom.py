@@ -100,19 +100,24 @@ def selector(field: str, match: str) -> str:
     return field + match
 
 
-def session_from_prometheus(
-    url: str, match: str, start: float, end: float, path: Path, step: float | None = None
-) -> dict[str, Any]:
-    """Write the job's GPU series into a new session at ``path``; returns what was found (GPUs, hosts, resolution:
-    ``step_s`` None for the raw samples, ``interval_s`` their median spacing)."""
-    span = f"[{max(1, round((end - start) * 1000)) + 1}ms]"  # (end - span, end]: every sample from start to end
-    if step is None:
-        counts = instant_query(url, f"count_over_time({selector('DCGM_FI_DEV_POWER_USAGE', match)}{span})", end)
-        if max((float(r["value"][1]) for r in counts), default=0.0) > MAX_POINTS:
-            step = (end - start) / MAX_POINTS
-    else:
-        step = max(step, (end - start) / MAX_POINTS)
-    series: dict[tuple[str, str], dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+Series = dict[tuple[str, str], dict[float, dict[str, float]]]
+"""By GPU (host, gpu label): time -> field -> value."""
+
+
+def _resolution(url: str, match: str, start: float, end: float, span: str, step: float | None) -> float | None:
+    """The query step: None (every raw sample) unless a GPU has more than MAX_POINTS samples in the range."""
+    if step is not None:
+        return max(step, (end - start) / MAX_POINTS)
+    counts = instant_query(url, f"count_over_time({selector('DCGM_FI_DEV_POWER_USAGE', match)}{span})", end)
+    if max((float(r["value"][1]) for r in counts), default=0.0) > MAX_POINTS:
+        return (end - start) / MAX_POINTS
+    return None
+
+
+def _series(
+    url: str, match: str, start: float, end: float, span: str, step: float | None
+) -> tuple[Series, dict[tuple[str, str], dict[str, str]]]:
+    series: Series = defaultdict(lambda: defaultdict(dict))
     labels: dict[tuple[str, str], dict[str, str]] = {}
     for field in FIELDS:
         sel = selector(field, match)
@@ -123,6 +128,33 @@ def session_from_prometheus(
             labels.setdefault(key, metric)
             for t, value in result["values"]:
                 series[key][float(t)][field] = float(value)
+    return series, labels
+
+
+def _write(writer: Any, series: Series, keys: list[tuple[str, str]]) -> list[float]:
+    """Every time stamp's readings as rows, 500 time stamps a transaction; returns the time stamps."""
+    integrator = EnergyIntegrator()
+    times = sorted({t for k in keys for t in series[k]})
+    batch: list[Row] = []
+    for n, t in enumerate(times, 1):
+        rows = rows_from({i: series[k][t] for i, k in enumerate(keys) if t in series[k]}, t)
+        integrator.feed(rows)
+        batch += rows
+        if n % 500 == 0 or n == len(times):
+            writer.write(batch)
+            batch = []
+    writer.set_meta(started_at=times[0], ended_at=times[-1], energy_integrated_j=integrator.totals())
+    return times
+
+
+def session_from_prometheus(
+    url: str, match: str, start: float, end: float, path: Path, step: float | None = None
+) -> dict[str, Any]:
+    """Write the job's GPU series into a new session at ``path``; returns what was found (GPUs, hosts, resolution:
+    ``step_s`` None for the raw samples, ``interval_s`` their median spacing)."""
+    span = f"[{max(1, round((end - start) * 1000)) + 1}ms]"  # (end - span, end]: every sample from start to end
+    step = _resolution(url, match, start, end, span, step)
+    series, labels = _series(url, match, start, end, span, step)
     if not series:
         raise PrometheusError(
             f"no dcgm-exporter series ({', '.join(FIELDS[:3])} ...) match {match or 'anything'} between "
@@ -143,18 +175,8 @@ def session_from_prometheus(
             "prometheus": {"url": split_credentials(url)[0], "match": match, "step_s": step, "start": start,
                            "end": end}}  # fmt: skip
     writer = SessionWriter(path, CORE_ENTITIES, meta)
-    integrator = EnergyIntegrator()
-    times = sorted({t for k in keys for t in series[k]})
     try:
-        batch: list[Row] = []
-        for n, t in enumerate(times, 1):
-            rows = rows_from({i: series[k][t] for i, k in enumerate(keys) if t in series[k]}, t)
-            integrator.feed(rows)
-            batch += rows
-            if n % 500 == 0 or n == len(times):
-                writer.write(batch)
-                batch = []
-        writer.set_meta(started_at=times[0], ended_at=times[-1], energy_integrated_j=integrator.totals())
+        times = _write(writer, series, keys)
     finally:
         writer.close()
     gaps = sorted(b - a for k in keys[:8] for a, b in pairwise(sorted(series[k])))

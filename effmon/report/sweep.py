@@ -228,6 +228,26 @@ def _setting(c: dict[str, Any]) -> str:
     return " · ".join(p for p in parts if p)
 
 
+def _heatmap_panel(
+    ax: Any, cells: list[dict[str, Any]], ins: list[int], outs: list[int], scale: tuple[float, float]
+) -> Any:
+    """One panel: J per output token by input (rows) and output (columns) length, each cell's value written on it."""
+    lo, hi = scale
+    grid = [[float("nan")] * len(outs) for _ in ins]
+    for c in cells:
+        grid[ins.index(c["input_tokens"])][outs.index(c["output_tokens"])] = c["J_per_output_token"]
+    image = ax.imshow(grid, cmap="viridis_r", vmin=lo, vmax=hi, aspect="auto", origin="lower")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:  # dark text on the light (low) end of the scale, white on the dark end
+                colour = "black" if v < (lo + hi) / 2 else "white"
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color=colour)
+    ax.set_xticks(range(len(outs)), [str(o) for o in outs])
+    ax.set_yticks(range(len(ins)), [str(i) for i in ins])
+    ax.set_xlabel("output tokens")
+    return image
+
+
 def _heatmaps(cells: list[dict[str, Any]]) -> bytes:
     """A panel per concurrency (columns) and per GPU setting (rows), one colour scale for all."""
     conc = sorted({c["concurrency"] for c in cells})
@@ -235,24 +255,12 @@ def _heatmaps(cells: list[dict[str, Any]]) -> bytes:
     ins, outs = sorted({c["input_tokens"] for c in cells}), sorted({c["output_tokens"] for c in cells})
     fig = _figure(3.6 * len(conc) + 0.8, (0.5 * len(ins) + 2.0) * len(settings) + 0.2)
     values = [c["J_per_output_token"] for c in cells]
-    lo, hi = min(values), max(values)
     image = None
     for r, setting in enumerate(settings):
         for k, n in enumerate(conc):
             ax = fig.add_subplot(len(settings), len(conc), r * len(conc) + k + 1)
-            grid = [[float("nan")] * len(outs) for _ in ins]
-            for c in cells:
-                if c["concurrency"] == n and _setting(c) == setting:
-                    grid[ins.index(c["input_tokens"])][outs.index(c["output_tokens"])] = c["J_per_output_token"]
-            image = ax.imshow(grid, cmap="viridis_r", vmin=lo, vmax=hi, aspect="auto", origin="lower")
-            for i, row in enumerate(grid):
-                for j, v in enumerate(row):
-                    if v == v:  # dark text on the light (low) end of the scale, white on the dark end
-                        colour = "black" if v < (lo + hi) / 2 else "white"
-                        ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color=colour)
-            ax.set_xticks(range(len(outs)), [str(o) for o in outs])
-            ax.set_yticks(range(len(ins)), [str(i) for i in ins])
-            ax.set_xlabel("output tokens")
+            mine = [c for c in cells if c["concurrency"] == n and _setting(c) == setting]
+            image = _heatmap_panel(ax, mine, ins, outs, (min(values), max(values)))
             ax.set_ylabel("input tokens" if k == 0 else "")
             ax.set_title(f"concurrency {n}" + (f" · {setting}" if setting else ""), fontsize=9)
     if image is not None:

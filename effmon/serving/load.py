@@ -748,8 +748,29 @@ def _client(ok: list[RequestResult], client: dict[str, Any] | None, latency: dic
     return client | {"affected": affected({k: dataclasses.asdict(v) for k, v in latency.items()}, client)}
 
 
-def _per(count: float | None, wall_s: float) -> float | None:
-    return count / wall_s if wall_s and count is not None else None
+def _per(count: float | None, over: float) -> float | None:
+    """``count / over``; None when either is missing or zero time (never a division by zero)."""
+    return count / over if over and count is not None else None
+
+
+def _tokenizer_vs_usage(ok: list[RequestResult]) -> float | None:
+    """The tokenizer's count over the server's usage, where both counted a request's tokens."""
+    both = [r for r in ok if r.counted_tokens is not None and r.output_tokens]
+    if not both:
+        return None
+    return sum(r.counted_tokens or 0 for r in both) / sum(r.output_tokens or 0 for r in both)
+
+
+def _first_error(results: list[RequestResult]) -> str | None:
+    failed = (r for r in results if not r.ok and r.detail and r.error != "cancelled")
+    return next((f"{r.error}: {r.detail}" for r in failed), None)
+
+
+def _output_tokens(ok: list[RequestResult]) -> int | None:
+    """Every successful request's generated tokens, or None when some were not counted (chunks only)."""
+    if not ok or any(r.output_tokens is None for r in ok):
+        return None
+    return sum(r.output_tokens or 0 for r in ok)
 
 
 def summarize(
@@ -759,13 +780,11 @@ def summarize(
     from effmon.metrics.summary import evaluate_spans
 
     ok = [r for r in results if r.ok]
-    known = all(r.output_tokens is not None for r in ok) and bool(ok)
-    tokens = sum(r.output_tokens or 0 for r in ok) if known else None
+    tokens = _output_tokens(ok)
     chunks = sum(r.chunks for r in ok)
     errors = Counter(str(r.error) for r in results if not r.ok and r.error != "cancelled")
     cancelled = sum(r.error == "cancelled" for r in results)
     finished = len(results) - cancelled
-    both = [r for r in ok if r.counted_tokens is not None and r.output_tokens]
     latency = _latency(ok)
     figures = evaluate_spans([], [request_row(r).values for r in results if r.error != "cancelled"], FIGURES)
     return LoadSummary(
@@ -773,7 +792,7 @@ def summarize(
         succeeded=len(ok),
         failed=finished - len(ok),
         cancelled=cancelled,
-        failure_share=(finished - len(ok)) / finished if finished else None,
+        failure_share=_per(finished - len(ok), finished),
         max_failures=cfg.max_failures,
         errors=dict(errors),
         wall_s=wall_s,
@@ -783,16 +802,12 @@ def summarize(
         chunks=chunks,
         chunk_throughput=_per(chunks, wall_s),
         tokens_counted_from=_tokens_counted_from(ok),
-        tokenizer_vs_usage=sum(r.counted_tokens or 0 for r in both) / sum(r.output_tokens or 0 for r in both)
-        if both
-        else None,
+        tokenizer_vs_usage=_tokenizer_vs_usage(ok),
         latency=latency,
         itl_measured=_itl_measured(ok),
-        goodput=_goodput(ok, cfg, wall_s, known),
+        goodput=_goodput(ok, cfg, wall_s, tokens is not None),
         client=_client(ok, client, latency),
-        first_error=next(
-            (f"{r.error}: {r.detail}" for r in results if not r.ok and r.detail and r.error != "cancelled"), None
-        ),
+        first_error=_first_error(results),
         figures={key: result.value for key, result in figures.items()},
     )
 

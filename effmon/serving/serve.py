@@ -232,6 +232,61 @@ def _watch(
     return _serve_until_stopped(server, intr, say)
 
 
+def _recording(
+    preset: Any, options: RecordOptions, engine: Any, model_dir: str | None, argv: list[str]
+) -> tuple[Recording, tuple[str, ...] | None]:
+    """The serving session: this machine's sources, and the server's own metrics endpoint where it has one."""
+    f = preset.fields
+    registry = load_registry()
+    sources = None
+    if engine.metrics:  # the server has a metrics endpoint: scrape it into the session too
+        sources = (*(options.sources or registry.live_sources()), server_metrics_source(registry))
+    rec = Recording(
+        "serve",
+        dataclasses.replace(options, sources=sources or options.sources),
+        slug=preset.name,
+        meta={
+            "command": argv,
+            "run_kind": "inference",
+            "precision": f.get("precision"),
+            "precision_bits": f.get("bits"),
+            "preset": {"name": preset.name, "path": str(preset.path), **f},
+            "model_dir": model_dir,
+            "quantization": quantization_of(Path(model_dir)) if model_dir else None,
+        },
+        registry=registry,
+        extra={"metrics_url": preset.url + "/metrics", "wait_for_server": True},
+    )
+    return rec, sources
+
+
+def _launch(rec: Recording, argv: list[str], model_dir: str | None, engine: Any) -> Server:
+    """The server, started in its own process group, its output redacted into NAME.log beside the session."""
+    log = RedactedLog(rec.path.with_suffix(".log"))  # the server's output, redacted, beside the session
+    log_path = log.path
+    rec.set_meta(output_log=str(log_path))
+    env = dict(os.environ)
+    if model_dir:
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log.fd,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: stopped as a whole
+            preexec_fn=die_with_parent(),  # effmon killed: the server gets SIGTERM, never holds the port on
+        )
+    except OSError as exc:
+        log.close()
+        rec.finish("failed", f"could not start the server: {exc}")
+        raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_ERROR) from None
+    log.started()
+    rec.set_meta(launched={"pid": process.pid, "started": identity(process.pid)})
+    return Server(process, log_path, engine, log)
+
+
 def serve(
     preset: Any,
     options: RecordOptions,
@@ -254,53 +309,14 @@ def serve(
     except QuantizeError as exc:
         raise RecordError(str(exc), EXIT_USAGE) from None
     argv = preset.command(model_dir=model_dir)
-    registry = load_registry()
-    sources = None
-    if engine.metrics:  # the server has a metrics endpoint: scrape it into the session too
-        sources = (*(options.sources or registry.live_sources()), server_metrics_source(registry))
-    rec = Recording(
-        "serve",
-        dataclasses.replace(options, sources=sources or options.sources),
-        slug=preset.name,
-        meta={
-            "command": argv,
-            "run_kind": "inference",
-            "precision": f.get("precision"),
-            "precision_bits": f.get("bits"),
-            "preset": {"name": preset.name, "path": str(preset.path), **f},
-            "model_dir": model_dir,
-            "quantization": quantization_of(Path(model_dir)) if model_dir else None,
-        },
-        registry=registry,
-        extra={"metrics_url": preset.url + "/metrics", "wait_for_server": True},
-    )
+    rec, sources = _recording(preset, options, engine, model_dir, argv)
     say: Callable[[str], None] = (lambda msg: None) if options.quiet else (lambda msg: print(msg, file=sys.stderr))
     with Interrupts() as intr, rec:
         rec.open()
         rec.start()  # the sampler watches the server's process tree as soon as it exists
-        log = RedactedLog(rec.path.with_suffix(".log"))  # the server's output, redacted, beside the session
-        log_path = log.path
-        rec.set_meta(output_log=str(log_path))
-        env = dict(os.environ)
-        if model_dir:
-            env.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log.fd,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # its own process group: stopped as a whole
-                preexec_fn=die_with_parent(),  # effmon killed: the server gets SIGTERM, never holds the port on
-            )
-        except OSError as exc:
-            log.close()
-            rec.finish("failed", f"could not start the server: {exc}")
-            raise RecordError(f"could not start {argv[0]}: {exc.strerror or exc}", EXIT_ERROR) from None
-        log.started()
-        rec.set_meta(launched={"pid": process.pid, "started": identity(process.pid)})
-        server = Server(process, log_path, engine, log)
+        server = _launch(rec, argv, model_dir, engine)
+        log_path = server.log_path
+        process = server.process
         rec.watch(process.pid)
         status, reason, code = "failed", "effmon serve stopped", EXIT_ERROR
         try:

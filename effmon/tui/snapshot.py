@@ -302,27 +302,24 @@ class SessionView:
         self._eff_cache = (now, t, result[0], result[1])
         return result
 
+    def _fresh_rows(self, entity: str, t: float) -> list[dict[str, Any]]:
+        """An entity's newest rows at ``t``, unless they are stale."""
+        newest = self.reader.last_time(entity, t)
+        if newest is None or t - newest >= STALE_AFTER_S * 2:
+            return []
+        return list(self.reader.rows_at(entity, newest))
+
     def _processes(self, t: float, text: str, live: bool, meta: dict[str, Any]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        latest_t = self.reader.last_time("gpu_process", t)
-        if latest_t is not None and t - latest_t < STALE_AFTER_S * 2:
-            for p in self.reader.rows_at("gpu_process", latest_t):
-                rows.append({"pid": p["pid"], "gpu": p["gpu"], "gpu_mem": p["used_mem_bytes"], "sm": p["sm_util_pct"]})
+        rows = [
+            {"pid": p["pid"], "gpu": p["gpu"], "gpu_mem": p["used_mem_bytes"], "sm": p["sm_util_pct"]}
+            for p in self._fresh_rows("gpu_process", t)
+        ]
         # the watched process trees, and in `effmon top` (where nothing is watched) the busiest processes
-        cpu_rows: dict[int, dict[str, Any]] = {}
-        for entity in ("watched", "busiest"):
-            newest = self.reader.last_time(entity, t)
-            if newest is not None and t - newest < STALE_AFTER_S * 2:
-                cpu_rows.update({r["pid"]: r for r in self.reader.rows_at(entity, newest)})
+        cpu_rows = {r["pid"]: r for entity in ("watched", "busiest") for r in self._fresh_rows(entity, t)}
         known = {r["pid"] for r in rows}
         rows += [{"pid": pid, "gpu": None, "gpu_mem": None, "sm": None} for pid in cpu_rows if pid not in known]
         for row in rows:
-            w = cpu_rows.get(row["pid"], {})
-            row.update(cpu=w.get("cpu_pct"), rss=w.get("rss_bytes"), user="", command=w.get("name") or "")
-            if live:
-                _fill_from_psutil(row)
-            if row["pid"] == meta.get("pid"):
-                row["command"] = " ".join(meta.get("command") or []) or row["command"]
+            _describe(row, cpu_rows.get(row["pid"], {}), live, meta)
         if text:
             needle = text.lower()
             rows = [r for r in rows if needle in f"{r['pid']} {r['user']} {r['command']}".lower()]
@@ -342,6 +339,15 @@ class SessionView:
             "max": max(values) if values else None,
             "last": values[-1] if values else None,
         }
+
+
+def _describe(row: dict[str, Any], w: dict[str, Any], live: bool, meta: dict[str, Any]) -> None:
+    """A process row's CPU, memory, user and command: from the recording, the live system, the session's command."""
+    row.update(cpu=w.get("cpu_pct"), rss=w.get("rss_bytes"), user="", command=w.get("name") or "")
+    if live:
+        _fill_from_psutil(row)
+    if row["pid"] == meta.get("pid"):
+        row["command"] = " ".join(meta.get("command") or []) or row["command"]
 
 
 def _fill_card(card: GpuCard, g: dict[str, Any], info: dict[str, Any], t: float) -> None:

@@ -63,34 +63,43 @@ def parse(
             families[family.name] = family
     except (ValueError, TypeError, IndexError) as exc:
         raise MetricsFormatError(f"malformed Prometheus exposition text: {exc}") from None
-    values: dict[str, float] = {}
-    engines: dict[str, dict[str, float]] = {}
-    for key, names in {**GAUGES, **COUNTERS}.items():
-        for name in names:
-            fam = families.get(name) or families.get(name.removesuffix("_total"))
-            if fam is None:
-                continue
-            suffix = "_total" if fam.type == "counter" else ""
-            samples = [s for s in fam.samples if s.name in (fam.name + suffix, fam.name)]
-            values[key] = sum(s.value for s in samples)
-            if key in GAUGES:
-                for s in samples:
-                    engine = engines.setdefault(str(s.labels.get("engine", "")), {})
-                    engine[key] = engine.get(key, 0.0) + s.value
-            break
+    values, engines = _counters_and_gauges(families)
     hists = _histograms(families)
     for key, name in PHASE_SUMS.items():
         fam = families.get(name)
         if fam is not None and fam.type == "histogram":
             values[key] = sum(s.value for s in fam.samples if s.name == name + "_sum")
+    return values, hists, _unknown(families), engines
+
+
+def _counters_and_gauges(families: dict[str, Any]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Each counter and gauge effmon knows (the first of its names the server has), summed over labels; the gauges
+    also per engine."""
+    values: dict[str, float] = {}
+    engines: dict[str, dict[str, float]] = {}
+    for key, names in {**GAUGES, **COUNTERS}.items():
+        fam = next((f for n in names if (f := families.get(n) or families.get(n.removesuffix("_total")))), None)
+        if fam is None:
+            continue
+        suffix = "_total" if fam.type == "counter" else ""
+        samples = [s for s in fam.samples if s.name in (fam.name + suffix, fam.name)]
+        values[key] = sum(s.value for s in samples)
+        if key in GAUGES:
+            for s in samples:
+                engine = engines.setdefault(str(s.labels.get("engine", "")), {})
+                engine[key] = engine.get(key, 0.0) + s.value
+    return values, engines
+
+
+def _unknown(families: dict[str, Any]) -> list[str]:
+    """The vLLM families effmon does not read (listed for the help view)."""
     known = {n for names in (*GAUGES.values(), *COUNTERS.values(), *HISTOGRAMS.values()) for n in names}
     known |= set(PHASE_SUMS.values())
-    unknown = sorted(
+    return sorted(
         n
         for n in families
         if n.startswith("vllm:") and n not in known and not n.endswith("_created") and n + "_total" not in known
     )
-    return values, hists, unknown, engines
 
 
 def _histograms(families: dict[str, Any]) -> dict[str, dict[float, float]]:
@@ -138,6 +147,24 @@ def histogram_bucket(q: float, buckets: dict[float, float]) -> tuple[float | Non
     return (bounds[-2], bounds[-2], None) if len(bounds) > 1 else (None, None, None)
 
 
+def _engine_row(now: float, name: str, e: dict[str, float]) -> Row:
+    kv = e["kv_cache_usage"] * 100.0 if "kv_cache_usage" in e else None
+    values = {"t": now, "engine": name, "running": e.get("running"), "waiting": e.get("waiting")}
+    return Row("serving_engine", {**values, "kv_cache_usage_pct": kv})
+
+
+def _across_engines(rows: list[Row]) -> dict[str, Any]:
+    """KV-cache use (mean and fullest engine, never summed) and the longest queue, over the engines."""
+    kv = [r.values["kv_cache_usage_pct"] for r in rows if r.values["kv_cache_usage_pct"] is not None]
+    waiting = [r.values["waiting"] for r in rows if r.values["waiting"] is not None]
+    return {
+        "kv_cache_usage_pct": sum(kv) / len(kv) if kv else None,
+        "kv_cache_usage_max_pct": max(kv) if kv else None,
+        "waiting_max": max(waiting) if waiting else None,
+        "engines": len(rows) or None,
+    }
+
+
 class VllmMetricsSource:
     name = "vllm_metrics"
 
@@ -169,29 +196,18 @@ class VllmMetricsSource:
 
     def read(self, channel: str, now: float) -> list[Row]:
         values, hists, self.unknown, engines = parse(self._fetch())
-        row: dict[str, Any] = {"t": now}
-        row["running"], row["waiting"] = values.get("running"), values.get("waiting")
-        rows = [
-            Row(
-                "serving_engine",
-                {
-                    "t": now,
-                    "engine": name,
-                    "running": e.get("running"),
-                    "waiting": e.get("waiting"),
-                    "kv_cache_usage_pct": e["kv_cache_usage"] * 100.0 if "kv_cache_usage" in e else None,
-                },
-            )
-            for name, e in sorted(engines.items())
-        ]
-        kv = [r.values["kv_cache_usage_pct"] for r in rows if r.values["kv_cache_usage_pct"] is not None]
-        row["kv_cache_usage_pct"] = sum(kv) / len(kv) if kv else None
-        row["kv_cache_usage_max_pct"] = max(kv) if kv else None
-        waiting = [r.values["waiting"] for r in rows if r.values["waiting"] is not None]
-        row["waiting_max"] = max(waiting) if waiting else None
-        row["engines"] = len(rows) or None
+        rows = [_engine_row(now, name, e) for name, e in sorted(engines.items())]
+        row: dict[str, Any] = {"t": now, "running": values.get("running"), "waiting": values.get("waiting")}
+        row.update(_across_engines(rows))
         for key in (*COUNTERS, *PHASE_SUMS):
             row[key] = values.get(key)
+        row.update(self._rates(now, values))
+        row.update(self._quantiles(now, hists))
+        return [Row("serving", row), *rows]
+
+    def _rates(self, now: float, values: dict[str, float]) -> dict[str, float | None]:
+        """Prompt and generated tokens per second since the previous scrape."""
+        out: dict[str, float | None] = {}
         if self.previous is not None and now > self.previous[0]:
             dt = now - self.previous[0]
             for key, rate in (
@@ -199,22 +215,26 @@ class VllmMetricsSource:
                 ("generation_tokens_total", "generation_tokens_per_s"),
             ):
                 a, b = self.previous[1].get(key), values.get(key)
-                row[rate] = max(0.0, (b - a) / dt) if a is not None and b is not None else None
+                out[rate] = max(0.0, (b - a) / dt) if a is not None and b is not None else None
         self.previous = (now, values)
+        return out
+
+    def _quantiles(self, now: float, hists: dict[str, dict[float, float]]) -> dict[str, float | None]:
+        """Each histogram's p50/p95/p99 over the last ``window_s`` (the newest scrape at or before the window's start
+        is the baseline), with the bucket each lies in; N/A until there is a window."""
         self.history.append((now, hists))
-        # the baseline is the newest scrape at or before the window's start
         while len(self.history) >= 2 and now - self.history[1][0] >= self.window_s:
             self.history.popleft()
         oldest = self.history[0][1]
+        out: dict[str, float | None] = {}
         for key in HISTOGRAMS:
             cur, old = hists.get(key, {}), oldest.get(key, {})
-            # one scrape alone has nothing to subtract: N/A until there is a window
             window = {le: count - old.get(le, 0.0) for le, count in cur.items()} if len(self.history) > 1 else {}
             for q in (50, 95, 99):
                 value, lo, hi = histogram_bucket(q / 100.0, window)
-                row[f"{key}_p{q}_s"] = value
-                row[f"{key}_p{q}_lo_s"], row[f"{key}_p{q}_hi_s"] = (lo, hi) if value is not None else (None, None)
-        return [Row("serving", row), *rows]
+                out[f"{key}_p{q}_s"] = value
+                out[f"{key}_p{q}_lo_s"], out[f"{key}_p{q}_hi_s"] = (lo, hi) if value is not None else (None, None)
+        return out
 
     def close(self) -> None:
         pass

@@ -48,3 +48,12 @@ def test_report_in_process_is_the_golden_file(effmon, name, args):
         assert _rstrip(_without_added(name, got)) == _rstrip(expected)
     else:
         assert _without_added(name, got) == expected
+
+
+def test_sessions_show_and_compare_in_process_are_the_golden_files(effmon, home):
+    assert _rstrip(effmon("sessions", "show", "golden")) == _rstrip((golden.HERE / "sessions-show.txt").read_text())
+    a, b = home / "lora.json", home / "generate.json"
+    a.write_text(effmon("report", "golden", "--phase", "lora_finetune", "--format", "efficientllm"))
+    b.write_text(effmon("report", "golden", "--phase", "generate", "--format", "efficientllm"))
+    got = _without_added("compare.json", effmon("compare", str(a), str(b), "--format", "json"))
+    assert got == (golden.HERE / "compare.json").read_text()
