@@ -135,9 +135,10 @@ class Recording:
         meta: dict[str, Any] | None = None,
         watched: Sequence[int] = (),
         registry: Registry | None = None,
-        extra: dict[str, Any] | None = None,
+        sources_with: dict[str, Any] | None = None,
         replay_path: str | None = None,
     ):
+        """``sources_with``: fields of the sources' options (``SourceOptions``: metrics_url, busiest ...)."""
         self.mode = mode
         self.options = options
         self.slug = slug
@@ -149,7 +150,7 @@ class Recording:
             host_s=options.host_s,
             watched_pids=lambda: list(self.watched),
             replay_path=replay_path,
-            extra=dict(extra or {}),
+            **(sources_with or {}),
         )
         self.meta: dict[str, Any] = dict(meta or {})
         self.sources: list[Source] = []
@@ -885,11 +886,11 @@ def record_replay(
 
 
 def record_machine(
-    options: RecordOptions, view: Callable[[Path, Interrupts], None], *, extra: dict[str, Any] | None = None
+    options: RecordOptions, view: Callable[[Path, Interrupts], None], *, sources_with: dict[str, Any] | None = None
 ) -> Path:
     """Record this machine while ``view`` (the dashboard of ``effmon top``) runs; the session ends when the view
     is closed (complete) or a stop request ends it (interrupted). Returns the session's path."""
-    rec = Recording("top", options, slug="top", meta={"command": ["effmon", "top"]}, extra=extra)
+    rec = Recording("top", options, slug="top", meta={"command": ["effmon", "top"]}, sources_with=sources_with)
     with Interrupts() as intr, rec:
         path = rec.open()
         for _, _level, text in rec.notices:

@@ -429,7 +429,7 @@ def cmd_top(args: argparse.Namespace, command: list[str]) -> int:
     path = record_machine(
         record_options(args, quiet=True),
         lambda path, intr: _dashboard(path, interrupts=intr, refresh_s=args.refresh or 1.0),
-        extra={"busiest": 10},  # nothing is watched in top: show the busiest processes, as top does
+        sources_with={"busiest": 10},  # nothing is watched in top: show the busiest processes, as top does
     )
     _say(f"effmon: session {path.name.removesuffix('.effmon')} saved")
     return 0

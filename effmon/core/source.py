@@ -36,7 +36,20 @@ class SourceOptions:
     host_s: float = 1.0
     watched_pids: Callable[[], list[int]] = lambda: []
     replay_path: str | None = None
+    track_dir: str | None = None
+    """Where the launched job's effmon.track files go (``effmon run`` sets it once the session exists)."""
+    busiest: int = 0
+    """How many of the busiest processes the host source records (``effmon top``, where nothing is watched)."""
+    dcgm_url: str | None = None
+    """A node's dcgm-exporter /metrics (``attach --dcgm``)."""
+    metrics_url: str | None = None
+    """A serving engine's /metrics (``attach --url``, ``serve``, ``sweep``)."""
+    window_s: float = 60.0
+    """The window of the serving engine's latency percentiles."""
+    wait_for_server: bool = False
+    """The server is not up yet when the source opens (``effmon serve``): reads fail until it is."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else, for a third-party source."""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from effmon.core.declare import Entity, Metric, Row
 from effmon.core.files import create_private
+from effmon.core.meta import SessionMeta
 from effmon.core.redact import policy, redact_text, redact_value
 
 if TYPE_CHECKING:
@@ -428,6 +429,10 @@ class SessionReader:
         if "redaction" not in meta:  # recorded before effmon redacted at the store: nothing unredacted comes out
             meta = {k: redact_value(v, k) for k, v in meta.items()}
         return meta
+
+    def session_meta(self) -> SessionMeta:
+        """The metadata, typed: the keys effmon knows as fields, a plugin's own in ``extra``."""
+        return SessionMeta.from_dict(self.meta())
 
     def entities(self) -> dict[str, Entity]:
         """The session's entities and metric declarations; fixed when the session was created, read once."""

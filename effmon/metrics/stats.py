@@ -126,8 +126,9 @@ def gpu_stats(agg: Aggregation, index: int, window: Window, info: dict[str, Any]
     )
 
 
-def all_gpu_stats(agg: Aggregation, window: Window, meta: dict[str, Any]) -> list[GpuStats]:
-    info = {g.get("index"): g for g in meta.get("gpus") or []}
+def all_gpu_stats(agg: Aggregation, window: Window, gpus: list[dict[str, Any]]) -> list[GpuStats]:
+    """Each GPU's figures over the window; ``gpus``: the session's GPU descriptions (name, memory, driver)."""
+    info = {g.get("index"): g for g in gpus}
     return [gpu_stats(agg, idx, window, info.get(idx, {})) for idx in agg.keys("gpu", window)]
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from effmon import __version__
+from effmon.core.meta import SessionMeta
 from effmon.core.store import SessionReader
 from effmon.metrics.aggregate import Aggregation, ExactAggregation
 from effmon.metrics.registry import METRICS, Inputs, MetricDef, Options, Result, compute_all, table_order
@@ -69,10 +70,10 @@ class Summary:
 
 
 def _run_kind(
-    meta: dict[str, Any], training: TrainingStats | None, inference: InferenceStats | None, server: ServerStats | None
+    meta: SessionMeta, training: TrainingStats | None, inference: InferenceStats | None, server: ServerStats | None
 ) -> str:
-    if meta.get("run_kind"):
-        return str(meta["run_kind"])
+    if meta.run_kind:
+        return meta.run_kind
     if server and not training:
         return "inference"
     if training and (not inference or training.step_time_sum_s >= inference.busy_time_s):
@@ -80,17 +81,17 @@ def _run_kind(
     return "inference" if inference else "monitoring"
 
 
-def _session(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: meta.get(k) for k in SESSION_FIELDS} | {
-        "host": (meta.get("host") or {}).get("hostname"),
-        "driver": next((g.get("driver") for g in meta.get("gpus") or []), None),
+def _session(meta: SessionMeta) -> dict[str, Any]:
+    return {k: getattr(meta, k) for k in SESSION_FIELDS} | {
+        "host": (meta.host or {}).get("hostname"),
+        "driver": next((g.get("driver") for g in meta.gpus or []), None),
     }
 
 
-def _without_gpu(reader: SessionReader, meta: dict[str, Any], w: Window, has_work: bool) -> str:
+def _without_gpu(reader: SessionReader, meta: SessionMeta, w: Window, has_work: bool) -> str:
     """The note for a window without GPU readings; an error when there is nothing else to summarise."""
     no_gpu = (
-        f"session {meta.get('name')} has no GPU readings (recorded without a GPU?)"
+        f"session {meta.name} has no GPU readings (recorded without a GPU?)"
         if not reader.count("gpu")
         else f"no GPU readings fall inside {w.label}"
     )
@@ -99,24 +100,23 @@ def _without_gpu(reader: SessionReader, meta: dict[str, Any], w: Window, has_wor
     return f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed"
 
 
-def coverage_notes(meta: dict[str, Any], w: Window, gpus: list[GpuStats]) -> list[str]:
+def coverage_notes(meta: SessionMeta, w: Window, gpus: list[GpuStats]) -> list[str]:
     """The time each GPU's figures cover, when it is not the whole window: a GPU lost, a source that stopped
     answering, readings that stop early."""
     notes = []
-    damaged = meta.get("damaged") or {}
-    lost = sum((damaged or {}).get("rows_lost", {}).values())
+    lost = sum((meta.damaged or {}).get("rows_lost", {}).values())
     if lost:
         notes.append(
             f"this session file is damaged: {lost} row(s) could not be read and are missing from every figure "
             "(effmon sessions check NAME says where)"
         )
-    for index, t in sorted((meta.get("lost_gpus") or {}).items()):
+    for index, t in sorted((meta.lost_gpus or {}).items()):
         if t <= w.end:
             notes.append(
                 f"GPU {index} was lost at t+{t - w.session_start:.1f} s: its memory, utilisation, power and energy "
                 "figures cover the window up to then"
             )
-    for channel, rel in sorted((meta.get("hung") or {}).items()):
+    for channel, rel in sorted((meta.hung or {}).items()):
         at = f" at t+{rel:.1f} s" if rel is not None and rel >= 0 else ""
         notes.append(f"{channel} stopped answering{at}: its readings, and the figures made from them, end there")
     for g in gpus:
@@ -128,14 +128,14 @@ def coverage_notes(meta: dict[str, Any], w: Window, gpus: list[GpuStats]) -> lis
     return notes
 
 
-def _logged_only(reader: SessionReader, meta: dict[str, Any]) -> str:
+def _logged_only(reader: SessionReader, meta: SessionMeta) -> str:
     """A job effmon attached to late, with only its own logged steps (a Trainer's trainer_state.json or TensorBoard
     events)."""
     logged = sorted(reader.rows("train_log"), key=lambda r: r["step"])
     if not logged:
         return "no training steps were recorded"
     first, last = logged[0], logged[-1]
-    source = meta.get("tensorboard") or meta.get("trainer_state") or "the job logs"
+    source = meta.tensorboard or meta.trainer_state or "the job logs"
     return (
         f"training (from {source}): {len(logged)} logged steps, step "
         f"{first['step']}-{last['step']}, loss {first['loss']:.4g} -> {last['loss']:.4g}; no step times there, so AL, "
@@ -166,11 +166,11 @@ def evaluate(
     """The summary of a window (default: the whole session). ``aggregation``: how series are reduced
     (exact by default; the dashboard passes its incremental one, which has no time series)."""
     options = options or Options()
-    meta = reader.meta()
+    meta = reader.session_meta()
     w = window or resolve_window(reader)
     agg = aggregation or ExactAggregation(reader)
     notes: list[str] = []
-    gpus = all_gpu_stats(agg, w, meta)
+    gpus = all_gpu_stats(agg, w, meta.gpus or [])
     if gpus and any(g.throttle_s is None for g in gpus):
         notes.append("throttle time: clock-event reasons were not recorded (replayed trace or unsupported GPU)")
     steps = Steps(sorted(agg.spans("train_step", w), key=lambda r: (r["t_start"], r.get("rank") or 0)))
@@ -183,11 +183,11 @@ def evaluate(
     if not gpus:
         notes.append(_without_gpu(reader, meta, w, bool(steps.rows or requests.rows or reader.count("train_log"))))
     notes += coverage_notes(meta, w, gpus)
-    model = dict(meta.get("model") or {})
+    model = dict(meta.model or {})
     if options.params:
         model["params"], model["source"] = options.params, "--params"
     run_kind = _run_kind(meta, training, inference, server)
-    inputs = Inputs(gpus, training, inference, server, run_kind, model, options, meta, notes)
+    inputs = Inputs(gpus, training, inference, server, run_kind, model, options, meta.to_dict(), notes)
     results = compute_all(inputs)
     series = None
     if with_series:
@@ -226,6 +226,6 @@ def evaluate_spans(
     ordered = Steps(sorted(steps, key=lambda r: (r["t_start"], r.get("rank") or 0)))
     training = training_stats(ordered, notes, options.tokens) if ordered.rows else None
     inference = inference_stats(split_requests(requests))
-    run_kind = _run_kind({}, training, inference, None)
+    run_kind = _run_kind(SessionMeta(), training, inference, None)
     x = Inputs([], training, inference, None, run_kind, {}, options, {}, notes)
     return {key: x.result(key) for key in keys}

@@ -77,7 +77,7 @@ def record_url(
         slug=f"{'dcgm' if dcgm else 'attach'}-{netloc.replace(':', '-')}",
         meta=meta,
         registry=registry,
-        extra=extra,
+        sources_with=extra,
     )
     with interrupts or Interrupts() as intr, rec:
         try:

@@ -255,7 +255,7 @@ def _recording(
             "quantization": quantization_of(Path(model_dir)) if model_dir else None,
         },
         registry=registry,
-        extra={"metrics_url": preset.url + "/metrics", "wait_for_server": True},
+        sources_with={"metrics_url": preset.url + "/metrics", "wait_for_server": True},
     )
     return rec, sources
 

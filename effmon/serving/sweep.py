@@ -352,7 +352,7 @@ def sweep_url(
         slug="sweep",
         meta={"command": ["effmon", "sweep", redact_text(target)], "run_kind": "inference"},
         registry=registry,
-        extra={"metrics_url": metrics_url(target), "window_s": 60.0},
+        sources_with={"metrics_url": metrics_url(target), "window_s": 60.0},
     )
     with Interrupts() as intr, rec:
         path = rec.open()

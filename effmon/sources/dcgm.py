@@ -86,7 +86,7 @@ class DcgmSource:
     name = "dcgm"
 
     def __init__(self, options: SourceOptions):
-        self.url, self.headers = split_credentials(str(options.extra.get("dcgm_url") or ""))
+        self.url, self.headers = split_credentials(options.dcgm_url or "")
         self.channels = {"scrape": 1.0}
 
     def _read(self) -> dict[int, dict[str, Any]]:

@@ -16,7 +16,7 @@ class HostSource:
     def __init__(self, options: SourceOptions):
         self.options = options
         self.channels = {"system": options.host_s, "watched": options.host_s}
-        self.busiest = int(options.extra.get("busiest", 0))
+        self.busiest = options.busiest
         """``effmon top`` asks for the N busiest processes (no process is watched there)."""
         if self.busiest:
             self.channels["busiest"] = options.host_s

@@ -56,7 +56,7 @@ class TrackSource:
     def _files(self) -> list[tuple[str, int]]:
         """The track files to read, each with the uid that must own it; unsafe places are refused (once, as an
         error notice), never read."""
-        directory = self.options.extra.get("track_dir")  # set by effmon run once the session exists
+        directory = self.options.track_dir  # set by effmon run once the session exists
         if directory:
             problem = chain_problem(directory, None, os.geteuid())
             if problem:

@@ -50,7 +50,7 @@ def run_training(
         track_dir = rec.path.with_suffix(".track")
         private_dir(track_dir)
         env = dict(os.environ, EFFMON_TRACK_DIR=str(track_dir))
-        rec.source_options.extra["track_dir"] = str(track_dir)
+        rec.source_options.track_dir = str(track_dir)
         rec.registry.launch_env(env)
         argv = preset.command(output_dir=str(rec.path.with_suffix(".out"))) if preset else command
         return Launch(argv, env)

@@ -166,7 +166,7 @@ class TrainerStateSource:
     def read(self, channel: str, now: float) -> list[Row]:
         """What the reader thread found since the last read, stamped now (cheap: the reads of the logs, and the
         import of TensorBoard, happen on that thread, never on the sampler's)."""
-        if self.options.extra.get("track_dir") or self.options.replay_path:
+        if self.options.track_dir or self.options.replay_path:
             return []  # effmon run: the callback reports every step; a replay has no job
         self.last = (now, time.monotonic())
         if self.worker is None:

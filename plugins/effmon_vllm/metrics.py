@@ -169,9 +169,9 @@ class VllmMetricsSource:
     name = "vllm_metrics"
 
     def __init__(self, options: SourceOptions):
-        self.url, self.headers = split_credentials(str(options.extra.get("metrics_url") or ""))
-        self.window_s = float(options.extra.get("window_s", 60.0))
-        self.wait_for_server = bool(options.extra.get("wait_for_server", False))
+        self.url, self.headers = split_credentials(options.metrics_url or "")
+        self.window_s = float(options.window_s)
+        self.wait_for_server = options.wait_for_server
         self.channels = {"scrape": 1.0}
         self.history: deque[tuple[float, dict[str, dict[float, float]]]] = deque()
         self.previous: tuple[float, dict[str, float]] | None = None

@@ -81,7 +81,7 @@ def test_window_percentiles_come_from_bucket_differences(monkeypatch):
     new = [0.3, 0.4, 0.45, 0.6, 0.9]  # after
     for x in old:
         m["ttft"].labels(**labels).observe(x)
-    src = VllmMetricsSource(SourceOptions(extra={"metrics_url": "http://unused", "window_s": 30}))
+    src = VllmMetricsSource(SourceOptions(metrics_url="http://unused", window_s=30))
     texts = iter([generate_latest(reg).decode()])
     monkeypatch.setattr(src, "_fetch", lambda: next(texts))
     src.read("scrape", 1000.0)
@@ -211,7 +211,7 @@ def test_a_source_waiting_for_its_server_is_read_as_soon_as_asked():
     from effmon.core.clock import VirtualClock
     from effmon.core.sampler import Sampler
 
-    src = VllmMetricsSource(SourceOptions(extra={"metrics_url": "http://127.0.0.1:9/metrics", "wait_for_server": True}))
+    src = VllmMetricsSource(SourceOptions(metrics_url="http://127.0.0.1:9/metrics", wait_for_server=True))
     assert src.open().meta["serving"]["metrics_url"].endswith("/metrics")
     clock = VirtualClock(0.0)
     sampler = Sampler([src], lambda rows: None, clock=clock)
