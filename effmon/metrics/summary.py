@@ -183,17 +183,10 @@ def evaluate(
     if not gpus:
         notes.append(_without_gpu(reader, meta, w, bool(steps.rows or requests.rows or reader.count("train_log"))))
     notes += coverage_notes(meta, w, gpus)
-    model = dict(meta.model or {})
-    if options.params:
-        model["params"], model["source"] = options.params, "--params"
+    model = _model(meta, options)
     run_kind = _run_kind(meta, training, inference, server)
     inputs = Inputs(gpus, training, inference, server, run_kind, model, options, meta.to_dict(), notes)
     results = compute_all(inputs)
-    series = None
-    if with_series:
-        if not isinstance(agg, ExactAggregation):
-            raise ValueError("the time series needs the exact aggregation")
-        series = machine_series(agg, w, gpus)
     return Summary(
         effmon_version=__version__,
         session=_session(meta),
@@ -208,8 +201,21 @@ def evaluate(
         notes=notes,
         steps=steps,
         requests=requests,
-        series=series,
+        series=_series(agg, w, gpus) if with_series else None,
     )
+
+
+def _model(meta: SessionMeta, options: Options) -> dict[str, Any]:
+    model = dict(meta.model or {})
+    if options.params:
+        model["params"], model["source"] = options.params, "--params"
+    return model
+
+
+def _series(agg: Aggregation, w: Window, gpus: list[GpuStats]) -> TimeSeries:
+    if not isinstance(agg, ExactAggregation):
+        raise ValueError("the time series needs the exact aggregation")
+    return machine_series(agg, w, gpus)
 
 
 def evaluate_spans(
