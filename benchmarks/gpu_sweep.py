@@ -120,7 +120,7 @@ def main() -> None:
         driver = pynvml.nvmlSystemGetDriverVersion()
     except Exception as exc:  # no driver: this script is for a GPU machine
         if args.device == "cuda":
-            why = f"needs an NVIDIA GPU and driver (pynvml: {exc}); on a CPU machine see tests/test_sweep.py"
+            why = f"needs an NVIDIA GPU and driver (pynvml: {exc}); on a CPU machine see tests/e2e/test_sweep.py"
             raise SystemExit(why) from None
     url = args.url
     if url is None:

@@ -1,5 +1,5 @@
 """A fleet built from the bundled H100 trace, as the fleet view's Prometheus queries would have answered: for the
-fleet view's SVG snapshots and scripts/screenshots.py (a rendering fixture; tests/test_fleet.py checks the figures
+fleet view's SVG snapshots and scripts/screenshots.py (a rendering fixture; tests/e2e/test_fleet.py checks the figures
 against a real Prometheus)."""
 
 import json

@@ -690,7 +690,7 @@ def _print_sources(
         dt = Table(title="Derived metrics (the registry: what reports, exports and the dashboard compute)",
                    title_justify="left")  # fmt: skip
         for col in ("metric", "unit", "better", "computed from", "exported as", "declared by", "meaning"):
-            dt.add_column(col, no_wrap=col == "metric")
+            dt.add_column(col, no_wrap=col == "metric", overflow="fold")
         for d in derived:
             dt.add_row(
                 literal(d["key"]),

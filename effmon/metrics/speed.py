@@ -7,6 +7,8 @@ over its window and says which window that is.
 
 from __future__ import annotations
 
+from typing import Any
+
 from effmon.metrics.registry import NA, Inputs, metric
 
 NO_STEPS = NA("no training steps in the window")
@@ -143,43 +145,27 @@ def _request_pct(x: Inputs, field: str) -> float | NA:
     return _value(getattr(x.inference, field), NA("no request measured it"))
 
 
-@metric("TTFT_p50", label="TTFT p50", unit="s", better="lower", needs=("inference",), json=("latency", "ttft_p50_s"),
-        family="latency", fmt=".3g", export="effmon_serving_ttft_p50_seconds")  # fmt: skip
-def ttft_p50(x: Inputs) -> float | NA:
-    """Median time to the first generated text (client-side)."""
-    return _request_pct(x, "ttft_p50_s")
+def _percentile_of(field: str) -> Any:
+    def compute(x: Inputs) -> float | NA:
+        return _request_pct(x, field)
+
+    return compute
 
 
-@metric("TTFT_p95", label="TTFT p95", unit="s", better="lower", needs=("inference",), json=("latency", "ttft_p95_s"),
-        family="latency", fmt=".3g", export="effmon_serving_ttft_p95_seconds")  # fmt: skip
-def ttft_p95(x: Inputs) -> float | NA:
-    """95th percentile of the time to the first generated text."""
-    return _request_pct(x, "ttft_p95_s")
+REQUEST_PERCENTILES = (
+    # key, label, the InferenceStats field, what it is, its Prometheus gauge (None: not exported)
+    ("TTFT_p50", "TTFT p50", "ttft_p50_s", "Median time to the first generated text (client-side).",
+     "effmon_serving_ttft_p50_seconds"),
+    ("TTFT_p95", "TTFT p95", "ttft_p95_s", "95th percentile of the time to the first generated text.",
+     "effmon_serving_ttft_p95_seconds"),
+    ("TTFT_p99", "TTFT p99", "ttft_p99_s", "99th percentile of the time to the first generated text.", None),
+    ("E2E_p50", "E2E p50", "latency_p50_s", "Median end-to-end request latency.", "effmon_serving_e2e_p50_seconds"),
+    ("E2E_p95", "E2E p95", "latency_p95_s", "95th percentile of end-to-end request latency.",
+     "effmon_serving_e2e_p95_seconds"),
+    ("E2E_p99", "E2E p99", "latency_p99_s", "99th percentile of end-to-end request latency.", None),
+)  # fmt: skip
 
-
-@metric("TTFT_p99", label="TTFT p99", unit="s", better="lower", needs=("inference",), json=("latency", "ttft_p99_s"),
-        family="latency", fmt=".3g")  # fmt: skip
-def ttft_p99(x: Inputs) -> float | NA:
-    """99th percentile of the time to the first generated text."""
-    return _request_pct(x, "ttft_p99_s")
-
-
-@metric("E2E_p50", label="E2E p50", unit="s", better="lower", needs=("inference",), json=("latency", "e2e_p50_s"),
-        family="latency", fmt=".3g", export="effmon_serving_e2e_p50_seconds")  # fmt: skip
-def e2e_p50(x: Inputs) -> float | NA:
-    """Median end-to-end request latency."""
-    return _request_pct(x, "latency_p50_s")
-
-
-@metric("E2E_p95", label="E2E p95", unit="s", better="lower", needs=("inference",), json=("latency", "e2e_p95_s"),
-        family="latency", fmt=".3g", export="effmon_serving_e2e_p95_seconds")  # fmt: skip
-def e2e_p95(x: Inputs) -> float | NA:
-    """95th percentile of end-to-end request latency."""
-    return _request_pct(x, "latency_p95_s")
-
-
-@metric("E2E_p99", label="E2E p99", unit="s", better="lower", needs=("inference",), json=("latency", "e2e_p99_s"),
-        family="latency", fmt=".3g")  # fmt: skip
-def e2e_p99(x: Inputs) -> float | NA:
-    """99th percentile of end-to-end request latency."""
-    return _request_pct(x, "latency_p99_s")
+for _key, _label, _field, _doc, _export in REQUEST_PERCENTILES:
+    metric(_key, label=_label, unit="s", better="lower", needs=("inference",), description=_doc,
+           json=("latency", _field.replace("latency", "e2e")), family="latency", fmt=".3g",
+           export=_export)(_percentile_of(_field))  # fmt: skip

@@ -61,7 +61,7 @@ def test_every_step_is_recorded_with_the_trainers_token_count(runs, method):
 def test_tokens_per_second_agree_with_the_trainers_log_history(runs, method):
     """Steps 2..N: tokens over the wall time between two logged steps, against the Trainer's own log (tokens
     seen, runtime). (Over the steps' own time, begin to end, effmon's rate is higher: data loading and logging
-    between steps are not in it, tests/test_training_scale.py.)"""
+    between steps are not in it, tests/e2e/test_training_scale.py.)"""
     path, log = runs[method]
     entries = [e for e in log["log_history"] if "loss" in e and "train_runtime" in e]
     if len(entries) < 10:
@@ -152,7 +152,7 @@ def test_attach_late_gets_the_history_since_start(tmp_path):
 
 def test_the_watched_process_never_blocks_when_the_monitor_dies(tmp_path):
     """kill -9 of the effmon watching an instrumented process it did not start: the training goes on at full
-    speed and finishes. (A job effmon launched is stopped with it instead: tests/test_faults.py.)"""
+    speed and finishes. (A job effmon launched is stopped with it instead: tests/e2e/test_faults.py.)"""
     script = tmp_path / "loop.py"
     script.write_text(LOOP.replace("et.flush()", "open(sys.argv[3], 'w').write(str(time.time()))"))
     done = tmp_path / "done"

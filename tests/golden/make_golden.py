@@ -1,5 +1,5 @@
 """Reports of the bundled H100 trace, written by the CLI, normalised for what legitimately varies
-(host name, wall-clock time, file paths and sizes). ``tests/test_golden.py`` compares the current code's
+(host name, wall-clock time, file paths and sizes). ``tests/e2e/test_golden.py`` compares the current code's
 output with the files this wrote before the metrics were restructured (issue 11).
 
     python -m tests.golden.make_golden        # rewrite the golden files (only when a change is intended)

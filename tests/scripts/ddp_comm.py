@@ -1,4 +1,4 @@
-"""The independent reference for exposed communication (tests/test_training_scale.py), under torchrun with gloo:
+"""The independent reference for exposed communication (tests/e2e/test_training_scale.py), under torchrun with gloo:
 the same batches stepped with gradient synchronisation (recorded by effmon.track, the model watched with
 ``effmon.track.ddp``) and without it (``no_sync()``, not recorded). The step-time difference is the exposed cost.
 

@@ -1,5 +1,5 @@
 """A plain FSDP2 (``fully_shard``) training loop on the CPU with gloo, reporting through effmon.track, that
-writes its own reference figures (tests/test_training_scale.py). The Trainer falls back to DDP on the CPU, so
+writes its own reference figures (tests/e2e/test_training_scale.py). The Trainer falls back to DDP on the CPU, so
 FSDP is driven directly here.
 
     torchrun --nproc_per_node 2 fsdp_loop.py OUT_DIR [--steps 24]

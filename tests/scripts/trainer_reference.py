@@ -1,5 +1,5 @@
 """A hand-written Trainer + LoRA fine-tune that measures its own reference figures, for effmon to be checked
-against (tests/test_training_scale.py). Runs alone, under torchrun (DDP, FSDP) and under ``effmon run``.
+against (tests/e2e/test_training_scale.py). Runs alone, under torchrun (DDP, FSDP) and under ``effmon run``.
 
     python trainer_reference.py OUT_DIR [--fsdp] [--epochs 4] [--samples 98] [--eval-steps 5]
 
