@@ -38,6 +38,8 @@ else:  # no GPU: a small model on the CPU, the same Trainer path (a CPU step is 
     cfg = LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
     batch, seq = 4, 256
+if len(sys.argv) > 3:  # --quick: the smallest step, to check the script
+    batch, seq = 1, 32
 model = LlamaForCausalLM(cfg).to(torch.bfloat16 if gpu else torch.float32)
 model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                          task_type="CAUSAL_LM"))
@@ -66,7 +68,7 @@ def main() -> None:
     )
     a = ap.parse_args()
     if a.quick:
-        a.rounds, a.steps = 1, 15
+        a.rounds, a.steps = 1, 4
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "train.py"
@@ -75,11 +77,11 @@ def main() -> None:
         for r in range(a.rounds):
             for label in ("A", "B"):
                 out = Path(tmp) / f"{label}{r}.json"
-                cmd = [sys.executable, str(script), str(a.steps), str(out)]
+                cmd = [sys.executable, str(script), str(a.steps), str(out), *(["small"] if a.quick else [])]
                 if label == "B":
                     cmd = [sys.executable, "-m", "effmon", "run", "--headless", "--rate", "10", "--", *cmd]
                 subprocess.run(cmd, env=env, check=True, capture_output=True)
-                times = json.loads(out.read_text())[10:]
+                times = json.loads(out.read_text())[min(10, a.steps // 2) :]  # the first steps warm up
                 rows.append((r, label, statistics.median(times)))
     a_times = [m for _, label, m in rows if label == "A"]
     b_times = [m for _, label, m in rows if label == "B"]

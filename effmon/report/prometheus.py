@@ -18,6 +18,7 @@ import math
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ DCGM_PROF: tuple[tuple[str, str, str], ...] = (
 
 Latest = dict[str, dict[Any, dict[str, Any]]]
 """The newest row of each GPU, by entity (gpu, gpu_gpm, gpu_energy), read once per scrape."""
+
+REGISTRY_EVERY_S = 10.0
+"""The registry's gauges are evaluated again at most this often (and only when the session has grown): a scrape in
+between serves the last values. Prometheus scrapes every 15 s by default; the step and request counters and the
+histograms above are exact at every scrape."""
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -115,6 +121,8 @@ class SessionCollector:
         self._meta: dict[str, Any] | None = None
         self._aggregation: Any = None
         self._aggregated_to = -float("inf")
+        self._evaluated_at = -float("inf")
+        self._values: dict[str, Any] = {}
 
     def reader(self) -> SessionReader:
         if self._reader is None:
@@ -125,7 +133,7 @@ class SessionCollector:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        self._aggregation, self._aggregated_to = None, -float("inf")
+        self._aggregation, self._aggregated_to, self._evaluated_at = None, -float("inf"), -float("inf")
 
     def collect(self) -> Iterator[Any]:
         with self.lock:
@@ -259,24 +267,26 @@ class SessionCollector:
     def _registry_families(self, base: tuple[str, ...], labels: list[str]) -> Iterator[Any]:
         """Every metric declared with an export name, as a gauge of its value over the session so far: the same
         declaration, inputs and arithmetic as ``effmon report`` (running sums extended scrape by scrape, as the
-        dashboard's). A metric with no value yet has no sample (never a zero)."""
+        dashboard's), evaluated at most every REGISTRY_EVERY_S. A metric with no value yet has no sample (never a
+        zero)."""
         from effmon.metrics import METRICS, IncrementalAggregation, MetricsError, evaluate, so_far
 
         r = self.reader()
         lo, hi = r.time_range()
-        summary = None
-        if lo is not None and hi is not None and hi > lo:
+        fresh = time.monotonic() - self._evaluated_at < REGISTRY_EVERY_S
+        if lo is not None and hi is not None and hi > lo and hi != self._aggregated_to and not fresh:
             if self._aggregation is None or hi < self._aggregated_to:
                 self._aggregation = IncrementalAggregation(r)
-            self._aggregated_to = hi
+            self._aggregated_to, self._evaluated_at = hi, time.monotonic()
             try:
                 summary = evaluate(r, so_far(lo, hi), aggregation=self._aggregation, with_series=False)
+                self._values = {key: summary.value(key) for key, m in METRICS.items() if m.export}
             except MetricsError:
-                summary = None
+                self._values = {}
         for m in METRICS.values():
             if m.export is None:
                 continue
-            value = summary.value(m.key) if summary is not None else None
+            value = self._values.get(m.key)
             number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
             number = number if number is not None and math.isfinite(number) else None
             yield _gauge(m.export, f"{m.description} [{m.unit or 'ratio'}; {m.key}, over the session so far]",
