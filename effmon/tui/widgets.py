@@ -59,7 +59,12 @@ class GpuCardWidget(Vertical, can_focus=True):
         tensor = _na(card.tensor_active, ".0f", "%") if card.gpm_supported else "N/A"
         power = f"{_na(card.power, '.0f')}/{_na(card.power_limit, '.0f')} W"
         throttle = "N/A" if card.throttle is None else ",".join(card.throttle) or "none"  # unknown is not none
-        text = self.query_one(f"#gpu-{self.index}-text", Static)
+        found = self.query(f"#gpu-{self.index}-text")
+        if not found:  # mounted, its text not yet (a busy machine): the next refresh draws it
+            if self.is_attached:
+                self.call_after_refresh(self.update_card, card, compact)
+            return
+        text = found.first(Static)
         if compact:
             line = Text.assemble(
                 (f"{card.index} ", "bold"),
