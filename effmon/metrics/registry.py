@@ -45,7 +45,8 @@ class Result:
 
 Better = Literal["higher", "lower"]
 TableRule = Literal["always", "known", "never"]
-Window = Literal["window", "recent"]
+WindowKind = Literal["window", "recent"]
+"""A metric's window kind (not to be confused with ``effmon.metrics.window.Window``, a span of a session)."""
 
 EXPORT_NAME = re.compile(r"^effmon_[a-z0-9_]+$")
 
@@ -81,7 +82,7 @@ class MetricDef:
     compare: bool = False
     export: str | None = None
     """Its gauge's name on the Prometheus endpoint (``effmon_...``), the value over the session so far."""
-    window: Window = "window"
+    window: WindowKind = "window"
     """``window``: over the window a view asks for (the whole session, or the report's --since/--until);
     ``recent``: over the last seconds only (a live panel's rate), said in its label."""
     module: str = ""
