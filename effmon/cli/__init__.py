@@ -9,6 +9,7 @@ dashboard in a browser).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from effmon.cli import control, export, record, serve, sessions, sweep, web
@@ -53,8 +54,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     return parser, handlers
 
 
+def _stacks_on_sigusr1() -> None:
+    """``kill -USR1 <effmon's pid>`` prints every thread's stack on effmon's stderr (the session log for a
+    detached recorder): how to see where a recorder that does not end is waiting. Stdlib, no cost until used."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        with contextlib.suppress(ValueError, OSError, RuntimeError, AttributeError):  # no real stderr, not main
+            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _stacks_on_sigusr1()
     command: list[str] = []
     if "--" in argv:
         i = argv.index("--")

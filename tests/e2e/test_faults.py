@@ -5,6 +5,7 @@ input. In each, what was recorded is kept and the session's end says what happen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -165,8 +166,17 @@ class TestInTmux:
         return self.tmux("capture-pane", "-p", "-t", "t", check=False).stdout
 
     def ended(self) -> dict:
+        """The session's end, written by effmon. If it does not come, effmon's threads' stacks (``kill -USR1``) and
+        the pane's history say where it waits."""
         session = the_session(self.home)
-        return wait(lambda: (m := meta_of(session))["status"] != "recording" and m, 30, "the session's end")
+        try:
+            return wait(lambda: (m := meta_of(session))["status"] != "recording" and m, 60, "the session's end")
+        except AssertionError as exc:
+            with contextlib.suppress(Exception):
+                os.kill(meta_of(session)["recorder_pid"], signal.SIGUSR1)
+                time.sleep(1)
+            history = self.tmux("capture-pane", "-p", "-S", "-300", "-t", "t", check=False).stdout
+            raise AssertionError(f"{exc}; effmon's stacks and screen:\n{history}") from None
 
     def test_hangup_during_record_ends_the_session_and_the_job(self):
         self.start("record", "--", *SLEEPER)
