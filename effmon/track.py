@@ -6,6 +6,8 @@
             loss = train_step(batch)
         et.log(loss=loss.item())            # optional: attaches to the step just ended
 
+``et.plan(total_steps=300)`` once (or ``step(total=300)``) lets the monitor show step N / total and time left.
+
 Each event goes into a bounded in-memory buffer (a full buffer drops the event and counts the drop,
 it never waits) that a daemon thread appends to a small JSON-lines file, so a monitor started or
 attached later (``effmon run``, ``effmon attach PID``) still gets the whole history. Nothing is sent
@@ -107,6 +109,7 @@ class _Tracker:
         self._fd: int | None = None
         self._flush_lock = threading.Lock()
         self.refused: str | None = None
+        self.planned: tuple[Any, Any] = (None, None)
         if self.enabled:
             self.emit(
                 {
@@ -209,13 +212,28 @@ def _get() -> _Tracker:
 
 
 @contextmanager
-def step(tokens: int | None = None, samples: int | None = None, **extra: Any) -> Iterator[None]:
-    """Time one training step; ``extra`` (loss, comm_s, phase, ...) is stored with it."""
+def step(
+    tokens: int | None = None, samples: int | None = None, total: int | None = None, **extra: Any
+) -> Iterator[None]:
+    """Time one training step; ``extra`` (loss, comm_s, phase, ...) is stored with it. ``total``: the steps the
+    run will take (as ``plan(total_steps=...)``), for step N / total and time left."""
     t0 = time.time()
     try:
         yield
     finally:
+        if total is not None:
+            plan(total_steps=total)
         record_step(t0, time.time(), tokens=tokens, samples=samples, **extra)
+
+
+def plan(total_steps: int | None = None, epochs: float | None = None) -> None:
+    """How long the run will be: its optimizer steps and/or epochs (the transformers integration reports the
+    Trainer's ``max_steps`` and ``num_train_epochs``). Sent again only when it changes."""
+    tr = _get()
+    planned = (total_steps, epochs)
+    if planned != tr.planned:
+        tr.planned = planned
+        tr.emit({"kind": "plan", "t": time.time(), "total_steps": total_steps, "epochs": epochs, "rank": tr.rank})
 
 
 def record_step(

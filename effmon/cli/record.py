@@ -163,7 +163,7 @@ def cmd_record(args: argparse.Namespace, command: list[str]) -> int:
     from effmon.recording import EXIT_USAGE, RecordError, record_command, record_pid, record_replay
 
     command = command + list(args.command)
-    options = record_options(args)
+    options = headless_options(args)
     chosen = sum(x is not None and x != [] for x in (args.pid, args.replay, command or None))
     if chosen != 1:
         raise RecordError(
@@ -181,6 +181,15 @@ def cmd_record(args: argparse.Namespace, command: list[str]) -> int:
     if detached():
         return record_command(command, options, capture_output=True, on_open=announce)
     return record_command(command, options)
+
+
+def headless_options(args: argparse.Namespace, **overrides: Any) -> Any:
+    """A recording without a dashboard: its training progress on stderr every 10 s (unless -q)."""
+    from effmon.cli.common import views
+    from effmon.cli.progressview import progress_view
+
+    quiet = overrides.get("quiet", getattr(args, "quiet", False))
+    return record_options(args, views=views(args) + (() if quiet else (progress_view(),)), **overrides)
 
 
 def _dashboard(path: Any, mode: str = "live", interrupts: Any = None, **kw: Any) -> None:
@@ -340,9 +349,9 @@ def cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     if args.detach:
         return detach(relaunch_args(args, command), "the run")
     if detached():
-        return run_training(command, preset, record_options(args), capture_output=True, on_open=announce)
+        return run_training(command, preset, headless_options(args), capture_output=True, on_open=announce)
     if args.headless or not interactive():
-        return run_training(command, preset, record_options(args))
+        return run_training(command, preset, headless_options(args))
     options = record_options(args, quiet=True)
 
     def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None], intr: Any) -> int:
@@ -403,7 +412,7 @@ def cmd_attach(args: argparse.Namespace, command: list[str]) -> int:
 
         return _watch_in_dashboard(start_url, url, stop, on_quit=stop.set)[0]
     if headless:
-        return record_pid(args.pid, options)
+        return record_pid(args.pid, headless_options(args, quiet=args.quiet))
     import psutil
 
     if not psutil.pid_exists(args.pid):

@@ -377,11 +377,19 @@ def _session_record(e: Any) -> dict[str, Any]:
         "left_behind_pid": e.left_behind,
         "exit_code": e.meta.get("exit_code"),
         "end_reason": e.meta.get("end_reason"),
+        "progress": _progress_record(e),
         "gpus": [g.get("name") for g in gpus],
         "command": e.meta.get("command") or [],
         "size_bytes": e.size,
         "error": e.error,
     }
+
+
+def _progress_record(e: Any) -> dict[str, Any] | None:
+    if e.error or e.state != "live":
+        return None
+    done = _live_progress(e)
+    return None if done is None else done.to_json()
 
 
 def _status_text(e: Any) -> str:
@@ -391,7 +399,22 @@ def _status_text(e: Any) -> str:
     left = e.left_behind
     if left is not None:
         return f"crashed: its job {left} still runs (effmon stop {e.name})"
+    if e.state == "live":
+        done = _live_progress(e)
+        return "live" + (f": {done.short()}" if done is not None else "")
     return e.state + (f" (exit {code})" if code is not None else "")
+
+
+def _live_progress(e: Any) -> Any:
+    """A live session's training progress (step N / total, time left), or None."""
+    from effmon.core.store import SessionReader, StoreError
+    from effmon.metrics.progress import session_progress
+
+    try:
+        with SessionReader(e.path) as reader:
+            return session_progress(reader)
+    except StoreError:
+        return None
 
 
 def _gpu_text(gpus: list[dict[str, Any]]) -> str:

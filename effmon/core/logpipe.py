@@ -32,9 +32,13 @@ class RedactedLog:
         self._thread.start()
 
     def started(self) -> None:
-        """The child has its copy of the pipe: close ours, so the pump ends when the child's output does."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """The child has its copy of the pipe: close ours, so the pump ends when the child's output does. Once:
+        the number may belong to another file by the next call (closing it again once closed the session
+        database's descriptor under SQLite, and a live reader then failed with "disk I/O error")."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _pump(self) -> None:
         pending = b""

@@ -62,6 +62,8 @@ class SessionMeta:
     merged_from: list[str] | None = None
     track_dropped_events: int | None = None
     trainer_state: str | None = None
+    plan: dict[str, Any] | None = None
+    """How long the run will be: ``total_steps`` and/or ``epochs`` (the Trainer's, or ``effmon.track.plan``)."""
     tensorboard: str | None = None
     # the sources' and drivers' own records
     replay: dict[str, Any] | None = None

@@ -619,6 +619,19 @@ class SessionReader:
             return [], cursor
         return [dict(zip(names, r[1:], strict=True)) for r in rows], rows[-1][0]
 
+    def last_spans(self, entity: str, n: int, before: float | None = None) -> list[dict[str, Any]]:
+        """The last ``n`` rows of a span entity that ended at or before ``before``, oldest first."""
+        if not self.has(entity):
+            return []
+        sql, params = f"SELECT * FROM {_table(entity)}", []
+        if before is not None:
+            sql += " WHERE t_end <= ?"
+            params.append(before)
+        with self._reading():
+            cur = self._db.execute(sql + " ORDER BY rowid DESC LIMIT ?", (*params, n))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in reversed(cur.fetchall())]
+
     def batches(self, entity: str, size: int = 5000) -> Iterator[list[dict[str, Any]]]:
         """Every row of an entity as dicts, ``size`` at a time, in recording order (copies, merges)."""
         cursor = 0

@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "log_history": trainer.state.log_history,
         "train_runtime": result.metrics.get("train_runtime"),
         "num_input_tokens_seen": trainer.state.num_input_tokens_seen,
+        "max_steps": trainer.state.max_steps,  # the Trainer's plan, to check effmon's progress against
+        "num_train_epochs": trainer.state.num_train_epochs,
         "method": args.method,
     }
     if hasattr(model, "get_nb_trainable_parameters"):

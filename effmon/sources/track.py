@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from effmon.core.declare import Row
 from effmon.core.files import UnsafePath, chain_problem, open_owned
@@ -150,35 +151,46 @@ class TrackSource:
         return events
 
     def _event(self, path: str, ev: dict[str, Any]) -> list[Row]:
-        kind = ev.get("kind")
-        out: list[Row] = []
-        if kind == "train_step":
-            out += self._release(path)
-            self.held[path] = ev
-            self.last_t[path] = ev.get("t_end", 0.0)
-        elif kind == "log":
-            held = self.held.get(path)
-            if held is not None and held.get("step") == ev.get("step"):
-                for key in ("loss", "lr", "grad_norm", "epoch"):
-                    if key in ev and ev[key] is not None:
-                        held[key] = ev[key]
-                out += self._release(path)
-        elif kind == "model":
-            info = {k: v for k, v in ev.items() if k not in ("kind", "t")}
-            out.append(Row("meta", {"model": info}))
-            if info.get("precision"):  # MCR's bit width, without --precision
-                out.append(Row("meta", {"precision": info["precision"]}))
-        elif kind == "start":
-            out += self._start(path, ev)
-        elif kind == "span":
-            name = str(ev.get("name"))
-            out.append(Row("phase", {"t_start": ev.get("t_start"), "t_end": ev.get("t_end"), "name": name}))
-        elif kind == "phase":
-            out += self._close_phase(path, ev["t"])
-            self.phase[path] = (str(ev.get("name")), float(ev["t"]))
-        elif kind == "dropped":
-            out.append(Row("meta", {"track_dropped_events": ev.get("count")}))
+        handler = self._HANDLERS.get(str(ev.get("kind")))
+        return handler(self, path, ev) if handler is not None else []
+
+    def _step(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        out = self._release(path)
+        self.held[path] = ev
+        self.last_t[path] = ev.get("t_end", 0.0)
         return out
+
+    def _log(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        held = self.held.get(path)
+        if held is None or held.get("step") != ev.get("step"):
+            return []
+        for key in ("loss", "lr", "grad_norm", "epoch"):
+            if key in ev and ev[key] is not None:
+                held[key] = ev[key]
+        return self._release(path)
+
+    def _model(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        info = {k: v for k, v in ev.items() if k not in ("kind", "t")}
+        out = [Row("meta", {"model": info})]
+        if info.get("precision"):  # MCR's bit width, without --precision
+            out.append(Row("meta", {"precision": info["precision"]}))
+        return out
+
+    def _plan(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        if ev.get("rank"):  # every rank plans the same run: rank 0 says it
+            return []
+        return [Row("meta", {"plan": {k: ev[k] for k in ("total_steps", "epochs") if ev.get(k) is not None}})]
+
+    def _span(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        return [Row("phase", {"t_start": ev.get("t_start"), "t_end": ev.get("t_end"), "name": str(ev.get("name"))})]
+
+    def _phase(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        out = self._close_phase(path, ev["t"])
+        self.phase[path] = (str(ev.get("name")), float(ev["t"]))
+        return out
+
+    def _dropped(self, path: str, ev: dict[str, Any]) -> list[Row]:
+        return [Row("meta", {"track_dropped_events": ev.get("count")})]
 
     def _start(self, path: str, ev: dict[str, Any]) -> list[Row]:
         self.ranks[path] = {k: ev.get(k) for k in RANK_FIELDS}
@@ -218,3 +230,14 @@ class TrackSource:
         for path in list(self.phase):
             rows += self._close_phase(path, self.last_t.get(path, self.phase[path][1]))
         return rows
+
+    _HANDLERS: ClassVar[dict[str, Callable[[TrackSource, str, dict[str, Any]], list[Row]]]] = {
+        "train_step": _step,
+        "log": _log,
+        "model": _model,
+        "plan": _plan,
+        "start": lambda self, path, ev: self._start(path, ev),
+        "span": _span,
+        "phase": _phase,
+        "dropped": _dropped,
+    }

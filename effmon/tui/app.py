@@ -151,6 +151,7 @@ class EffmonApp(App[None]):
             id="filter",
             disabled=True,
         )
+        yield Static(id="ended")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -240,23 +241,57 @@ class EffmonApp(App[None]):
         self.query_one("#chart-axis", Static).update(chart_axis(snap, max(20, (self.size.width or 80) - 4)))
 
     def _render_header(self, snap: Snapshot) -> None:
+        """Name, state and, for a fine-tune, how far it has gone and how long it has left (the first things cut
+        at 80 columns are the window and the host)."""
         rel = snap.t - snap.session_start
-        state = {"recording": "● recording", "complete": "complete", "interrupted": "interrupted"}.get(
-            snap.state, snap.state
-        )
+        state = "● recording" if snap.state == "recording" else snap.state
+        if snap.state != "recording" and snap.exit_code is not None:
+            state += f" (exit {snap.exit_code})"
         if self.mode == "replay":
             state = f"replay ×{self.speed:g}"
         if self.paused:
             state += " ‖ paused"
+        done = snap.progress
+        if done is None:
+            where = f" · t+{human_duration(rel)}"
+        else:
+            where = " · " + " · ".join(p for p in (done.count_text(), done.left_text(), done.epoch_text()) if p)
+            where += f" · t+{human_duration(rel)}"
         text = Text.assemble(
             *[(f"⚠ {visible(alert)} ", "bold white on red") for alert in snap.alerts],
             (visible(snap.name), "bold"),
             " · ",
             (state, "bold"),
-            f" · t+{human_duration(rel)} · window {snap.window_label} · {visible(snap.host)}",
+            where,
+            f" · window {snap.window_label} · {visible(snap.host)}",
         )
         text.truncate(max(10, (self.size.width or 80) - 2), overflow="ellipsis")
         self.query_one("#header", Static).update(text)
+        self._render_end(snap)
+
+    def _render_end(self, snap: Snapshot) -> None:
+        """Once a watched run has ended: one calm line that says how, what it did, and what to do next. The
+        panels keep the run's final figures (they are read up to its last reading)."""
+        ended = self.query_one("#ended", Static)
+        if self.mode != "live" or snap.state in ("recording", "unknown"):
+            ended.display = False
+            return
+        mark, style = ("✓", "bold green") if snap.state == "complete" else ("■", "bold yellow")
+        if snap.state == "failed":
+            mark, style = "✗", "bold red"
+        what = f" · {snap.progress.count_text()}" if snap.progress is not None else ""
+        reason = f": {snap.end_reason}" if snap.end_reason and snap.state != "complete" else ""
+        ended.update(
+            Text.assemble(
+                (f"{mark} {snap.state}", style),
+                (f" (exit {snap.exit_code})" if snap.exit_code is not None else ""),
+                visible(reason),
+                f" after {human_duration(snap.session_end - snap.session_start)}{what}",
+                ("  ·  r report · q quit · later: ", "dim"),
+                (f"effmon sessions show {visible(snap.name)}", "dim"),
+            )
+        )
+        ended.display = True
 
     def _render_gpus(self, snap: Snapshot) -> None:
         box = self.query_one("#gpus", Vertical)

@@ -15,6 +15,7 @@ from typing import Any
 from effmon.core.fmt import GIB
 from effmon.core.store import SessionReader
 from effmon.metrics import METRICS, IncrementalAggregation, MetricsError, Result, Summary, evaluate, so_far
+from effmon.metrics.progress import Progress, session_progress
 from effmon.metrics.stats import THROTTLE_BITS
 from effmon.metrics.summary import evaluate_spans
 from effmon.tui.buffer import RecentSeries, RecentSpans
@@ -85,6 +86,10 @@ class Snapshot:
     watched_pids: list[int]
     alerts: list[str]
     """What went wrong with the readings themselves (a GPU lost, a source that stopped answering)."""
+    progress: Progress | None = None
+    """How far the training has gone (step N / total, time left); None: no steps."""
+    exit_code: int | None = None
+    end_reason: str | None = None
 
 
 def alerts(meta: dict[str, Any], session_start: float) -> list[str]:
@@ -185,6 +190,9 @@ class SessionView:
             chart=self._chart(chart_metric, chart_gpu, w0, t, chart_width),
             watched_pids=list(meta.get("watched_pids") or []),
             alerts=alerts(meta, lo),
+            progress=session_progress(r, None if t >= hi else t),
+            exit_code=meta.get("exit_code"),
+            end_reason=meta.get("end_reason"),
         )
 
     def _cards(self, meta: dict[str, Any], w0: float, t: float, sparklines: bool) -> list[GpuCard]:

@@ -256,6 +256,9 @@ class StepReporter:
         info["world_size"] = getattr(args, "world_size", 1)
         info.update(describe_precision(model, args))
         et.model_info(**info)
+        total = getattr(state, "max_steps", None)
+        epochs = getattr(args, "num_train_epochs", None)
+        et.plan(total_steps=int(total) if total and total > 0 else None, epochs=float(epochs) if epochs else None)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.trainer is not None and not self.comm_tried:

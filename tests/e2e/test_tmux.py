@@ -68,3 +68,31 @@ def test_demo_in_tmux_at_80x24(tmp_path):
 
     with SessionReader(sessions[0]) as r:
         assert r.meta()["status"] in ("complete", "interrupted") and r.count("gpu") > 50
+
+
+def test_a_run_ends_on_a_calm_screen_with_its_progress(tmp_path):
+    """`effmon run` of a short tracked job at 80x24: step N / total and time left while it runs; at its end the
+    header says `complete (exit 0)`, one line says what happened and what to do next, and no error is shown
+    (the dashboard read the session while the recorder closed it: it once failed with "disk I/O error")."""
+    session = f"effmon-end-{os.getpid()}"
+    job = os.path.join(os.path.dirname(__file__), "..", "data", "steady_job.py")
+    cmd = (
+        f"EFFMON_HOME={tmp_path / 'home'} TERM=xterm-256color {sys.executable} -m effmon run -- "
+        f"{sys.executable} {job} 60 0.15; sleep 60"
+    )
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+    try:
+        running = wait_for(session, "/60 (", 30)
+        assert "● recording" in running
+        wait_for(session, " left", 20)
+        screen = wait_for(session, "complete (exit 0)", 60)
+        screen = wait_for(session, "✓ complete", 10)
+        assert "step 60/60 (100%)" in screen and "effmon sessions show" in screen, screen
+        time.sleep(3)  # a few more refreshes of a closed session
+        screen = capture(session)
+        assert "could not read" not in screen and "error" not in screen.lower(), screen
+        assert "tokens/s" in screen, screen  # the final figures stay
+        lines = screen.splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

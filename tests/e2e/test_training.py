@@ -34,9 +34,11 @@ def runs(tmp_path_factory):
     for method in ("lora", "rslora", "dora"):
         home = tmp_path_factory.mktemp(method)
         res = run_effmon(
-            "run", "--headless", "--preset", f"{method}-tiny", "--set", "steps=40", env_home=home, timeout=300
-        )
+            "run", "--headless", "--preset", f"{method}-tiny", "--set", "steps=40", env_home=home, timeout=300,
+            env={**os.environ, "EFFMON_PROGRESS_EVERY_S": "1"},
+        )  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
+        assert "effmon: step " in res.stderr and "/40 (" in res.stderr, res.stderr[-3000:]  # headless progress
         path = session_of(home)
         trainer_log = json.loads((path.with_suffix(".out") / "trainer_log.json").read_text())
         out[method] = (path, trainer_log)
@@ -55,6 +57,8 @@ def test_every_step_is_recorded_with_the_trainers_token_count(runs, method):
     losses = {e["step"]: e["loss"] for e in log["log_history"] if "loss" in e}
     assert all(s["loss"] == pytest.approx(losses[s["step"]]) for s in steps)
     assert meta["preset"]["name"] == f"{method}-tiny" and meta["run_kind"] == "training"
+    # step N / total in the dashboard and the progress lines: the Trainer's own plan
+    assert meta["plan"] == {"total_steps": log["max_steps"], "epochs": pytest.approx(log["num_train_epochs"])}
 
 
 @pytest.mark.parametrize("method", ["lora", "rslora", "dora"])

@@ -43,3 +43,24 @@ def test_environment_keeps_relevant_names_and_hides_secrets():
         "RANK": "0",
         "WANDB_API_KEY": REDACTED,
     }
+
+
+def test_a_command_log_closes_its_pipe_once_and_never_a_descriptor_reused_since(tmp_path):
+    """`started()` closes effmon's end of the pipe; `close()` later must not close that number again: by then it
+    can be another file's (it was the session database's, and a live dashboard read "disk I/O error")."""
+    import os
+
+    from effmon.core.logpipe import RedactedLog
+
+    log = RedactedLog(tmp_path / "job.log")
+    number = log.fd
+    os.write(log.fd, b"token=hunter2-secret-value\n")
+    log.started()
+    other = os.open(tmp_path / "other", os.O_CREAT | os.O_RDWR, 0o600)  # the lowest free number: the pipe's
+    try:
+        assert other == number
+        log.close()
+        os.fstat(other)  # still open
+    finally:
+        os.close(other)
+    assert (tmp_path / "job.log").read_text().endswith("\n")
