@@ -619,6 +619,16 @@ class SessionReader:
             return [], cursor
         return [dict(zip(names, r[1:], strict=True)) for r in rows], rows[-1][0]
 
+    def has_rows(self, entity: str) -> bool:
+        """Whether the entity has any row (a chunked series: any chunk)."""
+        if not self.has(entity):
+            return False
+        if self._one(f"SELECT 1 FROM {_table(entity)} LIMIT 1") is not None:
+            return True
+        if self.schema_version < 2:
+            return False
+        return self._one("SELECT 1 FROM chunks WHERE entity = ? LIMIT 1", (entity,)) is not None
+
     def last_spans(self, entity: str, n: int, before: float | None = None) -> list[dict[str, Any]]:
         """The last ``n`` rows of a span entity that ended at or before ``before``, oldest first."""
         if not self.has(entity):

@@ -18,7 +18,7 @@ from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Sparkline
 
 from effmon.core.fmt import human_bytes, human_duration, visible
 from effmon.core.procs import Interrupts
-from effmon.tui.snapshot import CHART_METRICS, WINDOWS, SessionView, Snapshot
+from effmon.tui.snapshot import WINDOWS, SessionView, Snapshot
 from effmon.tui.widgets import GpuCardWidget, chart_axis, chart_renderable, efficiency_text, pairs_table
 
 if TYPE_CHECKING:
@@ -388,7 +388,8 @@ class EffmonApp(App[None]):
         switcher.current = "chart" if switcher.current == "procs" else "procs"
 
     def action_metric(self) -> None:
-        self.chart_metric = (self.chart_metric + 1) % len(CHART_METRICS)
+        count = self.snap.chart.get("count", 1) if self.snap is not None else 1
+        self.chart_metric = (self.chart_metric + 1) % max(1, count)
         self.query_one("#lower", ContentSwitcher).current = "chart"
         self.refresh_data()
 

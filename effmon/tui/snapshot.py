@@ -18,25 +18,48 @@ from effmon.metrics import METRICS, IncrementalAggregation, MetricsError, Result
 from effmon.metrics.progress import Progress, session_progress
 from effmon.metrics.stats import THROTTLE_BITS
 from effmon.metrics.summary import evaluate_spans
-from effmon.tui.buffer import RecentSeries, RecentSpans
+from effmon.tui.buffer import RecentSeries, RecentSpans, bucket_max
 
 WINDOWS = ((60.0, "1 min"), (600.0, "10 min"), (3600.0, "1 h"), (None, "whole session"))
+
+
+@dataclass(frozen=True)
+class ChartMetric:
+    entity: str
+    column: str
+    label: str
+    unit: str
+    scope: str = "gpu"
+    """gpu: one series per GPU; host: the machine's; step: one value per training step."""
+
+
 CHART_METRICS = (
-    ("gpu", "power_w", "power", "W"),
-    ("gpu", "mem_used_bytes", "memory used", "B"),
-    ("gpu_gpm", "sm_active_pct", "SM activity (GPM)", "%"),
-    ("gpu_gpm", "tensor_active_pct", "tensor activity (GPM)", "%"),
-    ("gpu", "util_gpu_pct", "NVML utilisation", "%"),
-    ("gpu", "sm_clock_mhz", "SM clock", "MHz"),
-    ("gpu", "temp_c", "temperature", "°C"),
+    ChartMetric("gpu", "power_w", "power", "W"),
+    ChartMetric("gpu", "mem_used_bytes", "memory used", "B"),
+    ChartMetric("gpu_gpm", "sm_active_pct", "SM activity (GPM)", "%"),
+    ChartMetric("gpu_gpm", "tensor_active_pct", "tensor activity (GPM)", "%"),
+    ChartMetric("gpu", "util_gpu_pct", "NVML utilisation", "%"),
+    ChartMetric("gpu", "sm_clock_mhz", "SM clock", "MHz"),
+    ChartMetric("gpu", "temp_c", "temperature", "°C"),
+    ChartMetric("train_step", "loss", "loss", "", "step"),
+    ChartMetric("train_step", "step_s", "step time", "s", "step"),
+    ChartMetric("train_step", "tokens_per_s", "tokens/s (per step, with the time between steps)", "", "step"),
+    ChartMetric("train_step", "lr", "learning rate", "", "step"),
+    ChartMetric("train_step", "grad_norm", "grad norm", "", "step"),
+    ChartMetric("host", "cpu_pct", "host CPU", "%", "host"),
+    ChartMetric("host", "mem_used_bytes", "host memory used", "B", "host"),
 )
+"""What the chart view cycles through (``m``), in this order, skipping what the session has no readings of: a
+CPU fine-tune starts at its loss."""
 STALE_AFTER_S = 3.0
 RATE_SPAN_S = 10.0
 REQUEST_RATE_SPAN_S = 30.0
 """The throughput panel's rates are over the last seconds (steps: 10 s; requests, sparser: 30 s), and say so."""
 RATE_LABEL = f" · {RATE_SPAN_S:.0f} s"
 REQUEST_RATE_LABEL = f" · {REQUEST_RATE_SPAN_S:.0f} s"
-STEP_COLUMNS = ("t_start", "t_end", "step", "rank", "tokens", "padded_tokens", "samples", "loss", "comm_s")
+STEP_COLUMNS = (
+    "t_start", "t_end", "step", "rank", "tokens", "padded_tokens", "samples", "loss", "lr", "grad_norm", "comm_s",
+)  # fmt: skip
 REQUEST_COLUMNS = ("t_start", "t_end", "requests", "prompt_tokens", "generated_tokens", "ttft_s", "error")
 """What the panels' metrics read of each step and request (kept in memory for the last minutes)."""
 PERCENTILES = tuple(f"{name}_p{q}" for name in ("TTFT", "E2E") for q in (50, 95, 99))
@@ -120,9 +143,10 @@ class SessionView:
         self._aggregation = IncrementalAggregation(self.reader)
         self._cache_end = 0.0
         self._recent = {
-            entity: RecentSeries(self.reader, entity, [c for e, c, _, _ in CHART_METRICS if e == entity])
-            for entity in ("gpu", "gpu_gpm")
+            entity: RecentSeries(self.reader, entity, [m.column for m in CHART_METRICS if m.entity == entity])
+            for entity in ("gpu", "gpu_gpm", "host")
         }
+        self._has: set[str] = set()
         self._spans = {
             "train_step": RecentSpans(self.reader, "train_step", STEP_COLUMNS),
             "request": RecentSpans(self.reader, "request", REQUEST_COLUMNS),
@@ -232,7 +256,7 @@ class SessionView:
         spread = evaluate_spans([s._asdict() for s in steps], [], ("step_p50", "step_p95"))
         return [_row(key, rates, RATE_LABEL) for key in rates], [
             *(_row(key, spread) for key in spread),
-            ("last loss", _fmt(steps[-1].loss, ".4g")),
+            ("loss", (_fmt(steps[-1].loss, ".4g") + " " + spark([s.loss for s in steps], 14)).rstrip()),
         ]
 
     def _request_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -333,20 +357,84 @@ class SessionView:
             rows = [r for r in rows if needle in f"{r['pid']} {r['user']} {r['command']}".lower()]
         return sorted(rows, key=lambda r: (-(r["gpu_mem"] or 0), -(r["cpu"] or 0), r["pid"]))
 
+    def chart_metrics(self) -> list[ChartMetric]:
+        """The chart metrics this session has readings of (once it has some, it keeps them)."""
+        for entity in {m.entity for m in CHART_METRICS} - self._has:
+            if self.reader.has_rows(entity):
+                self._has.add(entity)
+        return [m for m in CHART_METRICS if m.entity in self._has] or list(CHART_METRICS[:1])
+
     def _chart(self, metric: int, gpu: int, w0: float, t: float, width: int) -> dict[str, Any]:
-        entity, column, label, unit = CHART_METRICS[metric % len(CHART_METRICS)]
-        points = self._recent[entity].envelope((column,), w0, t, max(1, width)).get(gpu, [])
-        values = [float(v) for (v,) in points if v is not None]
+        available = self.chart_metrics()
+        m = available[metric % len(available)]
+        if m.scope == "step":
+            values, extra = self._step_values(m.column, w0, t, max(1, width))
+        else:
+            key = gpu if m.scope == "gpu" else 0
+            points = self._recent[m.entity].envelope((m.column,), w0, t, max(1, width)).get(key, [])
+            values, extra = [float(v) for (v,) in points if v is not None], ""
         return {
-            "label": label,
-            "unit": unit,
+            "label": m.label,
+            "unit": m.unit,
+            "scope": m.scope,
             "start": w0,
             "values": values,
             "gpu": gpu,
             "min": min(values) if values else None,
             "max": max(values) if values else None,
             "last": values[-1] if values else None,
+            "extra": extra,
+            "count": len(available),
         }
+
+    def _step_values(self, column: str, w0: float, t: float, width: int) -> tuple[list[float], str]:
+        """One value per step of the lowest rank (the bucket's highest when there are more steps than columns),
+        and for the loss the last learning rate and grad norm."""
+        import numpy as np
+
+        steps = self._spans["train_step"].ended(w0, t)
+        if steps:
+            rank = min(s.rank or 0 for s in steps)
+            steps = [s for s in steps if (s.rank or 0) == rank]
+        ends, values = [], []
+        previous = None
+        for s in steps:
+            value = _step_value(s, column, previous)
+            previous = s.t_end
+            if value is not None:
+                ends.append(s.t_end)
+                values.append(float(value))
+        extra = ""
+        if column == "loss" and steps:
+            last = steps[-1]
+            extra = f"lr {_fmt(last.lr, '.3g')} · grad norm {_fmt(last.grad_norm, '.3g')}"
+        if len(values) > width:
+            got = bucket_max(np.asarray(ends), np.asarray(values), w0, t, width)
+            values = [v for v in got if v is not None]
+        return values, extra
+
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def spark(values: list[Any], width: int) -> str:
+    """A text sparkline of the last ``width`` values (None and NaN left out), lowest to highest."""
+    got = [float(v) for v in values if v is not None and v == v][-width:]
+    if len(got) < 2:
+        return ""
+    lo, hi = min(got), max(got)
+    span = hi - lo
+    return "".join(BARS[min(len(BARS) - 1, int((v - lo) / span * len(BARS)))] if span else BARS[0] for v in got)
+
+
+def _step_value(s: Any, column: str, previous_end: float | None) -> float | None:
+    if column == "step_s":
+        return float(s.t_end - s.t_start)
+    if column == "tokens_per_s":
+        since = s.t_end - (previous_end if previous_end is not None else s.t_start)
+        return s.tokens / since if s.tokens is not None and since > 0 else None
+    value = getattr(s, column)
+    return None if value is None or value != value else float(value)
 
 
 def _describe(row: dict[str, Any], w: dict[str, Any], live: bool, meta: dict[str, Any]) -> None:

@@ -150,9 +150,14 @@ def chart_renderable(snap: Snapshot) -> Any:
     scale, unit = (GIB, "GiB") if c["unit"] == "B" else (1.0, c["unit"])
 
     def f(x: float | None) -> str:
-        return "N/A" if x is None else f"{x / scale:.1f} {unit}"
+        if x is None:
+            return "N/A"
+        if unit in ("", "s"):  # loss, learning rate, grad norm, step time: significant digits
+            return f"{x / scale:.4g}" + (f" {unit}" if unit else "")
+        return f"{x / scale:.1f} {unit}"
 
-    title = (f"GPU {c['gpu']} · {c['label']} ({unit})", "bold")
+    scope = {"gpu": f"GPU {c['gpu']} · ", "step": "training · "}.get(c.get("scope", "gpu"), "")
+    title = (f"{scope}{c['label']}" + (f" ({unit})" if unit else ""), "bold")
     if not c["values"]:
         return Text.assemble(title, f"  over {snap.window_label}: N/A, no readings in this window", style="")
     return Text.assemble(
@@ -164,6 +169,7 @@ def chart_renderable(snap: Snapshot) -> Any:
         f(c["min"]),
         ("  max ", "dim"),
         f(c["max"]),
+        (f"   {c['extra']}" if c.get("extra") else "", "dim"),
     )
 
 

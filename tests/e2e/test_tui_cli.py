@@ -99,6 +99,19 @@ def test_the_dashboard_of_a_real_run_ends_calmly_in_pilot(tmp_path, monkeypatch)
             errors = [n for n in app._notifications if n.severity == "error"]
             assert not errors, [n.message for n in errors]
             assert any(label.startswith("tokens/s") for label, _ in app.snap.throughput), app.snap.throughput
+            # the chart view of a run without a GPU: its loss first, then what a fine-tune needs, never GPU N/A
+            await pilot.press("c")
+            seen = []
+            for _ in range(app.snap.chart["count"]):
+                await pilot.pause(0.3)
+                seen.append(str(app.query_one("#chart-label", Static).render()))
+                await pilot.press("m")
+            assert seen[0].startswith("training · loss") and "lr " in seen[0], seen
+            names = [line.split("  over")[0] for line in seen]
+            assert names == ["training · loss", "training · step time (s)", "training · tokens/s (per step, with "
+                             "the time between steps)", "training · learning rate", "training · grad norm",
+                             "host CPU (%)", "host memory used (GiB)"], names  # fmt: skip
+            assert not any("GPU" in line or "N/A" in line.split("  over")[1][:20] for line in seen[:3]), seen
 
     asyncio.run(go())
     worker.join(30)
