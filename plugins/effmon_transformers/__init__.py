@@ -61,10 +61,12 @@ def effmon_register_sources(register: Callable[[SourceSpec], None]) -> None:
 
 @hookimpl
 def effmon_attach_notes(pid: int, cmdline: list[str], cwd: str | None) -> list[str] | None:
-    from effmon_transformers.state import OUTPUT_FLAGS, describe, job_folders, newest_events, newest_state
+    from effmon_transformers.state import OUTPUT_FLAGS, describe, find_job, newest_events, newest_state
 
-    folders = job_folders(cmdline, cwd)
-    logs = newest_state(folders) or newest_events(folders)
+    folders, job = find_job([pid])
+    if not folders:
+        return None
+    logs = newest_state(folders) or newest_events(folders)  # any run's: is this a Trainer job at all?
     if logs is None and not any(a.split("=")[0] in OUTPUT_FLAGS for a in cmdline):
         return None  # nothing says this is a Trainer job
-    return [describe(folders)]
+    return [describe(folders, job)]

@@ -74,44 +74,123 @@ READ_EVERY_S = 2.0
 OUTPUT_FLAGS = ("--output_dir", "--output-dir", "--logging_dir", "--logging-dir")
 
 
-def job_folders(cmdline: list[str], cwd: str | None, environ: dict[str, str] | None = None) -> list[Path]:
-    """Where a Trainer job writes: the folders its arguments (and ``TENSORBOARD_LOGGING_DIR``) name, else its
-    working directory."""
+def named_folders(cmdline: list[str], cwd: str | None, environ: dict[str, str] | None = None) -> list[Path]:
+    """The folders a Trainer job's own command line and environment name as where it writes: ``--output_dir``,
+    ``--logging_dir``, ``TENSORBOARD_LOGGING_DIR``, and any argument that is a folder (a script's positional
+    output folder)."""
     found: list[Path] = []
     if environ and environ.get("TENSORBOARD_LOGGING_DIR"):
         found.append(Path(environ["TENSORBOARD_LOGGING_DIR"]).expanduser())
+    found += _flagged(cmdline)
+    base = Path(cwd) if cwd else None
+    out = [p if p.is_absolute() or base is None else base / p for p in found]
+    for path in _folder_arguments(cmdline, base):
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def _flagged(cmdline: list[str]) -> list[Path]:
+    found = []
     for i, arg in enumerate(cmdline):
         for flag in OUTPUT_FLAGS:
             if arg == flag and i + 1 < len(cmdline):
                 found.append(Path(cmdline[i + 1]))
             elif arg.startswith(flag + "="):
                 found.append(Path(arg.split("=", 1)[1]))
-    base = Path(cwd) if cwd else None
-    out = [p if p.is_absolute() or base is None else base / p for p in found]
-    if base is not None:
-        out.append(base)
+    return found
+
+
+def _folder_arguments(cmdline: list[str], base: Path | None) -> list[Path]:
+    """Arguments that name a folder, or one the job may yet create in an existing folder (not a file, not the
+    working directory itself)."""
+    out = []
+    for arg in cmdline[1:]:
+        if arg.startswith("-") or ("/" not in arg and not arg.startswith(".")):
+            continue
+        path = Path(arg) if Path(arg).is_absolute() or base is None else base / arg
+        if path != base and (path.is_dir() or (not path.exists() and path.parent.is_dir())):
+            out.append(path)
     return out
 
 
-def _newest(folders: list[Path], patterns: tuple[str, ...]) -> Path | None:
-    candidates: list[Path] = []
+def job_folders(cmdline: list[str], cwd: str | None, environ: dict[str, str] | None = None) -> list[Path]:
+    """Where a Trainer job writes: the folders its command line names, then its working directory."""
+    out = named_folders(cmdline, cwd, environ)
+    if cwd:
+        out.append(Path(cwd))
+    return out
+
+
+class Job:
+    """Which log files are the watched job's own: a file it holds open (TensorBoard keeps its event file open),
+    or one written since it started inside a folder its command line names (a checkpoint's trainer_state.json).
+    An earlier run's files in the same folders (a reused ``--output_dir``) are never taken."""
+
+    def __init__(self, pids: list[int], named: list[Path], started: float | None):
+        self.pids, self.named, self.started = pids, named, started
+
+    def open_files(self) -> set[str]:
+        import psutil
+
+        held: set[str] = set()
+        for pid in self.pids:
+            try:
+                proc = psutil.Process(pid)
+                for p in [proc, *proc.children(recursive=True)]:
+                    held.update(os.path.realpath(f.path) for f in p.open_files())
+            except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+                continue
+        return held
+
+    def owns(self, path: Path, held: set[str]) -> bool:
+        if os.path.realpath(path) in held:
+            return True
+        if self.started is None:
+            return False
+        try:
+            written = path.stat().st_mtime
+        except OSError:
+            return False
+        real = os.path.realpath(path)
+        inside = any(real.startswith(os.path.realpath(folder) + os.sep) for folder in self.named)
+        return inside and written >= self.started
+
+
+def _candidates(folders: list[Path], patterns: tuple[str, ...]) -> list[Path]:
+    found: dict[Path, None] = {}
     for folder in folders:
         for pattern in patterns:
-            candidates += [p for p in folder.glob(pattern) if p.is_file()]
+            found.update((p, None) for p in folder.glob(pattern) if p.is_file())
+    return list(found)
+
+
+def _newest(
+    folders: list[Path], patterns: tuple[str, ...], job: Job | None = None, held: set[str] | None = None
+) -> Path | None:
+    candidates = _candidates(folders, patterns)
+    if job is not None:
+        candidates = [p for p in candidates if job.owns(p, held or set())]
     if not candidates:
         return None
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def newest_state(folders: list[Path]) -> Path | None:
-    """The newest ``trainer_state.json`` in these folders, their ``checkpoint-*`` folders, or one level below."""
-    return _newest(folders, PATTERNS)
+def newest_state(folders: list[Path], job: Job | None = None, held: set[str] | None = None) -> Path | None:
+    """The newest ``trainer_state.json`` in these folders, their ``checkpoint-*`` folders, or one level below
+    (with ``job``: of those that are the job's own)."""
+    return _newest(folders, PATTERNS, job, held)
 
 
-def newest_events(folders: list[Path]) -> Path | None:
+def newest_events(folders: list[Path], job: Job | None = None, held: set[str] | None = None) -> Path | None:
     """The folder of the newest TensorBoard event file below these folders (a run's folder)."""
-    newest = _newest(folders, EVENT_PATTERNS)
+    newest = _newest(folders, EVENT_PATTERNS, job, held)
     return newest.parent if newest else None
+
+
+def foreign(folders: list[Path], job: Job, held: set[str]) -> list[Path]:
+    """Trainer logs in the job's folders that are not its own (an earlier run's)."""
+    return [p for p in _candidates(folders, PATTERNS + EVENT_PATTERNS) if not job.owns(p, held)]
 
 
 def log_row(step: int, values: dict[str, Any]) -> Row:
@@ -131,6 +210,8 @@ class TrainerStateSource:
         self.options = options
         self.channels = {"state": 1.0}
         self.folders: list[Path] | None = None
+        self.job: Job | None = None
+        self.waiting_said = False
         self.steps: set[int] = set()
         self.read_from: tuple[str, float] | None = None
         self.announced: set[str] = set()
@@ -148,19 +229,7 @@ class TrainerStateSource:
 
     def _folders(self) -> list[Path]:
         if self.folders is None:
-            import psutil
-
-            self.folders = []
-            for pid in self.options.watched_pids():
-                try:
-                    proc = psutil.Process(pid)
-                    try:
-                        environ = proc.environ()
-                    except (psutil.AccessDenied, OSError):
-                        environ = {}
-                    self.folders += job_folders(proc.cmdline(), proc.cwd(), environ)
-                except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
-                    continue
+            self.folders, self.job = find_job(self.options.watched_pids())
         return self.folders
 
     def read(self, channel: str, now: float) -> list[Row]:
@@ -194,7 +263,16 @@ class TrainerStateSource:
 
     def _collect(self) -> None:
         folders = self._folders()
-        rows = self._from_events(folders) + self._from_state(folders)
+        held = self.job.open_files() if self.job is not None else set()
+        rows = self._from_events(folders, held) + self._from_state(folders, held)
+        if not self.announced and not self.waiting_said and self.job is not None:
+            others = foreign(folders, self.job, held)
+            if others:
+                self.waiting_said = True
+                rows.append(Row("notice", {"level": "info", "text": (
+                    f"{len(others)} Trainer log file(s) under {others[0].parent} are an earlier run's (written before "
+                    "this job started, not held open by it): not read; waiting for this job's own"
+                )}))  # fmt: skip
         with self.lock:
             self.pending += rows
 
@@ -210,8 +288,8 @@ class TrainerStateSource:
         self.announced.add(kind)
         return [Row("meta", {kind: os.fspath(where)}), Row("notice", {"level": level, "text": text})]
 
-    def _from_state(self, folders: list[Path]) -> list[Row]:
-        path = newest_state(folders)
+    def _from_state(self, folders: list[Path], held: set[str]) -> list[Row]:
+        path = newest_state(folders, self.job, held)
         if path is None:
             return []
         stamp = (str(path), path.stat().st_mtime)
@@ -231,8 +309,8 @@ class TrainerStateSource:
             rows.append(log_row(step, {k: entry.get(v) for k, v in STATE_KEYS.items()}))
         return rows
 
-    def _from_events(self, folders: list[Path]) -> list[Row]:
-        run = newest_events(folders)
+    def _from_events(self, folders: list[Path], held: set[str]) -> list[Row]:
+        run = newest_events(folders, self.job, held)
         if run is None:
             return []
         acc = self.runs.get(run)
@@ -263,11 +341,37 @@ class TrainerStateSource:
         self.stopping.set()
 
 
-def describe(folders: list[Path]) -> str:
-    """One line for ``effmon attach``: where the history comes from, or how to get one."""
+def find_job(pids: list[int]) -> tuple[list[Path], Job | None]:
+    """The folders where the watched job writes, and what tells its files from an earlier run's."""
+    import psutil
+
+    folders: list[Path] = []
+    named: list[Path] = []
+    started: float | None = None
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            try:
+                environ = proc.environ()
+            except (psutil.AccessDenied, OSError):
+                environ = {}
+            cmdline, cwd = proc.cmdline(), proc.cwd()
+            folders += job_folders(cmdline, cwd, environ)
+            named += named_folders(cmdline, cwd, environ)
+            created = proc.create_time()
+            started = created if started is None else min(started, created)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            continue
+    return folders, Job(list(pids), named, started) if pids else None
+
+
+def describe(folders: list[Path], job: Job | None = None) -> str:
+    """One line for ``effmon attach``: where the history comes from, or how to get one (with ``job``: only the
+    job's own files count, and an earlier run's are named as not read)."""
     from effmon.core.extras import missing
 
-    run = newest_events(folders)
+    held = job.open_files() if job is not None else set()
+    run = newest_events(folders, job, held)
     if run is not None and missing("tensorboard"):
         return (
             f"TensorBoard events in {run} hold the loss per logged step, but the tensorboard package is not "
@@ -275,12 +379,18 @@ def describe(folders: list[Path]) -> str:
         )
     if run is not None:
         return f"loss, learning rate and gradient norm per logged step: read from TensorBoard events in {run}"
-    path = newest_state(folders)
+    path = newest_state(folders, job, held)
     if path is not None:
         return f"loss, learning rate and gradient norm per logged step: read from {path} as the job saves checkpoints"
     where = ", ".join(str(f) for f in folders[:2]) or "its working directory"
+    others = foreign(folders, job, held) if job is not None else []
+    earlier = (
+        f" ({len(others)} file(s) there are an earlier run's, written before this job started: not read)"
+        if others
+        else ""
+    )
     return (
-        f"no trainer_state.json or TensorBoard events under {where} yet: a transformers Trainer writes the one at "
-        "each checkpoint save (save_steps), the other at each logged step (report_to='tensorboard'); effmon reads "
-        "them when they appear"
+        f"no trainer_state.json or TensorBoard events of this job under {where} yet{earlier}: a transformers Trainer "
+        "writes the one at each checkpoint save (save_steps), the other at each logged step "
+        "(report_to='tensorboard'); effmon reads them when they appear"
     )

@@ -253,13 +253,15 @@ def test_exposed_communication_matches_the_no_sync_difference(tmp_path):
     assert busy > 0  # the all-reduce busy time is kept apart, labelled
 
 
-def late_attach(tmp_path: Path, ready: str, *job_args: str, env: dict[str, str] | None = None):
+def late_attach(tmp_path: Path, ready: str, *job_args: str, env: dict[str, str] | None = None, before=None):
     """A Trainer job started without effmon, attached to (headless) once a file matching ``ready`` exists below
     its output folder; returns the attach result, the logged steps effmon stored, the Trainer's own logged
     losses and the home folder."""
     from effmon.core.store import SessionReader
 
     out, home = tmp_path / "out", tmp_path / "h"
+    if before is not None:
+        before(out)
     script = [sys.executable, str(SCRIPTS / "trainer_reference.py"), str(out), "--epochs", "2", "--log-sleep", "0.25"]
     job = subprocess.Popen(
         [*script, *job_args],
@@ -329,3 +331,37 @@ def test_late_attach_says_how_to_read_tensorboard_events_when_tensorboard_is_mis
                                   "--epochs", "1", env=hidden(tmp_path, "tensorboard"))  # fmt: skip
     assert "pip install 'effmon[tensorboard]'" in res.stderr and "Traceback" not in res.stderr
     assert rows == {}
+
+
+def earlier_runs(out: Path) -> None:
+    """Two earlier runs' logs in the job's output folder, as a reused ``--output_dir`` holds them: a checkpoint's
+    trainer_state.json and a TensorBoard run (written by TensorBoard's own writer), 100 steps of loss 99, all
+    written an hour before the job starts."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    trainer = out / "trainer"
+    state = trainer / "checkpoint-100" / "trainer_state.json"
+    state.parent.mkdir(parents=True)
+    history = [{"step": i, "loss": 99.0, "learning_rate": 1.0, "epoch": i / 100} for i in range(1, 101)]
+    state.write_text(json.dumps({"log_history": history, "max_steps": 100, "global_step": 100}))
+    writer = SummaryWriter(str(trainer / "runs" / "earlier"))
+    for i in range(1, 101):
+        writer.add_scalar("train/loss", 99.0, i)
+    writer.close()
+    old = time.time() - 3600
+    for path in trainer.rglob("*"):
+        os.utime(path, (old, old))
+
+
+def test_late_attach_never_takes_an_earlier_runs_history(tmp_path):
+    """A reused output folder with two earlier runs' logs (a checkpoint's state, a TensorBoard run), attached to
+    before the job's first log: every step effmon stores is the job's own (the losses its Trainer logged), none
+    is the earlier runs' (loss 99), and effmon says it left the earlier files alone."""
+    pytest.importorskip("tensorboard")
+    ready = "trainer/runs/earlier/events.out.tfevents.*"  # there before the job starts: attach at once
+    args = ("--report-to", "tensorboard", "--save-steps", "5", "--epochs", "1")
+    res, rows, logged, _ = late_attach(tmp_path, ready, *args, before=earlier_runs)
+    assert all(row["loss"] != 99.0 for row in rows.values()), rows
+    assert all(rows[s]["loss"] == pytest.approx(logged[s], rel=1e-6) for s in rows)
+    assert len(rows) >= 5, (rows, res.stderr)
+    assert "earlier run" in res.stderr, res.stderr
