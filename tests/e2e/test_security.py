@@ -344,7 +344,11 @@ def test_files_are_private_whatever_the_umask(tmp_path):
         time.sleep(0.05)
     proc.communicate(timeout=60)
     assert proc.returncode == 0
-    assert seen == {"wal": 0o600, "shm": 0o600, "track": 0o700, "track file": 0o600}, seen
+    # (a rollback journal SQLite may make for a moment, while a connection opens the file, is private too)
+    assert {k: v for k, v in seen.items() if k != "journal"} == {
+        "wal": 0o600, "shm": 0o600, "track": 0o700, "track file": 0o600,
+    }, seen  # fmt: skip
+    assert seen.get("journal", 0o600) == 0o600, seen
     session = next((home / "sessions").glob("*.effmon"))
     assert _mode(home) == _mode(home / "sessions") == 0o700
     assert _mode(session) == 0o600
