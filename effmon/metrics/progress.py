@@ -104,6 +104,7 @@ def progress(
     done = ends[-1][1] if ends else 0
     rate = _recent_rate(ends)
     left = None
+    finished = finished or bool(total and done >= total)
     if total and rate and not finished:
         since_last = max(0.0, now - ends[-1][0])
         left = max(0.0, (total - done) / rate - since_last)

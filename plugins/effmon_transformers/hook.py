@@ -257,7 +257,8 @@ class StepReporter:
         info.update(describe_precision(model, args))
         et.model_info(**info)
         total = getattr(state, "max_steps", None)
-        epochs = getattr(args, "num_train_epochs", None)
+        # max_steps, when given, ends the run whatever the epochs: then the epochs say nothing of its length
+        epochs = getattr(args, "num_train_epochs", None) if (getattr(args, "max_steps", -1) or -1) <= 0 else None
         et.plan(total_steps=int(total) if total and total > 0 else None, epochs=float(epochs) if epochs else None)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

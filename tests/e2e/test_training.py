@@ -58,7 +58,7 @@ def test_every_step_is_recorded_with_the_trainers_token_count(runs, method):
     assert all(s["loss"] == pytest.approx(losses[s["step"]]) for s in steps)
     assert meta["preset"]["name"] == f"{method}-tiny" and meta["run_kind"] == "training"
     # step N / total in the dashboard and the progress lines: the Trainer's own plan
-    assert meta["plan"] == {"total_steps": log["max_steps"], "epochs": pytest.approx(log["num_train_epochs"])}
+    assert meta["plan"] == {"total_steps": log["max_steps"]}  # max_steps given: the epochs do not end the run
 
 
 @pytest.mark.parametrize("method", ["lora", "rslora", "dora"])

@@ -151,6 +151,7 @@ def main() -> None:
         "collator": seen,
         "step_times": clock.times,
         "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
         "num_input_tokens_seen": trainer.state.num_input_tokens_seen,
         "train_runtime": result.metrics.get("train_runtime"),
         "log_history": trainer.state.log_history,
