@@ -250,7 +250,7 @@ class SessionView:
         window in the label (the strip below shows the session so far)."""
         steps = self._spans["train_step"].ended(w0, t)
         if not steps:
-            return [], []
+            return self._history_panel(t)
         recent = [s._asdict() for s in steps if s.t_end > t - RATE_SPAN_S]
         rates = evaluate_spans(recent, [], ("tokens_per_s", "samples_per_s", "steps_per_s"))
         spread = evaluate_spans([s._asdict() for s in steps], [], ("step_p50", "step_p95"))
@@ -258,6 +258,31 @@ class SessionView:
             *(_row(key, spread) for key in spread),
             ("loss", (_fmt(steps[-1].loss, ".4g") + " " + spark([s.loss for s in steps], 14)).rstrip()),
         ]
+
+    def _history_panel(self, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """A job effmon attached to: its logged steps as read from its own logs (no step times: they hold none),
+        and where they come from."""
+        logged = self.logged_steps(t)
+        if not logged:
+            return [], []
+        meta = self.reader.meta()
+        source = meta.get("tensorboard") or meta.get("trainer_state") or "the job's logs"
+        last = logged[-1]
+        name = Path(str(source)).name
+        return [
+            ("history from", name if len(name) <= 22 else "…" + name[-21:]),
+            ("logged steps", f"{len(logged):,} (last: {_fmt(last.get('step'), ',.0f')})"),
+        ], [
+            ("loss", (_fmt(last.get("loss"), ".4g") + " " + spark([r.get("loss") for r in logged], 14)).rstrip()),
+            ("lr · grad norm", f"{_fmt(last.get('lr'), '.3g')} · {_fmt(last.get('grad_norm'), '.3g')}"),
+        ]
+
+    def logged_steps(self, t: float) -> list[dict[str, Any]]:
+        """The logged steps read from an attached job's own logs up to ``t``, in step order (each step once)."""
+        if not self.reader.has_rows("train_log"):
+            return []
+        rows = [r for r in self.reader.rows("train_log") if r["t"] <= t and r.get("step") is not None]
+        return sorted(rows, key=lambda r: r["step"])
 
     def _request_panel(self, w0: float, t: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         requests = self._spans["request"].ended(w0, t)
@@ -359,10 +384,13 @@ class SessionView:
 
     def chart_metrics(self) -> list[ChartMetric]:
         """The chart metrics this session has readings of (once it has some, it keeps them)."""
-        for entity in {m.entity for m in CHART_METRICS} - self._has:
+        for entity in ({m.entity for m in CHART_METRICS} | {"train_log"}) - self._has:
             if self.reader.has_rows(entity):
                 self._has.add(entity)
-        return [m for m in CHART_METRICS if m.entity in self._has] or list(CHART_METRICS[:1])
+        logged = "train_log" in self._has and "train_step" not in self._has  # an attached job's own logs
+        return [
+            m for m in CHART_METRICS if m.entity in self._has or (logged and m.column in ("loss", "lr", "grad_norm"))
+        ] or list(CHART_METRICS[:1])
 
     def _chart(self, metric: int, gpu: int, w0: float, t: float, width: int) -> dict[str, Any]:
         available = self.chart_metrics()
@@ -393,6 +421,9 @@ class SessionView:
         import numpy as np
 
         steps = self._spans["train_step"].ended(w0, t)
+        if not steps and column in ("loss", "lr", "grad_norm"):  # an attached job: its logged steps
+            logged = [float(r[column]) for r in self.logged_steps(t) if r.get(column) is not None]
+            return logged[-width:], "from the job's own logs (no step times)"
         if steps:
             rank = min(s.rank or 0 for s in steps)
             steps = [s for s in steps if (s.rank or 0) == rank]

@@ -68,7 +68,10 @@ STATE_KEYS = {
 }
 """TRAIN_LOG's metrics, by the key of a ``log_history`` entry of trainer_state.json."""
 
-READ_EVERY_S = 2.0
+READ_EVERY_S = 0.5
+SEARCH_EVERY = 4
+"""Every read takes what the logs found so far added; every SEARCH_EVERY-th read also searches the job's folders
+for a newer log (a new run folder, a new checkpoint)."""
 """How often the reader thread looks at the job's logs (the Trainer flushes its TensorBoard events at each log)."""
 
 OUTPUT_FLAGS = ("--output_dir", "--output-dir", "--logging_dir", "--logging-dir")
@@ -208,10 +211,14 @@ class TrainerStateSource:
 
     def __init__(self, options: SourceOptions):
         self.options = options
-        self.channels = {"state": 1.0}
+        self.channels = {"state": 0.5}  # a logged step is on screen within about a second
         self.folders: list[Path] | None = None
         self.job: Job | None = None
         self.waiting_said = False
+        self.ticks = 0
+        self.search = True
+        self.found_run: Path | None = None
+        self.found_state: Path | None = None
         self.steps: set[int] = set()
         self.read_from: tuple[str, float] | None = None
         self.announced: set[str] = set()
@@ -263,6 +270,9 @@ class TrainerStateSource:
 
     def _collect(self) -> None:
         folders = self._folders()
+        self.ticks += 1
+        # between searches only the logs already found are read again (a search globs the job's folders)
+        self.search = self.ticks % SEARCH_EVERY == 1 or not (self.found_run or self.found_state)
         held = self.job.open_files() if self.job is not None else set()
         rows = self._from_events(folders, held) + self._from_state(folders, held)
         if not self.announced and not self.waiting_said and self.job is not None:
@@ -289,10 +299,16 @@ class TrainerStateSource:
         return [Row("meta", {kind: os.fspath(where)}), Row("notice", {"level": level, "text": text})]
 
     def _from_state(self, folders: list[Path], held: set[str]) -> list[Row]:
-        path = newest_state(folders, self.job, held)
+        if self.search:
+            self.found_state = newest_state(folders, self.job, held)
+        path = self.found_state
         if path is None:
             return []
-        stamp = (str(path), path.stat().st_mtime)
+        try:
+            stamp = (str(path), path.stat().st_mtime)
+        except OSError:  # a checkpoint the job rotated away (save_total_limit): search again
+            self.found_state = None
+            return []
         if stamp == self.read_from:
             return []
         self.read_from = stamp
@@ -301,6 +317,8 @@ class TrainerStateSource:
         except (OSError, ValueError):
             return []  # being rewritten at this moment: the next read gets it
         rows = self._announce("trainer_state", path, f"step history read from {path}")
+        if isinstance(doc.get("max_steps"), int) and doc["max_steps"] > 0:  # the job's own plan: step N / total
+            rows.append(Row("meta", {"plan": {"total_steps": doc["max_steps"]}}))
         for entry in doc.get("log_history") or []:
             step = entry.get("step")
             if not isinstance(step, int) or "loss" not in entry or step in self.steps:
@@ -310,7 +328,9 @@ class TrainerStateSource:
         return rows
 
     def _from_events(self, folders: list[Path], held: set[str]) -> list[Row]:
-        run = newest_events(folders, self.job, held)
+        if self.search:
+            self.found_run = newest_events(folders, self.job, held)
+        run = self.found_run
         if run is None:
             return []
         acc = self.runs.get(run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -82,6 +83,17 @@ def test_late_attach_reads_a_jobs_tensorboard_events_between_checkpoints(tmp_pat
         assert row["loss"] == pytest.approx(logged[step], rel=1e-6)  # float32 in the event file
         assert row["lr"] == pytest.approx(ref[step]["learning_rate"], rel=1e-6)
         assert row["epoch"] == pytest.approx(ref[step]["epoch"], rel=1e-6)
+    # live: a step logged after attach is in the session within about a second of the Trainer writing it (the
+    # event's own wall time, written by TensorBoard's writer in the job)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((tmp_path / "out" / "trainer" / "runs").iterdir())))
+    acc.Reload()
+    written = {e.step: e.wall_time for e in acc.Scalars("train/loss")}
+    first_read = min(row["t"] for row in rows.values())
+    delays = [rows[step]["t"] - written[step] for step in rows if written[step] > first_read + 1.0]
+    assert len(delays) >= 5, (len(delays), len(rows))
+    assert statistics.median(delays) <= 1.0 and max(delays) <= 2.0, sorted(delays)
     report = effmon(home, "report", "last")
     assert report.returncode == 0, report.stderr
     text = " ".join(report.stdout.split())  # wrapped at 120 columns, where the events' path (tmp_path) says

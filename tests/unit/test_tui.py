@@ -299,3 +299,35 @@ def test_tab_moves_between_gpu_cards_and_the_chart_follows(tmp_path):
             assert app.focus_gpu == 1
 
     run(go())
+
+
+def test_an_attached_jobs_logged_history_is_shown_with_where_it_comes_from(tmp_path):
+    """A session of `effmon attach` to a Trainer job effmon did not start: its logged steps (read from the job's
+    TensorBoard events) fill the training panel, saying where they come from, and the chart starts at the loss."""
+    from effmon_transformers.state import TRAIN_LOG, log_row
+
+    from effmon.core.declare import CORE_ENTITIES
+    from effmon.core.store import SessionWriter
+
+    path = tmp_path / "attach.effmon"
+    w = SessionWriter(path, [*CORE_ENTITIES, TRAIN_LOG], {"name": "attach", "status": "recording", "started_at": 100.0})
+    w.set_meta(tensorboard="/runs/Dec02_12-00-00_host")
+    rows = [log_row(step, {"loss": 3.0 - step / 10, "lr": 1e-3, "grad_norm": 0.5}) for step in range(1, 36)]
+    w.write([type(r)(r.entity, r.values | {"t": 110.0 + r.values["step"] * 0.5}) for r in rows])
+    w.write([type(rows[0])("host", {"t": 130.0, "cpu_pct": 50.0})])
+    w.close()
+
+    async def go():
+        app = make_app(path, mode="live", sync=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            throughput = text_of(app, "#throughput")
+            assert "history from" in throughput and "Dec02_12-00-00_host" in throughput, throughput
+            assert "logged steps" in throughput and "35 (last: 35)" in throughput, throughput
+            assert "loss" in text_of(app, "#latency") and "-0.5" in text_of(app, "#latency")
+            await pilot.press("c")
+            await pilot.pause()
+            label = text_of(app, "#chart-label")
+            assert label.startswith("training · loss") and "no step times" in label, label
+
+    run(go())
