@@ -10,6 +10,7 @@ EXTRAS = {
     "serve": ("transformers", "fastapi", "uvicorn", "torch"),
     "tensorboard": ("tensorboard",),
     "web": ("textual_serve",),
+    "quant": ("torchao",),
 }
 """What each extra of ``pip install 'effmon[EXTRA]'`` brings, by import name."""
 
@@ -37,5 +38,21 @@ def need(extra: str, what: str) -> None:
     if absent:
         raise MissingExtra(
             f"{what} needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not installed: "
-            f"pip install 'effmon[{extra}]'"
+            + install_line(extra, absent)
         )
+
+
+def install_line(extra: str, absent: list[str]) -> str:
+    """The install for this machine: without an NVIDIA GPU, torch pinned to the CPU build the README uses (a bare
+    ``torch`` pulls several GB of CUDA libraries a CPU cannot use)."""
+    line = f"pip install 'effmon[{extra}]'"
+    if "torch" in absent and not nvidia_gpu():
+        return f"pip install torch==2.13.0 'effmon[{extra}]' (the CPU build of torch: this machine has no NVIDIA GPU)"
+    return line
+
+
+def nvidia_gpu() -> bool:
+    """An NVIDIA driver on this machine (its device files), without loading NVML."""
+    import os
+
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")

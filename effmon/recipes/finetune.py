@@ -41,7 +41,8 @@ def tiny_tokenizer(texts: list[str]):  # noqa: ANN201
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(
-        texts, trainers.BpeTrainer(vocab_size=256, special_tokens=["<unk>", "<pad>", "<s>", "</s>"])
+        texts,
+        trainers.BpeTrainer(vocab_size=256, special_tokens=["<unk>", "<pad>", "<s>", "</s>"], show_progress=False),
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         and not Path(args.model).expanduser().exists()
     ):
         fail(f"model path {args.model} does not exist; give an existing directory, a hub id, or 'tiny'")
+    from effmon.recipes.quiet import quiet_start, say_where
+
+    notices = quiet_start(Path(args.output_dir) / "notices.log")
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         trainable, total = model.get_nb_trainable_parameters()  # PEFT's own count, to check effmon's against
         log.update(trainable_params=int(trainable), params=int(total))
     (out / "trainer_log.json").write_text(json.dumps(log, indent=1, default=str))
+    say_where(notices, "effmon finetune")
     print(
         f"effmon finetune: {args.method} on {args.model}: {args.steps} steps, "
         f"final loss {trainer.state.log_history[-2].get('loss') if len(trainer.state.log_history) > 1 else 'n/a'}"

@@ -32,9 +32,15 @@ def tiny_llama(tokenizer: Any, max_positions: int = 512) -> Any:
 def ensure(directory: Path) -> Path:
     if (directory / "config.json").exists() and (directory / "tokenizer.json").exists():
         return directory
+    from effmon.recipes.quiet import quiet_start
+
+    quiet_start(directory.parent / "build-notices.log")  # torchao's and torch's import notices: not on screen
     import torch
+    from transformers.utils import logging as hf_logging
 
     from effmon.recipes.finetune import corpus, tiny_tokenizer
+
+    hf_logging.disable_progress_bar()  # a one-file model writes in milliseconds: no bar
 
     tok = tiny_tokenizer(corpus(512))
     tok.chat_template = CHAT_TEMPLATE

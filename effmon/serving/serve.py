@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,6 +151,14 @@ class Server:
                 self.log.close(2.0)
 
 
+NOISE = re.compile(
+    r"Failed to load .*torchao|torchao.*Detected no triton|torch/utils/_pytree\.py.*Enum subclass|"
+    r"real_accelerator\.py.*Setting accelerator to CPU|FutureWarning|DeprecationWarning|^\s*warnings\.warn\("
+)
+"""Library notices a server prints at start that mean nothing here (a CPU without torchao's CUDA kernels, torch's
+deprecations): not echoed while effmon waits for the server (its log keeps them)."""
+
+
 def _wait_healthy(server: Server, url: str, intr: Interrupts, timeout_s: float, say: Callable[[str], None]) -> bool:
     """Until the server answers /health; False if the user stopped it first. Shows the log as it grows."""
     started, shown = time.monotonic(), 0
@@ -166,7 +175,8 @@ def _wait_healthy(server: Server, url: str, intr: Interrupts, timeout_s: float, 
             )
         lines = _tail(server.log_path, 1000).splitlines()
         for line in lines[shown:]:
-            say(f"  server| {line}")
+            if not NOISE.search(line):  # kept in the log, not worth the user's screen
+                say(f"  server| {line}")
         shown = len(lines)
         time.sleep(0.5)
     say(f"effmon serve: healthy at {url} after {time.monotonic() - started:.1f} s")

@@ -39,6 +39,9 @@ def runs(tmp_path_factory):
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
         assert "effmon: step " in res.stderr and "/40 (" in res.stderr, res.stderr[-3000:]  # headless progress
+        # a quiet start: the libraries' notices (torchao's CUDA kernels, deprecations) are in a log, not on screen
+        for noise in ("Failed to load", "FutureWarning", "DeprecationWarning", "is deprecated", "Setting accelerator"):
+            assert noise not in res.stderr, res.stderr[:3000]
         path = session_of(home)
         trainer_log = json.loads((path.with_suffix(".out") / "trainer_log.json").read_text())
         out[method] = (path, trainer_log)
