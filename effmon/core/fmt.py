@@ -95,3 +95,15 @@ def num(x: float | None, fmt: str = ".3g", unit: str = "") -> str:
     if x is None:
         return "N/A"
     return f"{x:{fmt}}{(' ' + unit) if unit else ''}"
+
+
+def short_command(argv: list[str]) -> str:
+    """A command as people recognise it in a narrow table: programs and scripts without their folders, arguments
+    as given. ``/venv/bin/python3.11 /home/me/train.py --lr 1e-4`` is ``python3.11 train.py --lr 1e-4``."""
+    if not argv:
+        return ""
+    out = [argv[0].rsplit("/", 1)[-1]]
+    for arg in argv[1:]:
+        script = arg.endswith((".py", ".sh")) and not arg.startswith("-")
+        out.append(arg.rsplit("/", 1)[-1] if script else arg)
+    return " ".join(out)

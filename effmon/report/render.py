@@ -175,15 +175,7 @@ def print_summary(path: Path) -> None:
         render_summary(console, meta, summary, e, error)
         phases = reader.phases()
         if phases:
-            s0 = e.start or 0
-            console.print(
-                literal(
-                    "phases: "
-                    + ", ".join(
-                        f"{p['name']} ({max(0.0, p['t_start'] - s0):.0f}–{p['t_end'] - s0:.0f} s)" for p in phases
-                    )
-                )
-            )
+            console.print(literal(phases_line(phases, e.start or 0)))
         for _t, level, text in reader.notices():
             console.print(literal(f"{level}: {text}", "yellow"))
         for st in reader.source_status():
@@ -207,3 +199,22 @@ def print_summary(path: Path) -> None:
                     f"the job it launched (pid {e.left_behind}) still runs: stop it with effmon stop {e.name}", "red"
                 )
             )
+
+
+PHASES_LISTED = 8
+"""More phases than this are summed per kind (a Trainer logs at every step: hundreds of ``log`` phases)."""
+
+
+def phases_line(phases: list[dict[str, Any]], s0: float) -> str:
+    """``phases: warmup (0–12 s), train (12–300 s)``; many: totals per kind, ``log ×300 (4.1 s in all)``. Times are
+    from the session's start (a job attached to late has phases from before it: negative)."""
+    if len(phases) <= PHASES_LISTED:
+        return "phases: " + ", ".join(f"{p['name']} ({p['t_start'] - s0:.0f}–{p['t_end'] - s0:.0f} s)" for p in phases)
+    kinds: dict[str, list[float]] = {}
+    for p in phases:
+        kinds.setdefault(str(p["name"]), []).append(max(0.0, (p["t_end"] or 0) - (p["t_start"] or 0)))
+    parts = [
+        f"{name} ×{len(spans)} ({sum(spans):.1f} s in all)"
+        for name, spans in sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
+    ]
+    return f"phases ({len(phases)}): " + ", ".join(parts) + "; one phase's figures: effmon report NAME --phase PHASE"

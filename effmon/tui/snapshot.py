@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effmon.core.fmt import GIB
+from effmon.core.fmt import GIB, short_command
+from effmon.core.redact import redact_argv
 from effmon.core.store import SessionReader
 from effmon.metrics import METRICS, IncrementalAggregation, MetricsError, Result, Summary, evaluate, so_far
 from effmon.metrics.progress import Progress, session_progress
@@ -469,12 +470,17 @@ def _step_value(s: Any, column: str, previous_end: float | None) -> float | None
 
 
 def _describe(row: dict[str, Any], w: dict[str, Any], live: bool, meta: dict[str, Any]) -> None:
-    """A process row's CPU, memory, user and command: from the recording, the live system, the session's command."""
+    """A process row's CPU, memory, user and command: from the recording, the live system, the session's command
+    (redacted as stored). The program without its folder, as nvitop shows it; a preset's job by the preset's name."""
     row.update(cpu=w.get("cpu_pct"), rss=w.get("rss_bytes"), user="", command=w.get("name") or "")
     if live:
         _fill_from_psutil(row)
-    if row["pid"] == meta.get("pid"):
-        row["command"] = " ".join(meta.get("command") or []) or row["command"]
+    launched = (meta.get("launched") or {}).get("pid")
+    if row["pid"] in (meta.get("pid"), launched) and meta.get("command"):
+        row["command"] = short_command(list(meta["command"]))
+        preset = (meta.get("preset") or {}).get("name")
+        if preset:
+            row["command"] = f"preset {preset}: {row['command']}"
 
 
 def _fill_card(card: GpuCard, g: dict[str, Any], info: dict[str, Any], t: float) -> None:
@@ -499,7 +505,7 @@ def _fill_from_psutil(row: dict[str, Any]) -> None:
         p = psutil.Process(row["pid"])
         with p.oneshot():
             row["user"] = p.username()
-            row["command"] = " ".join(p.cmdline()) or p.name()
+            row["command"] = short_command(redact_argv(p.cmdline())) or p.name()
             if row.get("rss") is None:
                 row["rss"] = p.memory_info().rss
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

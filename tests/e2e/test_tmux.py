@@ -84,6 +84,7 @@ def test_a_run_ends_on_a_calm_screen_with_its_progress(tmp_path):
     try:
         running = wait_for(session, "/60 (", 30)
         assert "● recording" in running
+        assert "python" in running and "steady_job.py 60" in running, running  # the job as people name it
         wait_for(session, " left", 20)
         screen = wait_for(session, "complete (exit 0)", 60)
         screen = wait_for(session, "✓ complete", 10)
