@@ -722,6 +722,29 @@ def _forward(child: subprocess.Popen[Any], sig: int) -> None:
             pass
 
 
+def _one_job(pid: int) -> None:
+    """``attach 1`` (or a shell, a scheduler) with several instrumented jobs below it would record them all as one:
+    ask which, with each one's command."""
+    import psutil
+
+    from effmon.core.fmt import short_command
+    from effmon.sources.track import instrumented_jobs
+
+    jobs = instrumented_jobs(pid)
+    if len(jobs) <= 1:
+        return
+    lines = []
+    for job in jobs:
+        try:
+            lines.append(f"  effmon attach {job}    # {short_command(redact_argv(psutil.Process(job).cmdline()))}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise RecordError(
+        f"process {pid} has {len(jobs)} instrumented jobs below it; attach to the one to watch:\n" + "\n".join(lines),
+        EXIT_USAGE,
+    )
+
+
 def record_pid(
     pid: int,
     options: RecordOptions,
@@ -744,6 +767,7 @@ def record_pid(
             f"permission denied reading process {pid}: it belongs to another user; run effmon as that user or root",
             EXIT_USAGE,
         ) from None
+    _one_job(pid)
     rec = Recording(
         "pid", options, watched=[pid], slug=f"pid{pid}-{name}", meta={"command": redact_argv(cmdline), "pid": pid}
     )

@@ -241,3 +241,36 @@ class TrackSource:
         "phase": _phase,
         "dropped": _dropped,
     }
+
+
+def instrumented_jobs(pid: int) -> list[int]:
+    """The separate instrumented jobs below ``pid`` (processes that write a track file, none of whose ancestors
+    below ``pid`` does): one when ``pid`` is a job itself, several under a shell, ``init`` or a scheduler."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+    writing: set[int] = set()
+    for proc in tree:
+        try:
+            _, folder = track_location(proc.environ(), proc.uids().effective)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            continue
+        if os.path.lexists(track_path(proc.pid, folder)):
+            writing.add(proc.pid)
+    if pid in writing:
+        return [pid]
+    jobs = []
+    for proc in tree:
+        if proc.pid not in writing:
+            continue
+        try:
+            above = {p.pid for p in proc.parents()}
+        except psutil.NoSuchProcess:
+            continue
+        if not (above & writing):
+            jobs.append(proc.pid)
+    return sorted(jobs)

@@ -98,3 +98,32 @@ def test_quiet_keeps_progress_off(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "effmon: step" not in res.stderr
+
+
+def test_attach_to_a_parent_of_several_instrumented_jobs_asks_which(tmp_path):
+    """A shell that started two tracked jobs: `effmon attach SHELL` would record both as one; it names each job
+    with its command and records nothing. Attaching to one of them records that one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "EFFMON_TRACK_DIR")}
+    env["TMPDIR"] = str(tmp_path)
+    shell = subprocess.Popen(
+        ["bash", "-c", f"{sys.executable} {JOB} 100 0.1 & {sys.executable} {JOB} 100 0.1 & wait"],
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        track = tmp_path / f"effmon-{os.geteuid()}" / "track"
+        deadline = time.time() + 30
+        while len(list(track.glob("*.jsonl")) if track.exists() else []) < 2:
+            assert time.time() < deadline, "the jobs never started tracking"
+            time.sleep(0.1)
+        home = tmp_path / "h"
+        res = run_effmon("attach", "--headless", str(shell.pid), env_home=home, timeout=60, env=env)
+        assert res.returncode == 2, res.stderr
+        assert "2 instrumented jobs" in res.stderr and res.stderr.count("steady_job.py 100 0.1") == 2, res.stderr
+        assert not list((home / "sessions").glob("*.effmon")) if (home / "sessions").exists() else True
+        job = int(res.stderr.split("effmon attach ")[1].split()[0])
+        one = run_effmon("attach", "--headless", str(job), env_home=home, timeout=60, env=env)  # until it ends
+        assert one.returncode == 0, one.stderr
+    finally:
+        os.killpg(shell.pid, 9)
+        shell.wait(10)
