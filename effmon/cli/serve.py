@@ -243,7 +243,8 @@ def cmd_load(args: argparse.Namespace, command: list[str]) -> int:
             file=sys.stderr,
         )
 
-    run = load_session(cfg, counter, name=args.name, command=["effmon", "load", args.url], announce=announce)
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    run = load_session(cfg, counter, name=args.name, command=["effmon", "load", args.url], announce=announce, say=say)
     summary = run.summary
     doc = summary.to_json()
     if args.json == "-":

@@ -90,13 +90,17 @@ def _session(meta: SessionMeta) -> dict[str, Any]:
 
 def _without_gpu(reader: SessionReader, meta: SessionMeta, w: Window, has_work: bool) -> str:
     """The note for a window without GPU readings; an error when there is nothing else to summarise."""
-    no_gpu = (
-        f"session {meta.name} has no GPU readings (recorded without a GPU?)"
-        if not reader.count("gpu")
-        else f"no GPU readings fall inside {w.label}"
-    )
+    if reader.count("gpu"):
+        no_gpu = f"no GPU readings fall inside {w.label}"
+    elif not meta.gpus:
+        no_gpu = f"session {meta.name} was recorded on a machine without an NVIDIA GPU"
+    else:
+        no_gpu = f"session {meta.name} has no GPU readings"
     if not has_work:
-        raise MetricsError(f"{no_gpu}; EfficientLLM metrics need GPU memory, utilisation and power, or steps")
+        raise MetricsError(
+            f"{no_gpu}; AMU, PCU and AEC need GPU readings, and the step and request figures come with the first "
+            "step or request"
+        )
     return f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -391,21 +392,63 @@ def discover_model(url: str, endpoint: str = "chat", timeout_s: float = 30.0) ->
     raise DiscoveryError(f"which model should effmon ask {base} for? {listed}; give one with --model NAME")
 
 
+class LoadProgress:
+    """``effmon load: request 120/400 (30%) · 35.0 s elapsed · 1m20s left`` every ``every_s`` seconds as requests
+    end (a duration-bound load: time left is the duration's rest)."""
+
+    def __init__(self, cfg: LoadConfig, say: Callable[[str], None], every_s: float | None = None):
+        self.cfg, self.say = cfg, say
+        if every_s is None:
+            try:
+                every_s = float(os.environ.get("EFFMON_PROGRESS_EVERY_S") or 10.0)
+            except ValueError:
+                every_s = 10.0
+        self.every_s = max(0.2, every_s)
+        self.started = time.time()
+        self.last_said = self.started
+        self.ends: list[tuple[float, int]] = []
+
+    def ended(self, result: RequestResult) -> None:
+        now = time.time()
+        self.ends.append((now, len(self.ends) + 1))
+        if now - self.last_said >= self.every_s:
+            self.last_said = now
+            self.say(f"effmon load: {self.now(now).line()}")
+
+    def now(self, now: float) -> Any:
+        from effmon.metrics.progress import progress
+
+        done = progress(self.ends[-40:], started_at=self.started, now=now, total=self.cfg.requests, unit="request")
+        if self.cfg.duration is not None and self.cfg.requests is None:
+            left = max(0.0, self.cfg.duration - (now - self.started))
+            done = dataclasses.replace(done, left_s=left)
+        return done
+
+
 def record_load(
     rec: Any,
     cfg: LoadConfig,
     stop: Callable[[], bool],
     counter: LocalTokenizer | ServerTokenizer | None | str = "auto",
+    say: Callable[[str], None] | None = None,
 ) -> tuple[list[RequestResult], LoadSummary]:
     """Run the load into an open Recording ``rec``: a request row as each request ends, then the summary (with
     what the client's watch saw) in the session's meta, and a warning there when the client was saturated.
-    Returns every finished request (whatever stopped the load) and the summary."""
+    Returns every finished request (whatever stopped the load) and the summary. ``say``: where progress lines go
+    (requests done / total, elapsed, time left; every 10 s)."""
     from effmon.core.redact import redact_obj
 
     results: list[RequestResult] = []
     watch = ClientWatch()
     started = time.perf_counter()
-    asyncio.run(run_load(cfg, lambda r: rec.add([request_row(r)]), stop, results=results, watch=watch, counter=counter))
+    shown = LoadProgress(cfg, say) if say is not None else None
+
+    def ended(r: RequestResult) -> None:
+        rec.add([request_row(r)])
+        if shown is not None:
+            shown.ended(r)
+
+    asyncio.run(run_load(cfg, ended, stop, results=results, watch=watch, counter=counter))
     wall = time.perf_counter() - started
     client = watch.report(sum(r.chunks for r in results), cfg.concurrency or len(results))
     summary = summarize(results, wall, cfg, client)
@@ -433,6 +476,7 @@ def load_session(
     name: str | None,
     command: list[str],
     announce: Callable[[Any], None] = lambda path: None,
+    say: Callable[[str], None] | None = None,
 ) -> LoadRun:
     """Run the load into a new session of its own and end it: complete, failed (``verdict``), or interrupted by a
     stop request (the requests that ended are kept). ``announce`` is told the session's path once it exists."""
@@ -452,7 +496,7 @@ def load_session(
         path = rec.open()
         rec.start()
         announce(path)
-        results, summary = record_load(rec, cfg, lambda: intr.count > 0, counter)
+        results, summary = record_load(rec, cfg, lambda: intr.count > 0, counter, say)
         failed = verdict(summary)
 
         def interrupted(intr: Interrupts) -> Ending:

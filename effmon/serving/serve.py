@@ -189,9 +189,14 @@ def local_tokenizer(model: str) -> str | None:
 
 
 def _drive_load(
-    rec: Recording, server: Server, cfg: LoadConfig, intr: Interrupts, show: Callable[[LoadSummary], None]
+    rec: Recording,
+    server: Server,
+    cfg: LoadConfig,
+    intr: Interrupts,
+    show: Callable[[LoadSummary], None],
+    say: Callable[[str], None],
 ) -> tuple[str, str, int]:
-    results, summary = record_load(rec, cfg, lambda: intr.count > 0 or server.process.poll() is not None)
+    results, summary = record_load(rec, cfg, lambda: intr.count > 0 or server.process.poll() is not None, say=say)
     show(summary)
     if server.process.poll() is not None:
         raise server.died(f"the server died under load (status {server.process.returncode})")
@@ -233,7 +238,7 @@ def _watch(
             raise server.died(f"the server died under load (status {server.process.returncode})")
         return ended
     if load is not None:
-        return _drive_load(rec, server, load, intr, show_load)
+        return _drive_load(rec, server, load, intr, show_load, say)
     if dashboard is not None:
         dashboard(rec.path, intr)
         if intr.count:

@@ -361,3 +361,29 @@ def test_a_burst_of_starts_is_seen_as_the_clients_wait_and_marks_ttft(server):
     s = summarize(results, wall, cfg, watch.report(sum(r.chunks for r in results), 128)).to_json()
     assert s["client"]["send_delay_p99_s"] == percentile(waits, 99)
     assert "p99" in s["client"]["affected"]["ttft_s"]
+
+
+@pytest.mark.parametrize("server", [{"ttft": 0.05, "itl": 0.01}], indirect=True)
+def test_a_load_says_how_far_it_has_gone_and_how_long_it_has_left(server, tmp_path):
+    """Requests done / total, elapsed and time left while the load runs (every 10 s; here every 0.3 s), and the
+    time left checked against the time the load really took from that line to its end."""
+    env = {**os.environ, "EFFMON_PROGRESS_EVERY_S": "0.3", "EFFMON_HOME": str(tmp_path / "h")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "effmon", "load", server, "--concurrency", "2", "--requests", "60", "--output-tokens",
+         "8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    said = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        if line.startswith("effmon load: request "):
+            said.append((time.time(), line))
+    assert proc.wait(60) == 0
+    end = time.time()
+    assert said and all("/60 (" in line for _, line in said), said
+    lefts = []
+    for when, line in said:
+        done = int(line.split("request ")[1].split("/")[0])
+        if 12 <= done <= 40 and " left" in line and "after a few" not in line:
+            left = float(line.split("elapsed · ")[1].split(" s left")[0])
+            lefts.append((left, end - when))
+    assert len(lefts) >= 2, said
+    assert all(abs(left - real) <= 0.3 * real + 0.3 for left, real in lefts), lefts
