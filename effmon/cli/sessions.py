@@ -631,6 +631,22 @@ def _print_compare(result: dict[str, Any]) -> None:
         )
     if result["metrics"] and any(m["key"] == "MCR" for m in result["metrics"]):
         out.print("MCR of the baseline is 1 by definition")
+    for line in na_reasons(result, labels):
+        out.print(literal(line, "dim"))
+
+
+def na_reasons(result: dict[str, Any], labels: list[str]) -> list[str]:
+    """Why each N/A is N/A: one line per run and reason, naming the metrics it holds for."""
+    lines = []
+    for i, label in enumerate(labels):
+        by_reason: dict[str, list[str]] = {}
+        for m in result["metrics"]:
+            why = (m.get("why") or [None] * len(labels))[i]
+            if m["values"][i] is None:
+                by_reason.setdefault(why or "not in this run's export", []).append(m["metric"])
+        for why, names in by_reason.items():
+            lines.append(f"N/A in {label} ({', '.join(names)}): {why}")
+    return lines
 
 
 def cmd_sources(args: argparse.Namespace, command: list[str]) -> int:

@@ -97,10 +97,12 @@ def _without_gpu(reader: SessionReader, meta: SessionMeta, w: Window, has_work: 
     else:
         no_gpu = f"session {meta.name} has no GPU readings"
     if not has_work:
-        raise MetricsError(
-            f"{no_gpu}; AMU, PCU and AEC need GPU readings, and the step and request figures come with the first "
-            "step or request"
+        later = (
+            "the step and request figures come with the first step or request"
+            if meta.status in (None, "recording")
+            else "it holds no steps or requests either: there is nothing to summarise"
         )
+        raise MetricsError(f"{no_gpu}; AMU, PCU and AEC need GPU readings, and {later}")
     return f"{no_gpu}: AMU, PCU, AEC and energy are null; step and request figures are computed"
 
 

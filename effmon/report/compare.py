@@ -28,7 +28,12 @@ def _gpu_names(gpus: list[Any]) -> str:
 
 
 def from_summary(s: Summary, name: str) -> dict[str, Any]:
-    return {"name": name, "values": {m.key: s.value(m.key) for m in axes()}, "gpu": _gpu_names(s.gpus)}
+    return {
+        "name": name,
+        "values": {m.key: s.value(m.key) for m in axes()},
+        "why": {m.key: s.result(m.key).reason for m in axes() if s.value(m.key) is None},
+        "gpu": _gpu_names(s.gpus),
+    }
 
 
 def _at(doc: Any, path: tuple[str, ...]) -> Any:
@@ -144,6 +149,7 @@ def _row(m: MetricDef, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "ratio": [None if v is None or not base else v / base for v in vals],
         "normalized": _normalized(vals, m.better == "higher"),
         "missing": [r["name"] for r, v in zip(runs, vals, strict=True) if v is None],
+        "why": [(r.get("why") or {}).get(key) if v is None else None for r, v in zip(runs, vals, strict=True)],
         "spread": [_relative_spread((r.get("spread") or {}).get(key), v) for r, v in zip(runs, vals, strict=True)],
     }
     within = _within_spread([v for v in vals if v is not None], [x for x in row["spread"] if x is not None])

@@ -135,6 +135,9 @@ def test_compare_two_phases_deltas_and_ranks(tmp_path):
     assert pcu["normalized"] == ([1.0, 0.0] if sm[0] > sm[1] else [0.0, 1.0])
     tt = next(m for m in result["metrics"] if m["key"] == "TT")
     assert tt["values"] == [None, None] and tt["missing"] == ["matmul", "copy"]  # N/A, never zero
+    assert tt["why"] == ["no training steps", "no training steps"], tt  # and why, in every output
+    table = run_effmon("compare", "matmul", "copy", env_home=home)
+    assert "N/A in A (TT, ST): no training steps" in table.stdout, table.stdout
 
 
 def test_compare_html_has_a_radar_chart_and_bad_input_is_clear(tmp_path, phases_session):
