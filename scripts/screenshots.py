@@ -3,8 +3,9 @@
     python scripts/screenshots.py
 
 Replays the bundled trace into a temporary session, then renders the dashboard at 120x36 during the
-LoRA fine-tune and during batched generation, exactly as the snapshot tests build it; and the fleet view
-(effmon top --prometheus) of three hosts built from the same trace.
+LoRA fine-tune and during batched generation, exactly as the snapshot tests build it; the fleet view
+(effmon top --prometheus) of three hosts built from the same trace; and a real fine-tune run here (the lora-tiny
+preset on the CPU) at 80x24: mid-run, its loss chart, and its end.
 """
 
 from __future__ import annotations
@@ -144,6 +145,53 @@ def reports(session: Path, out_dir: Path) -> None:
         print("wrote screenshots/compare-radar.png", json.dumps([r["name"] for r in runs]))
 
 
+def finetune_shots(out_dir: Path) -> None:
+    """A real fine-tune (the lora-tiny preset, 150 steps on the CPU) recorded as `effmon run` records it, with
+    the dashboard on it at 80x24: mid-run (step N / total, time left, the loss), its loss chart, and its end."""
+    import threading
+
+    from effmon.presets import load
+    from effmon.recording import RecordOptions
+    from effmon.training.run import run_training
+    from effmon.tui.app import make_app
+
+    opened, holder = threading.Event(), {}
+
+    def on_open(rec: object) -> None:
+        holder["path"] = rec.path  # type: ignore[attr-defined]
+        opened.set()
+
+    preset = load("lora-tiny", ["steps=150"])
+    job = threading.Thread(
+        target=lambda: run_training([], preset, RecordOptions(quiet=True), on_open=on_open, capture_output=True),
+        daemon=True,
+    )
+    job.start()
+    opened.wait(300)
+
+    async def shoot() -> None:
+        app = make_app(holder["path"], refresh_s=0.5)
+        async with app.run_test(size=(80, 24)) as pilot:
+            while not (app.snap and app.snap.progress and app.snap.progress.done >= 60):
+                await pilot.pause(0.2)
+            await pilot.pause(1.0)
+            app.save_screenshot(filename="finetune-live.svg", path=str(out_dir))
+            await pilot.press("c")
+            await pilot.pause(1.0)
+            app.save_screenshot(filename="finetune-loss-chart.svg", path=str(out_dir))
+            await pilot.press("c")
+            while not (app.snap and app.snap.state != "recording"):
+                await pilot.pause(0.3)
+            await pilot.pause(1.5)
+            app.save_screenshot(filename="finetune-end.svg", path=str(out_dir))
+
+    asyncio.run(shoot())
+    job.join(120)
+    for name in ("finetune-live", "finetune-loss-chart", "finetune-end"):
+        png = to_png(out_dir / f"{name}.svg", (80, 24))
+        print(f"wrote screenshots/{name}.svg" + (f" and {png.relative_to(ROOT)}" if png else ""))
+
+
 def main() -> None:
     from effmon.recording import RecordOptions, record_replay
     from effmon.sources.trace import bundled_trace_path
@@ -155,6 +203,7 @@ def main() -> None:
         record_replay(str(bundled_trace_path()), RecordOptions(name="h100", quiet=True), as_fast_as_possible=True)
         session = Path(home) / "sessions" / "h100.effmon"
         reports(session, out_dir)
+        finetune_shots(out_dir)
         for name, offset, size, keys in SHOTS:
             svg = out_dir / f"{name}.svg"
             asyncio.run(render(session, offset, size, keys, svg))

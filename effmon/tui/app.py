@@ -276,6 +276,7 @@ class EffmonApp(App[None]):
         if self.mode != "live" or snap.state in ("recording", "unknown"):
             ended.display = False
             return
+        self.query_one("#efficiency", Static).border_title = "EfficientLLM"  # the whole run now, not "so far"
         mark, style = ("✓", "bold green") if snap.state == "complete" else ("■", "bold yellow")
         if snap.state == "failed":
             mark, style = "✗", "bold red"
