@@ -406,8 +406,15 @@ def test_without_a_gpu_the_dashboard_shows_the_host_and_the_watched_process(tmp_
             assert "MiB" in row[6] or "GiB" in row[6]  # its RSS
             await pilot.press("c")
             await pilot.pause()
-            assert "N/A, no readings" in str(app.query_one("#chart-label", Static).render())
-            assert not app.query_one("#chart-spark", Sparkline).display  # never bars for N/A
+            label = str(app.query_one("#chart-label", Static).render())  # no GPU: the host's figures, never GPU N/A
+            assert label.startswith("host CPU (%)") and "GPU" not in label, label
+            assert app.query_one("#chart-spark", Sparkline).display
+            await pilot.press("m")
+            await pilot.pause()
+            assert str(app.query_one("#chart-label", Static).render()).startswith("host memory used (GiB)")
+            await pilot.press("m")
+            await pilot.pause()
+            assert str(app.query_one("#chart-label", Static).render()).startswith("host CPU (%)")  # only those two
 
     asyncio.run(go())
 
