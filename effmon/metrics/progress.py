@@ -140,15 +140,9 @@ def session_progress(reader: SessionReader, at: float | None = None) -> Progress
     meta = reader.session_meta()
     lo, hi = reader.time_range()
     now = hi if at is None else at
-    rows = reader.last_spans("train_step", 4 * (RECENT_STEPS + 1), before=now)
-    if not rows or now is None:
+    if now is None:
         return None
-    rank = min(int(r.get("rank") or 0) for r in rows)
-    ends, epoch = [], None
-    for r in rows:
-        if int(r.get("rank") or 0) == rank and r.get("step") is not None:
-            ends.append((float(r["t_end"]), int(r["step"])))
-            epoch = r.get("epoch") if r.get("epoch") is not None else epoch
+    ends, epoch = _step_ends(reader, now)
     if not ends:
         return None
     plan = meta.plan or {}
@@ -163,3 +157,27 @@ def session_progress(reader: SessionReader, at: float | None = None) -> Progress
         epochs=plan.get("epochs"),
         finished=(meta.status or "recording") != "recording" and at is None,
     )
+
+
+def _step_ends(reader: SessionReader, now: float) -> tuple[list[tuple[float, int]], float | None]:
+    """(end, step) of the last steps of the lowest rank, and the last epoch; a job effmon attached to: its logged
+    steps as they were read (their own logs hold no step times, so the rate is that of the reads)."""
+    rows = reader.last_spans("train_step", 4 * (RECENT_STEPS + 1), before=now)
+    ends: list[tuple[float, int]] = []
+    epoch = None
+    if rows:
+        rank = min(int(r.get("rank") or 0) for r in rows)
+        for r in rows:
+            if int(r.get("rank") or 0) == rank and r.get("step") is not None:
+                ends.append((float(r["t_end"]), int(r["step"])))
+                epoch = r.get("epoch") if r.get("epoch") is not None else epoch
+        return ends, epoch
+    if not reader.has_rows("train_log"):
+        return [], None
+    logged = sorted((r for r in reader.rows("train_log") if r["t"] <= now and r.get("step") is not None),
+                    key=lambda r: r["step"])  # fmt: skip
+    by_read: dict[float, int] = {}  # one point per read: a history read at once is no rate
+    for r in logged:
+        by_read[float(r["t"])] = max(int(r["step"]), by_read.get(float(r["t"]), 0))
+        epoch = r.get("epoch") if r.get("epoch") is not None else epoch
+    return sorted(by_read.items())[-4 * (RECENT_STEPS + 1) :], epoch

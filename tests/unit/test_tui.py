@@ -331,3 +331,26 @@ def test_an_attached_jobs_logged_history_is_shown_with_where_it_comes_from(tmp_p
             assert label.startswith("training · loss") and "no step times" in label, label
 
     run(go())
+
+
+def test_an_attached_jobs_progress_counts_its_live_reads_not_its_history(tmp_path):
+    """Logged steps read from an attached job's logs: 100 of history at once, then one every 2 s. The rate is the
+    live one (0.5 steps/s), not the history's, and the job's plan (from its trainer_state.json) gives the rest."""
+    from effmon_transformers.state import TRAIN_LOG, log_row
+
+    from effmon.core.declare import CORE_ENTITIES
+    from effmon.core.store import SessionWriter
+    from effmon.metrics.progress import session_progress
+
+    path = tmp_path / "attach.effmon"
+    w = SessionWriter(path, [*CORE_ENTITIES, TRAIN_LOG], {"name": "attach", "status": "recording", "started_at": 100.0})
+    w.set_meta(plan={"total_steps": 200})
+    stamp = lambda r, t: type(r)(r.entity, r.values | {"t": t})  # noqa: E731
+    w.write([stamp(log_row(step, {"loss": 1.0}), 101.0) for step in range(1, 101)])
+    w.write([stamp(log_row(100 + i, {"loss": 1.0}), 101.0 + 2 * i) for i in range(1, 11)])
+    w.close()
+    with SessionReader(path) as r:
+        p = session_progress(r)
+    assert p.done == 110 and p.total == 200
+    assert p.rate_per_s == pytest.approx(0.5)
+    assert p.left_s == pytest.approx(90 / 0.5)
