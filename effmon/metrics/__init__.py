@@ -26,7 +26,7 @@ from effmon.metrics.registry import (
 from effmon.metrics.summary import Summary, evaluate
 from effmon.metrics.window import MetricsError, Window, resolve_window, so_far
 
-MODULES = ("efficientllm", "energy", "compression", "hardware", "speed")
+MODULES = ("efficientllm", "energy", "compression", "hardware", "speed", "diagnosis")
 """The modules that declare effmon's own metrics, imported in this order: the order tables show them."""
 
 for _module in MODULES:

@@ -155,6 +155,9 @@ class TrainingStats:
     rank_step_time_mean_s: dict[int, float] | None = None
     communication_busy_s_sum: float | None = None
     phases_s: dict[str, float] | None = None  # evaluation, saving, logging: time kept out of the steps
+    data_wait_s_sum: float | None = None
+    """Time between one optimizer step's end and the next one's begin, less the evaluation, saving and logging
+    phases there: fetching and collating the next batch (the data loader), summed over the steps."""
 
 
 @dataclass
@@ -235,7 +238,11 @@ class Steps:
 
 
 def training_stats(
-    steps: Steps, notes: list[str], tokens: str = "real", phases: dict[str, float] | None = None
+    steps: Steps,
+    notes: list[str],
+    tokens: str = "real",
+    phases: dict[str, float] | None = None,
+    between: list[tuple[float, float]] | None = None,
 ) -> TrainingStats | None:
     """Each rank reports what it processed itself: tokens and samples add up over ranks, once per token. A step's
     latency is its slowest rank's time; the run's time is the sum over optimizer steps."""
@@ -277,7 +284,25 @@ def training_stats(
         rank_step_time_mean_s={k: sum(v) / len(v) for k, v in sorted(by_rank.items())} if ranks > 1 else None,
         communication_busy_s_sum=sum(busy) if busy else None,
         phases_s=phases or None,
+        data_wait_s_sum=data_wait(groups, between or []),
     )
+
+
+def data_wait(groups: list[StepGroup], between: list[tuple[float, float]]) -> float | None:
+    """Σ of the gaps between consecutive optimizer steps (the slowest rank's end to the first rank's begin), less
+    the phases timed inside them (evaluation, saving, logging: ``between``); None with fewer than two steps."""
+    if len(groups) < 2:
+        return None
+    spans = sorted(between)
+    total = 0.0
+    end = max(r["t_end"] for r in groups[0].rows)
+    for g in groups[1:]:
+        start = min(r["t_start"] for r in g.rows)
+        if start > end:
+            inside = sum(max(0.0, min(b, start) - max(a, end)) for a, b in spans if a < start and b > end)
+            total += max(0.0, start - end - inside)
+        end = max(end, max(r["t_end"] for r in g.rows))
+    return total
 
 
 def _counted_tokens(real: int | None, padded: int | None, tokens: str, notes: list[str]) -> tuple[int, str]:

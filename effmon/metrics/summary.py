@@ -153,12 +153,15 @@ BETWEEN_STEPS = ("eval", "save", "log")
 """Phases the transformers integration times between optimizer steps (kept out of the steps' figures)."""
 
 
-def _between_steps(agg: Aggregation, w: Window) -> dict[str, float]:
+def _between_steps(agg: Aggregation, w: Window) -> tuple[dict[str, float], list[tuple[float, float]]]:
+    """The evaluation, saving and logging phases of the window: seconds by name, and their intervals."""
     out: dict[str, float] = {}
+    spans = []
     for p in agg.spans("phase", w):
-        if p.get("name") in BETWEEN_STEPS:
+        if p.get("name") in BETWEEN_STEPS and p.get("t_start") is not None and p.get("t_end") is not None:
             out[p["name"]] = out.get(p["name"], 0.0) + (p["t_end"] - p["t_start"])
-    return out
+            spans.append((float(p["t_start"]), float(p["t_end"])))
+    return out, spans
 
 
 def evaluate(
@@ -181,7 +184,8 @@ def evaluate(
         notes.append("throttle time: clock-event reasons were not recorded (replayed trace or unsupported GPU)")
     steps = Steps(sorted(agg.spans("train_step", w), key=lambda r: (r["t_start"], r.get("rank") or 0)))
     requests = split_requests(agg.spans("request", w))
-    training = training_stats(steps, notes, options.tokens, _between_steps(agg, w)) if steps.rows else None
+    phases, between = _between_steps(agg, w)
+    training = training_stats(steps, notes, options.tokens, phases, between) if steps.rows else None
     if not steps.rows and reader.count("train_log"):
         notes.append(_logged_only(reader, meta))
     inference = inference_stats(requests)

@@ -70,6 +70,10 @@ def metric_tree(s: Summary, groups: tuple[str, ...] | None = None) -> dict[str, 
             node = tree[m.json[0]] if isinstance(tree[m.json[0]], dict) else {}
             node[m.json[1]] = r.value
             tree[m.json[0]] = node
+    if isinstance(tree.get("diagnosis"), dict):  # the figures' reading: the one line and the rules that fired
+        from effmon.metrics.diagnosis import diagnose
+
+        tree["diagnosis"].update(diagnose(s).to_json())
     return {g: v for g, v in tree.items() if v is not None or any(m.json == (g,) for m in METRICS.values())}
 
 

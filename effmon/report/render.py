@@ -149,6 +149,12 @@ def render_summary(
             f"{'tokens not counted' if inf.generated_tokens is None else f'{inf.generated_tokens} generated tokens'}, "
             f"latency p50 {num(s.value('E2E_p50'), '.3f')} s p99 {num(s.value('E2E_p99'), '.3f')} s"
         )
+    if s.training or s.inference or s.gpus:
+        from effmon.metrics.diagnosis import diagnose
+
+        found = diagnose(s)
+        console.print(literal(f"diagnosis: {found.line}"))
+        console.print(literal(f"  {found.verdict}"))
     for note in s.notes:
         console.print(literal(f"note: {note}", "dim"))
 

@@ -232,7 +232,7 @@ class EffmonApp(App[None]):
         latency = self.query_one("#latency", Static)
         latency.border_title = f"latency · {snap.window_label}"  # its percentiles are over the view's window
         latency.update(pairs_table(snap.latency, "no steps or requests yet"))
-        self.query_one("#efficiency", Static).update(efficiency_text(snap))
+        self.query_one("#efficiency", Static).update(efficiency_text(snap, self.size.width or 80))
         self._render_procs(snap)
         self.query_one("#chart-label", Static).update(chart_renderable(snap))
         spark = self.query_one("#chart-spark", Sparkline)

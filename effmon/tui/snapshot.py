@@ -16,9 +16,11 @@ from effmon.core.fmt import GIB, short_command
 from effmon.core.redact import redact_argv
 from effmon.core.store import SessionReader
 from effmon.metrics import METRICS, IncrementalAggregation, MetricsError, Result, Summary, evaluate, so_far
+from effmon.metrics.diagnosis import Diagnosis, diagnose
 from effmon.metrics.progress import Progress, session_progress
 from effmon.metrics.stats import THROTTLE_BITS
 from effmon.metrics.summary import evaluate_spans
+from effmon.metrics.window import Window
 from effmon.tui.buffer import RecentSeries, RecentSpans, bucket_max
 
 WINDOWS = ((60.0, "1 min"), (600.0, "10 min"), (3600.0, "1 h"), (None, "whole session"))
@@ -53,6 +55,8 @@ CHART_METRICS = (
 """What the chart view cycles through (``m``), in this order, skipping what the session has no readings of: a
 CPU fine-tune starts at its loss."""
 STALE_AFTER_S = 3.0
+DIAGNOSIS_S = 60.0
+"""The strip's diagnosis reads the last minute: what limits the run now, not over its whole history."""
 RATE_SPAN_S = 10.0
 REQUEST_RATE_SPAN_S = 30.0
 """The throughput panel's rates are over the last seconds (steps: 10 s; requests, sparser: 30 s), and say so."""
@@ -114,6 +118,8 @@ class Snapshot:
     """How far the training has gone (step N / total, time left); None: no steps."""
     exit_code: int | None = None
     end_reason: str | None = None
+    diagnosis: Diagnosis | None = None
+    """What limits the run over the view's window (the rule that fired, and the figures it read)."""
 
 
 def alerts(meta: dict[str, Any], session_start: float) -> list[str]:
@@ -148,6 +154,7 @@ class SessionView:
             for entity in ("gpu", "gpu_gpm", "host")
         }
         self._has: set[str] = set()
+        self._why_cache: tuple[float, tuple[float, float], Diagnosis | None] | None = None
         self._spans = {
             "train_step": RecentSpans(self.reader, "train_step", STEP_COLUMNS),
             "request": RecentSpans(self.reader, "request", REQUEST_COLUMNS),
@@ -191,6 +198,9 @@ class SessionView:
             throughput += more_throughput
             latency += more_latency
         eff, eff_err = self._efficiency(lo, t, live or throttle) if efficiency else (None, None)
+        recent = max(w0, t - DIAGNOSIS_S)  # what limits the run now: the last minute (or a shorter view window)
+        label = "1 min" if recent == t - DIAGNOSIS_S else window_label
+        why = self._diagnosis(Window(recent, t, label, lo, t), live or throttle) if efficiency else None
         return Snapshot(
             t=t,
             session_start=lo,
@@ -218,6 +228,7 @@ class SessionView:
             progress=session_progress(r, None if t >= hi else t),
             exit_code=meta.get("exit_code"),
             end_reason=meta.get("end_reason"),
+            diagnosis=why,
         )
 
     def _cards(self, meta: dict[str, Any], w0: float, t: float, sparklines: bool) -> list[GpuCard]:
@@ -359,6 +370,24 @@ class SessionView:
             result = (None, str(exc))
         self._eff_cache = (now, t, result[0], result[1])
         return result
+
+    def _diagnosis(self, w: Window, live: bool) -> Diagnosis | None:
+        """The diagnosis over the view's window (cached as the strip is: recomputed every few seconds live)."""
+        now = time.monotonic()
+        key = (w.start, w.end)
+        cached = self._why_cache
+        if cached and (cached[1] == key or (live and now - cached[0] < self.efficiency_every_s)):
+            return cached[2]
+        found = None
+        if w.end > w.start:
+            try:
+                s = evaluate(self.reader, w, with_series=False)
+                if s.training or s.inference or s.gpus:
+                    found = diagnose(s)
+            except MetricsError:
+                found = None
+        self._why_cache = (now, key, found)
+        return found
 
     def _fresh_rows(self, entity: str, t: float) -> list[dict[str, Any]]:
         """An entity's newest rows at ``t``, unless they are stale."""

@@ -125,7 +125,7 @@ def pairs_table(rows: list[tuple[str, str]], hint: str) -> Any:
     return t
 
 
-def efficiency_text(snap: Snapshot) -> Text:
+def efficiency_text(snap: Snapshot, width: int = 80) -> Text:
     """The running EfficientLLM figures: every metric declared for the strip, known or always shown."""
     s = snap.efficiency
     if s is None:
@@ -140,6 +140,16 @@ def efficiency_text(snap: Snapshot) -> Text:
             value = str(m.strip).format(r.value)
         text.append(f"{m.label} ", style="bold")
         text.append(f"{value}  ")
+    found = snap.diagnosis
+    if found is not None:
+        why = Text.assemble(
+            (f"{found.fired[0].name}" if found.fired else "why", "bold yellow" if found.fired else "bold"),
+            (f" · {found.window}: ", "dim"),
+            (found.line, ""),
+        )
+        why.truncate(max(10, width - 4), overflow="ellipsis")  # one line, whatever the width
+        text.append("\n")
+        text.append_text(why)
     return text
 
 

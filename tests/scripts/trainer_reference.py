@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--log-sleep", type=float, default=0.0, help="sleep this long at each log (a slower job)")
     ap.add_argument("--token-count", default="non_padding", help="the Trainer's include_num_input_tokens_seen")
     ap.add_argument("--report-to", default="none", help="the Trainer's report_to (tensorboard: event files)")
+    ap.add_argument("--collate-sleep", type=float, default=0.0, help="the collator sleeps this long per batch")
     args = ap.parse_args()
 
     import torch
@@ -57,7 +58,12 @@ def main() -> None:
     seen = {"samples": 0, "real": 0, "padded": 0, "batches": 0}
     training = {"on": False}
 
+    waited: dict = {"s": 0.0}  # the collator's own time between steps: the data wait effmon must find
+
     def collate(features: list[dict]) -> dict:
+        t0 = time.perf_counter()
+        if args.collate_sleep:
+            time.sleep(args.collate_sleep)
         batch = pad(features)
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         if training["on"]:
@@ -65,6 +71,9 @@ def main() -> None:
             seen["real"] += int(batch["attention_mask"].sum())
             seen["padded"] += int(batch["input_ids"].numel())
             seen["batches"] += 1
+        if clock.times and model.training:  # a training batch (an evaluation's are the eval phase's)
+            waited["s"] += time.perf_counter() - t0
+            waited.setdefault("at", []).append((t0, time.perf_counter()))
         return batch
 
     class Clock(TrainerCallback):
@@ -152,6 +161,8 @@ def main() -> None:
         "step_times": clock.times,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
+        "collate_s_after_first_step": waited["s"],
+        "collate_at": waited.get("at", []),
         "num_input_tokens_seen": trainer.state.num_input_tokens_seen,
         "train_runtime": result.metrics.get("train_runtime"),
         "log_history": trainer.state.log_history,
