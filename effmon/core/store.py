@@ -371,12 +371,19 @@ class SessionReader:
                 self._db.execute("PRAGMA query_only=ON")
             except sqlite3.OperationalError:
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            # one read transaction: a recorder committing its first transaction between two reads here once
+            # made a new session look like "some other SQLite file" (its tables there, its id not yet)
+            self._db.execute("BEGIN")
+            try:
+                app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                self._db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not an effmon session ({exc})") from None
         if app_id != APPLICATION_ID:
-            empty = app_id == 0 and not self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            empty = app_id == 0 and not tables
             self._db.close()
             if empty:  # claimed a moment ago; its recorder is writing its first transaction
                 raise SessionStarting(f"session {self.path.stem} is being created; try again in a moment")

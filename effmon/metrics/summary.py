@@ -93,7 +93,7 @@ def _without_gpu(reader: SessionReader, meta: SessionMeta, w: Window, has_work: 
     if reader.count("gpu"):
         no_gpu = f"no GPU readings fall inside {w.label}"
     elif not meta.gpus:
-        no_gpu = f"session {meta.name} was recorded on a machine without an NVIDIA GPU"
+        no_gpu = f"session {meta.name} has no GPU readings: it was recorded on a machine without an NVIDIA GPU"
     else:
         no_gpu = f"session {meta.name} has no GPU readings"
     if not has_work:
