@@ -78,6 +78,9 @@ class RecordOptions:
     """Started once the session file exists (each is given its path, a way to note something in the session (it
     tells the user itself, even under -q) and the live state of the latest readings) and stopped when the
     recording ends (each returns its stop): the Prometheus exporter of ``--prometheus``."""
+    echo: Callable[[str], None] | None = None
+    """Where a launched command's output goes, redacted, a line at a time (a terminal's progress bar prints it above
+    itself); with it the output is also kept in NAME.log beside the session, as under a dashboard."""
 
 
 class LiveState:
@@ -624,7 +627,7 @@ def record_command(
             return EXIT_INTERRUPTED
         launch = prepare(rec) if prepare is not None else Launch(argv, dict(os.environ))
         rec.set_meta(command=redact_argv(launch.argv), **launch.meta)
-        child, log = _start_child(rec, launch, capture_output)
+        child, log = _start_child(rec, launch, capture_output, options.echo)
         rec.watch(child.pid)
         if on_open is not None:
             on_open(rec)
@@ -645,19 +648,22 @@ def record_command(
 
 
 def _start_child(
-    rec: Recording, launch: Launch, capture_output: bool
+    rec: Recording, launch: Launch, capture_output: bool, echo: Callable[[str], None] | None = None
 ) -> tuple[subprocess.Popen[Any], RedactedLog | None]:
-    """The command, started; with ``capture_output`` (the dashboard owns the terminal) its output goes to
-    NAME.log beside the session, through effmon, redacted."""
+    """The command, started; with ``capture_output`` (the dashboard owns the terminal) or an ``echo`` (a progress
+    bar does) its output goes to NAME.log beside the session, through effmon, redacted (and to ``echo``)."""
     log: RedactedLog | None = None
-    if capture_output:
-        log = RedactedLog(rec.path.with_suffix(".log"))
+    env = launch.env
+    if capture_output or echo is not None:
+        log = RedactedLog(rec.path.with_suffix(".log"), echo=echo)
         rec.set_meta(output_log=str(log.path))
+        if echo is not None:
+            env = {**env, "PYTHONUNBUFFERED": "1"}  # a pipe, not a terminal: Python would hold its lines back
     try:
         child = subprocess.Popen(
             launch.argv,
-            env=launch.env,
-            stdin=subprocess.DEVNULL if log else None,  # the dashboard reads the keyboard
+            env=env,
+            stdin=subprocess.DEVNULL if capture_output else None,  # the dashboard reads the keyboard
             stdout=log.fd if log else None,
             stderr=subprocess.STDOUT if log else None,
             preexec_fn=die_with_parent(),  # effmon killed: the job gets SIGTERM, never runs on unwatched

@@ -1,6 +1,7 @@
-"""Progress of a headless recording on stderr: ``effmon: step 120/300 (40%) · epoch 1.20/3 · 3m10s elapsed ·
-4m40s left``, one line every ``EVERY_S`` seconds once steps come (plain lines: they sit between the job's own
-output on a terminal and read well in a log file). A view of the recording (``RecordOptions.views``)."""
+"""Progress of a headless recording on stderr, a view of the recording (``RecordOptions.views``): on a terminal a
+Rich progress bar under the job's output (``TerminalProgress``); otherwise (a pipe, a log file, a detached run)
+``effmon: step 120/300 (40%) · epoch 1.20/3 · 3m10s elapsed · 4m40s left``, one line every ``EVERY_S`` seconds
+once steps come."""
 
 from __future__ import annotations
 
@@ -69,3 +70,66 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
+
+
+class TerminalProgress:
+    """For a headless recording on a terminal: a Rich progress bar on the last line (step N / total, epoch, time
+    left), the job's own output printed above it. The output comes through effmon (``RecordOptions.echo``: kept
+    in NAME.log, redacted), so the two never write over each other."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.every_s = every_s
+
+    def echo(self, line: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text.from_ansi(line), soft_wrap=True)
+
+    def view(self, path: Path, note: Callable[[str, str], None], live: Any) -> Callable[[], None]:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        bar = Progress(
+            TextColumn("[bold]effmon[/bold] {task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=True,
+        )
+        done = threading.Event()
+
+        def loop() -> None:
+            from effmon.core.store import SessionReader, StoreError
+            from effmon.metrics.progress import session_progress
+
+            task = None
+            try:
+                reader = SessionReader(path)
+            except StoreError:
+                return
+            with reader, bar:
+                while not done.wait(self.every_s):
+                    try:
+                        now = session_progress(reader)
+                    except StoreError:
+                        continue
+                    if now is None:
+                        continue
+                    if task is None:
+                        task = bar.add_task(now.unit, total=now.total, info="")
+                    rest = now.left_text() or now.line().split(" · ")[-1]  # time left, else the rate
+                    info = " · ".join(p for p in (now.epoch_text(), rest) if p)
+                    count = f"{now.unit} {now.done:,}" + (f"/{now.total:,}" if now.total else "")
+                    bar.update(task, description=count, completed=now.done, total=now.total, info=info)
+
+        thread = threading.Thread(target=loop, name="effmon-progress-bar", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            done.set()
+            thread.join(2.0)
+
+        return stop

@@ -180,16 +180,23 @@ def cmd_record(args: argparse.Namespace, command: list[str]) -> int:
         return detach(relaunch_args(args, command), "the command")
     if detached():
         return record_command(command, options, capture_output=True, on_open=announce)
-    return record_command(command, options)
+    return record_command(command, headless_options(args, launches=True))
 
 
-def headless_options(args: argparse.Namespace, **overrides: Any) -> Any:
-    """A recording without a dashboard: its training progress on stderr every 10 s (unless -q)."""
+def headless_options(args: argparse.Namespace, launches: bool = False, **overrides: Any) -> Any:
+    """A recording without a dashboard: its training progress on stderr (unless -q): a progress bar under the
+    job's output when stderr is a terminal and effmon ``launches`` the job (its output then comes through effmon),
+    else a line every 10 s."""
     from effmon.cli.common import views
-    from effmon.cli.progressview import progress_view
+    from effmon.cli.progressview import TerminalProgress, progress_view
 
     quiet = overrides.get("quiet", getattr(args, "quiet", False))
-    return record_options(args, views=views(args) + (() if quiet else (progress_view(),)), **overrides)
+    if quiet:
+        return record_options(args, views=views(args), **overrides)
+    if launches and sys.stderr.isatty() and not detached():
+        shown = TerminalProgress()
+        return record_options(args, views=views(args) + (shown.view,), echo=shown.echo, **overrides)
+    return record_options(args, views=views(args) + (progress_view(),), **overrides)
 
 
 def _dashboard(path: Any, mode: str = "live", interrupts: Any = None, **kw: Any) -> None:
@@ -351,7 +358,7 @@ def cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     if detached():
         return run_training(command, preset, headless_options(args), capture_output=True, on_open=announce)
     if args.headless or not interactive():
-        return run_training(command, preset, headless_options(args))
+        return run_training(command, preset, headless_options(args, launches=True))
     options = record_options(args, quiet=True)
 
     def start(on_open: Callable[[Any], None], on_child: Callable[[Any], None], intr: Any) -> int:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from effmon.core.files import create_private
@@ -19,8 +20,11 @@ _LINES = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
 class RedactedLog:
     """``stdout=log.fd`` for the child (then ``log.started()``), ``log.close()`` once it has ended."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, echo: Callable[[str], None] | None = None):
         self.path = Path(path)
+        self.echo = echo
+        """Told each complete line as written (redacted); a line a terminal redraws (ending in a bare carriage
+        return: a progress bar's) goes to the file only."""
         try:
             fd = create_private(self.path)
         except FileExistsError:  # left by an earlier session of the same name (its file is gone): replaced
@@ -68,9 +72,14 @@ class RedactedLog:
         lines = _LINES.findall(data) or [data]
         if sum(map(len, lines)) < len(data):
             lines.append(data[sum(map(len, lines)) :])
-        text = "".join(redact_text(line.decode("utf-8", "replace")) for line in lines)
-        self._out.write(text.encode("utf-8"))
+        texts = [redact_text(line.decode("utf-8", "replace")) for line in lines]
+        self._out.write("".join(texts).encode("utf-8"))
         self._out.flush()
+        if self.echo is not None:
+            for text in texts:
+                if text.endswith("\n"):
+                    with contextlib.suppress(Exception):  # the terminal's trouble never stops the log
+                        self.echo(text.rstrip("\r\n"))
 
     def close(self, timeout: float = 5.0) -> None:
         """Wait (a little) for the last output; processes the child left behind may hold the pipe open."""

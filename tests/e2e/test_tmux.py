@@ -97,3 +97,31 @@ def test_a_run_ends_on_a_calm_screen_with_its_progress(tmp_path):
         assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_a_headless_run_on_a_terminal_has_a_progress_bar_under_the_jobs_output(tmp_path):
+    """`effmon run --headless` in a terminal: the job's own lines scroll above a progress bar (step N / total,
+    time left), nothing overwrites them, and they are kept, redacted, in the session's log."""
+    session = f"effmon-bar-{os.getpid()}"
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import time\nimport effmon.track as et\nfor i in range(60):\n"
+        "    print('job line', i, 'token=hunter2-secret')\n"
+        "    with et.step(tokens=10, total=60):\n        time.sleep(0.1)\n"
+    )
+    cmd = (
+        f"EFFMON_HOME={tmp_path / 'home'} TERM=xterm-256color {sys.executable} -m effmon run --headless -- "
+        f"{sys.executable} {script}; echo EXIT=$?; sleep 60"
+    )
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+    try:
+        screen = wait_for(session, "/60", 30)
+        bar = [line for line in screen.splitlines() if line.startswith("effmon step ")]
+        assert bar and "left" in bar[-1] and "━" in bar[-1], screen
+        assert "job line" in screen and "hunter2" not in screen, screen  # the job's output, redacted
+        screen = wait_for(session, "EXIT=0", 40)
+        assert "job line 59" in screen and "effmon step" not in screen, screen  # the bar goes when the job ends
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    log = next((tmp_path / "home" / "sessions").glob("*.log")).read_text()
+    assert log.count("job line") == 60 and "hunter2" not in log
