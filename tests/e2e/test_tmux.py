@@ -27,6 +27,15 @@ def wait_for(session: str, needle: str, timeout: float = 30.0) -> str:
     raise AssertionError(f"{needle!r} never appeared; screen:\n{screen}")
 
 
+def effmon_in_tmux(session: str, home, *args: str, after: str = "sleep 60") -> None:
+    """``effmon ARGS`` in a new detached tmux session at 80x24 (its home ``home``), then ``after`` in the same
+    shell (the pane stays to be read)."""
+    import shlex
+
+    cmd = f"EFFMON_HOME={home} TERM=xterm-256color {sys.executable} -m effmon {shlex.join(args)}; {after}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+
+
 def test_demo_in_tmux_at_80x24(tmp_path):
     session = f"effmon-test-{os.getpid()}"
     done = tmp_path / "exit-code"
@@ -76,11 +85,7 @@ def test_a_run_ends_on_a_calm_screen_with_its_progress(tmp_path):
     (the dashboard read the session while the recorder closed it: it once failed with "disk I/O error")."""
     session = f"effmon-end-{os.getpid()}"
     job = os.path.join(os.path.dirname(__file__), "..", "data", "steady_job.py")
-    cmd = (
-        f"EFFMON_HOME={tmp_path / 'home'} TERM=xterm-256color {sys.executable} -m effmon run -- "
-        f"{sys.executable} {job} 60 0.15; sleep 60"
-    )
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+    effmon_in_tmux(session, tmp_path / "home", "run", "--", sys.executable, job, "60", "0.15")
     try:
         running = wait_for(session, "/60 (", 30)
         assert "● recording" in running
@@ -109,11 +114,8 @@ def test_a_headless_run_on_a_terminal_has_a_progress_bar_under_the_jobs_output(t
         "    print('job line', i, 'token=hunter2-secret')\n"
         "    with et.step(tokens=10, total=60):\n        time.sleep(0.1)\n"
     )
-    cmd = (
-        f"EFFMON_HOME={tmp_path / 'home'} TERM=xterm-256color {sys.executable} -m effmon run --headless -- "
-        f"{sys.executable} {script}; echo EXIT=$?; sleep 60"
-    )
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+    effmon_in_tmux(session, tmp_path / "home", "run", "--headless", "--", sys.executable, str(script),
+                   after="echo EXIT=$?; sleep 60")  # fmt: skip
     try:
         screen = wait_for(session, "/60", 30)
         bar = [line for line in screen.splitlines() if line.startswith("effmon step ")]
