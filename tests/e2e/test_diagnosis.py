@@ -22,8 +22,8 @@ def test_data_wait_is_the_collators_own_time_and_the_run_is_diagnosed_data_bound
     ref = references(out, "reference")[0]
     doc = export(home, "last")
     waited = doc["effmon"]["training"]["data_wait_s_sum"]
-    assert ref["collate_s_after_first_step"] > 0.9  # 12 batches after the first step: the test measures something
     assert waited == pytest.approx(ref["collate_s_after_first_step"], rel=0.05)
+    assert ref["collate_s_after_first_step"] > 0.8  # 11 training batches of 80 ms between steps: a real wait
     found = doc["effmon"]["diagnosis"]
     assert found["rules"][0] == "data-bound", found
     assert found["data_wait_share"] > 0.3 and "waiting for data" in found["line"], found
