@@ -80,6 +80,8 @@ class Figures:
     data: float | None
     comm: float | None
     sm: float | None
+    """PCU: SM activity, or NVML utilisation where the GPU has no GPM (then said so)."""
+    sm_from_gpm: bool
     tensor: float | None
     throttled: float | None
     """Share of the window some GPU was throttled (power, temperature)."""
@@ -145,8 +147,6 @@ def figures(summary: Any) -> Figures:
         return summary.value(key) if key in summary.results else None
 
     gpus = list(summary.gpus or [])
-    sm = [g.sm_active_avg_pct for g in gpus if g.sm_active_avg_pct is not None]
-    tensor = [g.tensor_active_avg_pct for g in gpus if g.tensor_active_avg_pct is not None]
     span = summary.window.duration if summary.window else 0
     throttled = value("throttle_s")
     t = summary.training
@@ -159,8 +159,9 @@ def figures(summary: Any) -> Figures:
         step_s=t.step_time_mean_s if t is not None else None,
         data=value("data_wait_share"),
         comm=value("comm_share"),
-        sm=sum(sm) / len(sm) / 100 if sm else None,
-        tensor=sum(tensor) / len(tensor) / 100 if tensor else None,
+        sm=value("PCU"),  # the registry's: SM activity (NVML GPM) where the GPU has it, else NVML utilisation
+        sm_from_gpm=value("PCU_source") == "nvml_gpm_sm_active",
+        tensor=value("tensor_active"),
         throttled=throttled / (span * max(1, len(gpus))) if throttled is not None and span > 0 else None,
         spread=spread,
     )
@@ -178,7 +179,7 @@ def diagnose(summary: Any) -> Diagnosis:
     if f.comm is not None and f.comm > 0:
         shares.append(f"{f.comm:.0%} exposed all-reduce")
     if f.sm is not None:
-        shares.append(f"SM active {f.sm:.0%}")
+        shares.append(f"SM active {f.sm:.0%}" if f.sm_from_gpm else f"GPU busy {f.sm:.0%} (NVML utilisation)")
     if f.tensor is not None:
         shares.append(f"tensor {f.tensor:.0%}")
     if f.throttled is not None:

@@ -26,7 +26,8 @@ def test_data_wait_is_the_gaps_between_steps_less_the_phases_inside_them():
 
 
 def figures(**kw):
-    base = {"step_s": 0.4, "data": 0.05, "comm": 0.0, "sm": 0.6, "tensor": 0.2, "throttled": 0.0, "spread": None}
+    base = {"step_s": 0.4, "data": 0.05, "comm": 0.0, "sm": 0.6, "sm_from_gpm": True, "tensor": 0.2, "throttled": 0.0,
+            "spread": None}  # fmt: skip
     return Figures(**{**base, **kw})
 
 
