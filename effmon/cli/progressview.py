@@ -56,7 +56,7 @@ def _loop(path: Path, done: threading.Event, every_s: float) -> None:
         while not done.wait(every_s):
             try:
                 now = session_progress(reader)
-            except StoreError:
+            except Exception:  # noqa: BLE001 - a progress line is never worth a traceback; the next read retries
                 continue
             if now is not None and (last is None or now.done != last.done):
                 _say(f"effmon: {now.line()}")
@@ -114,7 +114,7 @@ class TerminalProgress:
                 while not done.wait(self.every_s):
                     try:
                         now = session_progress(reader)
-                    except StoreError:
+                    except Exception:  # noqa: BLE001 - the bar is never worth a traceback; the next read retries
                         continue
                     if now is None:
                         continue
